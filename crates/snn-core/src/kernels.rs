@@ -1,0 +1,221 @@
+//! Pure slice kernels of the neuron recurrences.
+//!
+//! All window buffers are laid out time-major: element `(t, i)` of a window over `n` neurons lives at
+//! `t * n + i`. The kernels are generic over [`Real`] (`f32`, `f64`) and parallel over neurons.
+
+use rayon::prelude::*;
+
+/// Neurons per parallel work item. Small layers run on one thread.
+const CHUNK: usize = 4096;
+
+/// Floating-point element types the kernels run on.
+pub trait Real:
+    num_traits::Float + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static
+{
+    /// Converts an `f64` constant to this type (rounding to nearest for `f32`).
+    fn lit(x: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn lit(x: f64) -> Self {
+        x as f32
+    }
+}
+
+impl Real for f64 {
+    fn lit(x: f64) -> Self {
+        x
+    }
+}
+
+/// Forward recurrence of a window of spiking neurons with hard reset to zero.
+///
+/// For every neuron, starting from `V(0) = 0`:
+///
+/// ```text
+/// U(t) = V(t−1) + I(t)
+/// s(t) = 1[U(t) > θ]            (strict)
+/// V(t) = λ · (1 − s(t)) · U(t)   (reset to zero, then leak)
+/// ```
+///
+/// `currents` and `spikes` hold `T · n` values; `spikes` receives `s(t)` as 0 or 1.
+pub fn spike_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F, spikes: &mut [F]) {
+    debug_assert_eq!(currents.len(), spikes.len());
+    if n == 0 {
+        return;
+    }
+    let mut membrane = vec![F::zero(); n];
+    for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
+        membrane
+            .par_chunks_mut(CHUNK)
+            .zip(i_row.par_chunks(CHUNK))
+            .zip(s_row.par_chunks_mut(CHUNK))
+            .for_each(|((v, i), s)| {
+                for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
+                    let u = *v + i;
+                    if u > threshold {
+                        *s = F::one();
+                        *v = F::zero();
+                    } else {
+                        *s = F::zero();
+                        *v = leak * u;
+                    }
+                }
+            });
+    }
+}
+
+/// The leak-correction factor `NG` of one neuron (Lee et al. 2020, §2.2.1.2 as coded by the authors).
+///
+/// With `LF = Σ_t λ^(T−t) s(t)` the leak-filtered spike count and `Tot = Σ_t s(t)` the spike count,
+///
+/// ```text
+/// NG = 1[LF > ε] + ln(λ) · LF / (Tot + 1[Tot < ε]),   ε = 1e-3
+/// ```
+///
+/// so `NG = 1 − (1/τ)·LF/Tot` for a neuron that fired (`1/τ = −ln λ`) and `NG = 0` for one that never did.
+pub fn leak_correction<F: Real>(leaky_count: F, count: F, leak: F) -> F {
+    let eps = F::lit(crate::NG_EPS);
+    let fired = if leaky_count > eps { F::one() } else { F::zero() };
+    let guard = if count < eps { F::one() } else { F::zero() };
+    fired + leak.ln() * leaky_count / (count + guard)
+}
+
+/// How the spike gradient is formed in [`spike_backward`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardRule<F> {
+    /// Factor applied to the gradient at spike times (`1/θ` for LIF neurons, 1 for pooling neurons).
+    pub scale: F,
+    /// `Some(λ)` multiplies by the leak-correction factor `NG` computed with this leak.
+    pub leak_correction: Option<F>,
+}
+
+/// Exact reverse-time recurrence of the spike-based backward pass (Lee et al. 2020 as coded).
+///
+/// Given the spikes `s(t)` of the forward pass and `g(t) = ∂L/∂s(t)`, returns `δ(t) = ∂L/∂I(t)`:
+///
+/// ```text
+/// δ(t) = s(t) · NG · scale · g(t) + (1 − s(t)) · δ(t+1),   δ(T+1) = 0
+/// ```
+///
+/// The error reaches the input only at the neuron's own spike times, is cut at every reset, and is not
+/// attenuated by the leak (the authors detach it). `NG` is 1 when `rule.leak_correction` is `None`.
+pub fn spike_backward<F: Real>(
+    spikes: &[F],
+    grad_spikes: &[F],
+    n: usize,
+    rule: BackwardRule<F>,
+    grad_currents: &mut [F],
+) {
+    debug_assert_eq!(spikes.len(), grad_spikes.len());
+    debug_assert_eq!(spikes.len(), grad_currents.len());
+    if n == 0 {
+        return;
+    }
+    // Per-neuron gain applied at spike times: scale · NG.
+    let mut gain = vec![rule.scale; n];
+    if let Some(leak) = rule.leak_correction {
+        let mut leaky = vec![F::zero(); n];
+        let mut count = vec![F::zero(); n];
+        for s_row in spikes.chunks_exact(n) {
+            leaky
+                .par_chunks_mut(CHUNK)
+                .zip(count.par_chunks_mut(CHUNK))
+                .zip(s_row.par_chunks(CHUNK))
+                .for_each(|((lf, tot), s)| {
+                    for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
+                        *lf = leak * *lf + s;
+                        *tot += s;
+                    }
+                });
+        }
+        gain.par_chunks_mut(CHUNK)
+            .zip(leaky.par_chunks(CHUNK))
+            .zip(count.par_chunks(CHUNK))
+            .for_each(|((g, lf), tot)| {
+                for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
+                    *g = *g * leak_correction(lf, tot, leak);
+                }
+            });
+    }
+    let mut delta = vec![F::zero(); n];
+    for ((s_row, g_row), d_row) in spikes
+        .chunks_exact(n)
+        .zip(grad_spikes.chunks_exact(n))
+        .zip(grad_currents.chunks_exact_mut(n))
+        .rev()
+    {
+        delta
+            .par_chunks_mut(CHUNK)
+            .zip(gain.par_chunks(CHUNK))
+            .zip(s_row.par_chunks(CHUNK))
+            .zip(g_row.par_chunks(CHUNK))
+            .zip(d_row.par_chunks_mut(CHUNK))
+            .for_each(|((((d, k), s), g), out)| {
+                for ((((d, &k), &s), &g), out) in
+                    d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut())
+                {
+                    if s > F::zero() {
+                        *d = k * g;
+                    }
+                    *out = *d;
+                }
+            });
+    }
+}
+
+/// Forward pass of the non-spiking leaky readout over a window of `T · n` currents.
+///
+/// `M(t) = λ · (M(t−1) + I(t))`, `M(0) = 0`; returns `M(T) / (θ · T)` for each of the `n` outputs.
+pub fn readout_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F, out: &mut [F]) {
+    debug_assert_eq!(out.len(), n);
+    out.iter_mut().for_each(|m| *m = F::zero());
+    if n == 0 {
+        return;
+    }
+    let steps = currents.len() / n;
+    for row in currents.chunks_exact(n) {
+        for (m, &i) in out.iter_mut().zip(row) {
+            *m = leak * (*m + i);
+        }
+    }
+    let norm = threshold * F::lit(steps as f64);
+    out.iter_mut().for_each(|m| *m = *m / norm);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_fires_strictly_above_threshold_and_resets() {
+        // One neuron, currents chosen so the membrane hits exactly θ at t=2 (no spike) and exceeds it at t=3.
+        let currents = [0.5f64, 0.5 / 0.9, 0.2, 0.3];
+        let mut spikes = [0.0; 4];
+        spike_forward(&currents, 1, 1.0, 0.9, &mut spikes);
+        // t1: U=0.5 → V=0.45; t2: U=0.45+0.5555..=1.0055 > 1 → spike.
+        assert_eq!(spikes, [0.0, 1.0, 0.0, 0.0]);
+        let mut spikes = [0.0; 2];
+        spike_forward(&[1.0f64, 0.0], 1, 1.0, 1.0, &mut spikes);
+        assert_eq!(spikes, [0.0, 0.0], "U == θ must not fire");
+    }
+
+    #[test]
+    fn leak_correction_matches_closed_form() {
+        let leak = 0.99f64;
+        // Fired once at the last step: LF = Tot = 1 → NG = 1 + ln λ.
+        assert!((leak_correction(1.0, 1.0, leak) - (1.0 + leak.ln())).abs() < 1e-15);
+        // Never fired: NG = 0.
+        assert_eq!(leak_correction(0.0, 0.0, leak), 0.0);
+    }
+
+    #[test]
+    fn backward_without_spikes_is_zero() {
+        let spikes = [0.0f64; 6];
+        let grad = [1.0f64; 6];
+        let mut out = [9.0f64; 6];
+        let rule = BackwardRule { scale: 1.0, leak_correction: Some(0.99) };
+        spike_backward(&spikes, &grad, 2, rule, &mut out);
+        assert_eq!(out, [0.0; 6]);
+    }
+}

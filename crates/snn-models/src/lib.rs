@@ -1,0 +1,24 @@
+//! # snn-models: spiking network architectures
+//!
+//! A network is **data**: a [`NetworkSpec`] lists its layers (spiking convolutions and fully connected
+//! layers, average pooling followed by IF neurons, residual shortcuts into a layer's membrane input, and
+//! the leaky readout). [`SpikingNetwork`] builds the weights for a spec and runs it layer-major over the
+//! whole time window: each convolution or linear map runs once over all `T·B` frames, then one neuron op
+//! runs the window's recurrence (see `snn-core`).
+//!
+//! The named architectures of Lee et al. 2020 are built-in specs ([`builtin`]); checkpoints are
+//! safetensors files carrying the spec in their metadata, so a file alone can be evaluated.
+
+mod checkpoint;
+mod error;
+mod network;
+mod spec;
+pub mod zoo;
+
+pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use error::{Error, Result};
+pub use network::{ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
+pub use spec::{
+    ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
+};
+pub use zoo::{builtin, builtin_names};

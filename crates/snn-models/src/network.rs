@@ -1,0 +1,288 @@
+//! The spiking network: weights for a [`NetworkSpec`] and its layer-major forward pass.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use snn_core::{dropout_mask, leaky_readout, Neuron};
+
+use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
+use crate::{Error, Result};
+
+/// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape).
+pub type Masks = HashMap<String, Tensor>;
+
+/// How [`SpikingNetwork::forward`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Record the autograd graph through the weights (training). When false the weights are detached and
+    /// no graph is kept.
+    pub track_gradients: bool,
+    /// Keep every spiking layer's spike window (before its mask) in the output.
+    pub keep_spikes: bool,
+}
+
+/// What one spiking layer did during a forward pass.
+#[derive(Debug, Clone)]
+pub struct LayerActivity {
+    /// Layer name.
+    pub name: String,
+    /// True for a pooling IF layer, false for a LIF (conv or fc) layer.
+    pub is_pool: bool,
+    /// Neurons per sample.
+    pub neurons: usize,
+    /// Spikes emitted over the window, summed over neurons and the batch, before any dropout mask.
+    pub spike_count: f64,
+    /// The spike window `[T, B, ...]` before the mask, when [`ForwardOptions::keep_spikes`] is set.
+    pub spikes: Option<Tensor>,
+}
+
+/// Result of a forward pass.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// Readout `[B, classes]`: final output membrane / θ / T.
+    pub output: Tensor,
+    /// Activity of the spiking layers in execution order.
+    pub activity: Vec<LayerActivity>,
+}
+
+/// A spiking network: its spec, its weights (as trainable [`Var`]s) and its neurons.
+#[derive(Debug)]
+pub struct SpikingNetwork {
+    spec: NetworkSpec,
+    shapes: HashMap<String, Vec<usize>>,
+    weights: Vec<(String, Var)>,
+    index: HashMap<String, usize>,
+    lif: Neuron,
+    pool: Neuron,
+    device: Device,
+    dtype: DType,
+}
+
+impl SpikingNetwork {
+    /// Builds the network with freshly initialised weights, `N(0, sqrt(init_gain / fan_in))` per weight
+    /// tensor in layer order, drawn from `rng`.
+    pub fn new<R: Rng + ?Sized>(spec: NetworkSpec, rng: &mut R, dtype: DType, device: &Device) -> Result<Self> {
+        let shapes = spec.weight_shapes()?;
+        let mut weights = HashMap::new();
+        for (name, shape) in shapes {
+            let fan_in: usize = shape[1..].iter().product();
+            let std = (spec.init_gain / fan_in as f64).sqrt();
+            let normal = Normal::new(0.0f32, std as f32).map_err(|e| Error::Spec(format!("{name}: {e}")))?;
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| normal.sample(rng)).collect();
+            weights.insert(name, Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?);
+        }
+        Self::from_weights(spec, weights, dtype, device)
+    }
+
+    /// Builds the network from given weights (e.g. a checkpoint). Every weight the spec requires must be
+    /// present with the right shape, and no other tensor may be given.
+    pub fn from_weights(
+        spec: NetworkSpec,
+        mut weights: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let required = spec.weight_shapes()?;
+        let shapes = spec.output_shapes()?;
+        let mut vars = Vec::with_capacity(required.len());
+        for (name, shape) in &required {
+            let Some(t) = weights.remove(name) else {
+                return Err(Error::Weights(format!("missing tensor '{name}' (shape {shape:?})")));
+            };
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Weights(format!(
+                    "tensor '{name}' has shape {:?}, the model needs {shape:?}",
+                    t.dims()
+                )));
+            }
+            let t = t.to_device(device)?.to_dtype(dtype)?.contiguous()?;
+            vars.push((name.clone(), Var::from_tensor(&t)?));
+        }
+        if let Some(extra) = weights.keys().next() {
+            return Err(Error::Weights(format!("unexpected tensor '{extra}' for model '{}'", spec.name)));
+        }
+        let index = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        Ok(Self {
+            lif: spec.lif_neuron()?,
+            pool: spec.pool_neuron()?,
+            spec,
+            shapes,
+            weights: vars,
+            index,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The network's spec.
+    pub fn spec(&self) -> &NetworkSpec {
+        &self.spec
+    }
+
+    /// The trainable weights in layer order, by name (`<layer>.weight`).
+    pub fn weights(&self) -> &[(String, Var)] {
+        &self.weights
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.weights.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The element type of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Per-sample output shape of a layer.
+    pub fn layer_shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// Draws the dropout masks of one mini-batch (one mask per layer with `dropout`, held over the window).
+    /// Empty when the spec's `dropout_p` is 0.
+    pub fn draw_masks<R: Rng + ?Sized>(&self, batch: usize, rng: &mut R) -> Result<Masks> {
+        let mut masks = Masks::new();
+        if self.spec.dropout_p <= 0.0 {
+            return Ok(masks);
+        }
+        for layer in &self.spec.layers {
+            let (name, dropout) = match layer {
+                LayerSpec::Conv(c) => (&c.name, c.dropout),
+                LayerSpec::Fc(f) => (&f.name, f.dropout),
+                _ => continue,
+            };
+            if dropout {
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&self.shapes[name]);
+                masks.insert(name.clone(), dropout_mask(&shape, self.spec.dropout_p, rng, self.dtype, &self.device)?);
+            }
+        }
+        Ok(masks)
+    }
+
+    fn weight(&self, name: &str, track: bool) -> Result<Tensor> {
+        let key = format!("{name}.weight");
+        let i = self.index.get(&key).ok_or_else(|| Error::Weights(format!("missing tensor '{key}'")))?;
+        let t = self.weights[*i].1.as_tensor();
+        Ok(if track { t.clone() } else { t.detach() })
+    }
+
+    /// Runs the network over a window of input spikes `[T, B, C, H, W]` and returns the readout and the
+    /// activity of every spiking layer.
+    ///
+    /// Execution is layer-major: each layer maps the whole window of its input at once (one convolution or
+    /// matrix product over all `T·B` frames), then its neurons run the window's recurrence in one op.
+    /// `masks` holds the dropout masks (see [`Self::draw_masks`]); pass an empty map for inference.
+    pub fn forward(&self, input: &Tensor, masks: &Masks, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let dims = input.dims();
+        if dims.len() != 5 || dims[2..] != self.spec.input_shape[..] || dims[0] == 0 || dims[1] == 0 {
+            return Err(Error::Spec(format!(
+                "input must be [T, B, {:?}] with T, B > 0, got {dims:?}",
+                self.spec.input_shape
+            )));
+        }
+        let (steps, batch) = (dims[0], dims[1]);
+        let track = opts.track_gradients;
+        for (name, mask) in masks {
+            let Some(shape) = self.shapes.get(name) else {
+                return Err(Error::Spec(format!("mask given for unknown layer '{name}'")));
+            };
+            if mask.dims()[0..1] != [batch] || mask.dims()[1..] != shape[..] {
+                return Err(Error::Spec(format!(
+                    "mask of '{name}' has shape {:?}, expected [{batch}, {shape:?}]",
+                    mask.dims()
+                )));
+            }
+        }
+
+        // Index of the last layer that reads each output, so windows are freed as soon as possible.
+        let mut last_use: HashMap<&str, usize> = HashMap::new();
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            last_use.insert(layer.input(), i);
+            if let LayerSpec::Conv(c) = layer {
+                if let Some(sc) = &c.shortcut {
+                    last_use.insert(&sc.input, i);
+                }
+            }
+        }
+
+        let mut outputs: HashMap<&str, Tensor> = HashMap::new();
+        outputs.insert(INPUT, input.to_dtype(self.dtype)?);
+        let mut activity = Vec::new();
+        let mut readout = None;
+        let fetch = |outputs: &HashMap<&str, Tensor>, name: &str| -> Result<Tensor> {
+            outputs.get(name).cloned().ok_or_else(|| Error::Spec(format!("layer '{name}' has no output")))
+        };
+
+        for (i, layer) in self.spec.layers.iter().enumerate() {
+            let x = fetch(&outputs, layer.input())?;
+            let frames = x.flatten(0, 1)?; // [T·B, ...]
+            let (currents, neuron) = match layer {
+                LayerSpec::Conv(c) => {
+                    let w = self.weight(&c.name, track)?;
+                    let mut cur = frames.conv2d(&w, c.padding, c.stride, 1, 1)?;
+                    if let Some(sc) = &c.shortcut {
+                        let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
+                        let term = match sc.kind {
+                            ShortcutKind::Conv1x1 => src.conv2d(&self.weight(&sc.name, track)?, 0, sc.stride, 1, 1)?,
+                            ShortcutKind::Subsample => subsample(&src, sc.stride)?,
+                        };
+                        cur = (cur + term)?;
+                    }
+                    (cur, self.lif)
+                }
+                LayerSpec::Fc(f) => {
+                    let w = self.weight(&f.name, track)?;
+                    (frames.flatten_from(1)?.matmul(&w.t()?)?, self.lif)
+                }
+                LayerSpec::Pool(p) => (frames.avg_pool2d(p.kernel)?, self.pool),
+                LayerSpec::Readout(r) => {
+                    let w = self.weight(&r.name, track)?;
+                    let cur = frames.flatten_from(1)?.matmul(&w.t()?)?;
+                    let cur = cur.reshape((steps, batch, r.out_features))?;
+                    readout = Some(leaky_readout(&cur, self.spec.threshold, self.spec.leak)?);
+                    break;
+                }
+            };
+            let name = layer.name();
+            let mut shape = vec![steps, batch];
+            shape.extend_from_slice(&self.shapes[name]);
+            let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
+            let spike_count = spikes.sum(0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            let out = match masks.get(name) {
+                Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
+                None => spikes.clone(),
+            };
+            activity.push(LayerActivity {
+                name: name.to_string(),
+                is_pool: matches!(layer, LayerSpec::Pool(_)),
+                neurons: self.shapes[name].iter().product(),
+                spike_count,
+                spikes: opts.keep_spikes.then_some(spikes),
+            });
+            outputs.insert(name, out);
+            outputs.retain(|k, _| last_use.get(k).is_some_and(|&last| last > i));
+        }
+        let output = readout.ok_or_else(|| Error::Spec("network has no readout".into()))?;
+        Ok(ForwardOutput { output, activity })
+    }
+}
+
+/// Identity subsampling of frames `[N, C, H, W]`: keeps pixel `(s·i, s·j)`.
+fn subsample(frames: &Tensor, stride: usize) -> Result<Tensor> {
+    let (_, _, h, w) = frames.dims4()?;
+    let rows: Vec<u32> = (0..h as u32).step_by(stride).collect();
+    let cols: Vec<u32> = (0..w as u32).step_by(stride).collect();
+    let rows = Tensor::new(rows.as_slice(), frames.device())?;
+    let cols = Tensor::new(cols.as_slice(), frames.device())?;
+    Ok(frames.contiguous()?.index_select(&rows, 2)?.contiguous()?.index_select(&cols, 3)?)
+}
