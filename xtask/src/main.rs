@@ -1,1 +1,87 @@
-fn main() {}
+//! `cargo xtask`: project pipelines.
+//!
+//! * `cargo xtask golden [DIR]`: replays every golden training step in DIR (default `tests/golden`) in
+//!   float64 and float32 through the project's model code and fails when any exceeds its tolerance.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use candle_core::DType;
+use clap::{Parser, Subcommand};
+use snn_train::golden::{find_cases, GoldenCase, Tolerance};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Project pipelines for the spiking-network toolkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay golden reference training steps and compare output, loss, gradients, NG and spike counts.
+    Golden {
+        /// Folder of cases (`<case>.json` + `<case>.safetensors`).
+        dir: Option<PathBuf>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
+    let dir = dir.unwrap_or_else(|| workspace_root().join("tests").join("golden"));
+    let cases = find_cases(&dir)?;
+    anyhow::ensure!(!cases.is_empty(), "no golden cases (<case>.json + <case>.safetensors) in {}", dir.display());
+    let mut all_ok = true;
+    println!(
+        "{:<22} {:<4} {:>10} {:>10} {:>10} {:>10} {:>8}  result",
+        "case", "type", "output", "loss", "grads", "ng", "spikes"
+    );
+    for path in cases {
+        let case = GoldenCase::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        for dtype in [DType::F64, DType::F32] {
+            let report = case.check(dtype)?;
+            let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2e}"));
+            let spikes_ok = report.checks.iter().filter(|c| c.exact).all(|c| c.passed);
+            let tol = Tolerance::for_dtype(dtype);
+            println!(
+                "{:<22} {:<4} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
+                report.case,
+                if dtype == DType::F64 { "f64" } else { "f32" },
+                fmt(report.worst("output")),
+                fmt(report.worst("loss")),
+                fmt(report.worst("grad.")),
+                fmt(report.worst_matching(".ng")),
+                if spikes_ok { "exact" } else { "DIFFER" },
+                if report.passed() { "ok".to_string() } else { format!("FAIL (rtol {:e}, atol {:e})", tol.rtol, tol.atol) }
+            );
+            for c in report.checks.iter().filter(|c| !c.passed) {
+                println!("    {}: max|a-g| = {:.3e}, max|g| = {:.3e}", c.name, c.max_abs_err, c.ref_max);
+            }
+            all_ok &= report.passed();
+        }
+    }
+    println!("errors are norm-wise relative: max|ours - reference| / max|reference|");
+    Ok(all_ok)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Golden { dir } => golden(dir),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("golden check FAILED");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
