@@ -1,8 +1,26 @@
-//! placeholder
-/// Dataset errors.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// placeholder
-    #[error("x")]
-    X,
+//! # snn-data: datasets for spiking networks
+//!
+//! * [`idx`]: the IDX format of MNIST and Fashion-MNIST (raw or gzip), fully validated.
+//! * [`mnist`]: the MNIST train/test splits from a folder, and a small built-in real subset so that training
+//!   works on a fresh checkout with no data at all.
+//! * [`ImageDataset`]: images as `u8` with labels, and [`Batches`]: seeded shuffling and batching.
+//! * [`sha256_hex`]: checksums of files and buffers.
+//!
+//! Every reader error names the file and what is wrong with it.
+
+mod batch;
+mod dataset;
+mod error;
+pub mod idx;
+pub mod mnist;
+
+pub use batch::Batches;
+pub use dataset::ImageDataset;
+pub use error::{Error, Result};
+
+use sha2::{Digest, Sha256};
+
+/// Lower-case hexadecimal SHA-256 of a byte buffer.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
