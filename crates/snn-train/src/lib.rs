@@ -9,6 +9,13 @@ mod error;
 pub mod golden;
 pub mod loss;
 pub mod optim;
+mod recipe;
+mod trainer;
 
 pub use error::{Error, Result};
 pub use optim::Sgd;
+pub use recipe::Recipe;
+pub use trainer::{
+    evaluate, stream_rng, train, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles, Silent, Stream,
+    TrainObserver, TrainSummary,
+};

@@ -1,0 +1,393 @@
+//! The training loop and evaluation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use snn_core::RateEncoder;
+use snn_data::{Batches, ImageDataset};
+use snn_models::{save_checkpoint, write_atomic, ForwardOptions, ForwardOutput, Masks, SpikingNetwork};
+
+use crate::loss::{predictions, sum_squared_error};
+use crate::{Error, Recipe, Result, Sgd};
+
+/// The independent random streams of a run, all derived from the run seed. Changing how much one stream
+/// is used (e.g. the batch size) never shifts another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Weight initialisation.
+    Init = 0,
+    /// Order of the training samples.
+    Shuffle = 1,
+    /// Poisson input spikes during training.
+    TrainInput = 2,
+    /// Dropout masks.
+    Dropout = 3,
+    /// Poisson input spikes during evaluation (restarted at every evaluation).
+    EvalInput = 4,
+}
+
+/// A ChaCha8 generator for one stream of a run.
+pub fn stream_rng(seed: u64, stream: Stream) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream as u64);
+    rng
+}
+
+/// Average activity of one spiking layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRate {
+    /// Layer name.
+    pub layer: String,
+    /// Spikes per neuron over the window, averaged over neurons and samples.
+    pub spikes_per_neuron: f64,
+}
+
+/// Accumulates per-layer spike counts over batches.
+#[derive(Debug, Default)]
+struct ActivityTally {
+    layers: Vec<(String, usize, f64)>,
+    samples: usize,
+}
+
+impl ActivityTally {
+    fn add(&mut self, out: &ForwardOutput, batch: usize) {
+        if self.layers.is_empty() {
+            self.layers = out.activity.iter().map(|a| (a.name.clone(), a.neurons, 0.0)).collect();
+        }
+        for (slot, a) in self.layers.iter_mut().zip(&out.activity) {
+            slot.2 += a.spike_count;
+        }
+        self.samples += batch;
+    }
+
+    fn rates(&self) -> Vec<LayerRate> {
+        self.layers
+            .iter()
+            .map(|(name, neurons, count)| LayerRate {
+                layer: name.clone(),
+                spikes_per_neuron: count / (*neurons as f64 * self.samples.max(1) as f64),
+            })
+            .collect()
+    }
+}
+
+/// Result of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Samples evaluated.
+    pub total: usize,
+    /// Fraction correct.
+    pub accuracy: f64,
+    /// Time steps per sample.
+    pub timesteps: usize,
+    /// Per-layer activity.
+    pub layers: Vec<LayerRate>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+fn encode(net: &SpikingNetwork, data: &ImageDataset, idx: &[usize], steps: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, Vec<u32>)> {
+    let (pixels, labels) = data.batch(idx);
+    let [c, h, w] = data.shape();
+    let encoder = RateEncoder::new(net.spec().input_gain)?;
+    let x = encoder.encode(&pixels, &[idx.len(), c, h, w], steps, rng, net.dtype(), net.device())?;
+    Ok((x, labels))
+}
+
+fn check_dataset(net: &SpikingNetwork, data: &ImageDataset, role: &str) -> Result<()> {
+    let spec = net.spec();
+    if data.shape()[..] != spec.input_shape[..] {
+        return Err(Error::Config(format!(
+            "{role} images have shape {:?} but model '{}' expects {:?}",
+            data.shape(),
+            spec.name,
+            spec.input_shape
+        )));
+    }
+    if data.classes() > spec.classes() {
+        return Err(Error::Config(format!(
+            "{role} set has {} classes but the model outputs {}",
+            data.classes(),
+            spec.classes()
+        )));
+    }
+    if data.is_empty() {
+        return Err(Error::Config(format!("{role} set is empty")));
+    }
+    Ok(())
+}
+
+/// Evaluates top-1 accuracy over `data` with `timesteps` steps per sample. Input spikes are drawn from the
+/// [`Stream::EvalInput`] stream of `seed`, restarted here, so the same checkpoint always gets the same score.
+pub fn evaluate(
+    net: &SpikingNetwork,
+    data: &ImageDataset,
+    timesteps: usize,
+    batch_size: usize,
+    seed: u64,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<EvalResult> {
+    check_dataset(net, data, "test")?;
+    if timesteps == 0 || batch_size == 0 {
+        return Err(Error::Config("timesteps and batch size must be at least 1".into()));
+    }
+    let start = Instant::now();
+    let mut rng = stream_rng(seed, Stream::EvalInput);
+    let mut correct = 0;
+    let mut tally = ActivityTally::default();
+    let opts = ForwardOptions::default();
+    for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None) {
+        let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
+        let out = net.forward(&x, &Masks::new(), opts)?;
+        correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        tally.add(&out, idx.len());
+        on_batch(tally.samples, data.len());
+    }
+    Ok(EvalResult {
+        correct,
+        total: data.len(),
+        accuracy: correct as f64 / data.len() as f64,
+        timesteps,
+        layers: tally.rates(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Metrics of one epoch (one JSON line of `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean summed-squared-error loss per training sample.
+    pub loss: f64,
+    /// Training accuracy (on the spikes seen during training, dropout active).
+    pub train_accuracy: f64,
+    /// Test accuracy after the epoch.
+    pub test_accuracy: f64,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Training throughput.
+    pub images_per_sec: f64,
+    /// Spikes per neuron per layer during training.
+    pub train_spikes: Vec<LayerRate>,
+    /// Spikes per neuron per layer during the test.
+    pub test_spikes: Vec<LayerRate>,
+    /// Wall time of the epoch, training and test.
+    pub seconds: f64,
+}
+
+/// Progress of the current training batch, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchProgress {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Samples trained so far in this epoch.
+    pub samples: usize,
+    /// Samples in the epoch.
+    pub epoch_samples: usize,
+    /// Mean loss per sample so far in this epoch.
+    pub loss: f64,
+    /// Training accuracy so far in this epoch.
+    pub accuracy: f64,
+    /// Throughput so far in this epoch.
+    pub images_per_sec: f64,
+}
+
+/// Receives training events (progress bars, logs). Every method has an empty default.
+pub trait TrainObserver {
+    /// After every training batch.
+    fn on_batch(&mut self, _progress: &BatchProgress) {}
+    /// During evaluation: samples done out of total.
+    fn on_eval(&mut self, _done: usize, _total: usize) {}
+    /// After every epoch.
+    fn on_epoch(&mut self, _metrics: &EpochMetrics) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl TrainObserver for Silent {}
+
+/// Where a run writes its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFiles {
+    /// Weights after the last epoch.
+    pub last: PathBuf,
+    /// Weights of the epoch with the best test accuracy.
+    pub best: PathBuf,
+    /// One JSON object per epoch.
+    pub metrics: PathBuf,
+}
+
+impl RunFiles {
+    /// The standard file names inside `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            last: dir.join("last.safetensors"),
+            best: dir.join("best.safetensors"),
+            metrics: dir.join("metrics.jsonl"),
+        }
+    }
+}
+
+/// Outcome of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Test accuracy after the last epoch (fraction).
+    pub test_accuracy: f64,
+    /// Best test accuracy over epochs.
+    pub best_test_accuracy: f64,
+    /// Epoch of the best test accuracy.
+    pub best_epoch: usize,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Training time steps.
+    pub timesteps: usize,
+    /// Test time steps.
+    pub test_timesteps: usize,
+    /// Training images per epoch.
+    pub train_images: usize,
+    /// Test images.
+    pub test_images: usize,
+    /// Total wall time.
+    pub seconds: f64,
+    /// Per-epoch metrics.
+    pub history: Vec<EpochMetrics>,
+    /// The files written, if an output folder was given.
+    pub files: Option<RunFiles>,
+}
+
+fn ensure_finite(t: &Tensor, what: &str, epoch: usize, batch: usize) -> Result<()> {
+    let v = t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite { what: what.to_string(), epoch, batch })
+    }
+}
+
+/// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
+///
+/// Each mini-batch draws fresh Poisson input spikes and one dropout mask per masked layer (held over the
+/// window), runs the window layer-major, forms the summed squared error of the readout and applies one SGD
+/// step from the spike-based gradients. With `out_dir`, `last.safetensors`, `best.safetensors` and
+/// `metrics.jsonl` are written there atomically after every epoch.
+pub fn train(
+    net: &SpikingNetwork,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    recipe: &Recipe,
+    out_dir: Option<&Path>,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
+    recipe.validate()?;
+    check_dataset(net, train, "training")?;
+    check_dataset(net, test, "test")?;
+    let files = match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+            Some(RunFiles::in_dir(dir))
+        }
+        None => None,
+    };
+    let start = Instant::now();
+    let mut opt = Sgd::new(net.weights().to_vec(), recipe.lr, recipe.momentum, recipe.weight_decay)?;
+    let mut shuffle_rng = stream_rng(recipe.seed, Stream::Shuffle);
+    let mut input_rng = stream_rng(recipe.seed, Stream::TrainInput);
+    let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut best = (f64::NEG_INFINITY, 0usize);
+    let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
+
+    for epoch in 1..=recipe.epochs {
+        let epoch_start = Instant::now();
+        opt.lr = recipe.lr_at(epoch);
+        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        let mut tally = ActivityTally::default();
+        for (b, idx) in Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).enumerate() {
+            let (x, labels) = encode(net, train, &idx, recipe.timesteps, &mut input_rng)?;
+            let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
+            let out = net.forward(&x, &masks, opts)?;
+            let loss = sum_squared_error(&out.output, &labels)?;
+            ensure_finite(&loss, "loss", epoch, b)?;
+            let grads = loss.backward()?;
+            for (name, var) in net.weights() {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), epoch, b)?;
+                }
+            }
+            opt.step(&grads)?;
+            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+            tally.add(&out, idx.len());
+            let seen = tally.samples;
+            observer.on_batch(&BatchProgress {
+                epoch,
+                samples: seen,
+                epoch_samples: train.len(),
+                loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+                images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        for (name, var) in net.weights() {
+            ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, 0)?;
+        }
+        let eval = evaluate(net, test, recipe.test_timesteps, recipe.test_batch_size, recipe.seed, &mut |d, t| {
+            observer.on_eval(d, t)
+        })?;
+        let metrics = EpochMetrics {
+            epoch,
+            loss: loss_sum / train.len() as f64,
+            train_accuracy: correct as f64 / train.len() as f64,
+            test_accuracy: eval.accuracy,
+            lr: opt.lr,
+            images_per_sec: train.len() as f64 / train_seconds.max(1e-9),
+            train_spikes: tally.rates(),
+            test_spikes: eval.layers.clone(),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(epoch, loss = metrics.loss, test_accuracy = metrics.test_accuracy, "epoch done");
+        history.push(metrics.clone());
+        if let Some(files) = &files {
+            let mut meta = HashMap::new();
+            meta.insert("epoch".to_string(), epoch.to_string());
+            meta.insert("recipe".to_string(), serde_json::to_string(recipe).unwrap_or_default());
+            meta.insert("test_accuracy".to_string(), eval.accuracy.to_string());
+            meta.insert("test_timesteps".to_string(), recipe.test_timesteps.to_string());
+            save_checkpoint(&files.last, net, &meta)?;
+            if eval.accuracy > best.0 {
+                save_checkpoint(&files.best, net, &meta)?;
+            }
+            let lines: String =
+                history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
+            write_atomic(&files.metrics, lines.as_bytes())
+                .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
+        }
+        if eval.accuracy > best.0 {
+            best = (eval.accuracy, epoch);
+        }
+        observer.on_epoch(&metrics);
+    }
+    let last = history.last().map_or(0.0, |m| m.test_accuracy);
+    Ok(TrainSummary {
+        test_accuracy: last,
+        best_test_accuracy: best.0,
+        best_epoch: best.1,
+        epochs: recipe.epochs,
+        timesteps: recipe.timesteps,
+        test_timesteps: recipe.test_timesteps,
+        train_images: train.len(),
+        test_images: test.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        history,
+        files,
+    })
+}
