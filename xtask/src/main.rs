@@ -2,6 +2,10 @@
 //!
 //! * `cargo xtask golden [DIR]`: replays every golden training step in DIR (default `tests/golden`) in
 //!   float64 and float32 through the project's model code and fails when any exceeds its tolerance.
+//! * `cargo xtask bench`: times a training step and an inference pass (median of repetitions), with the
+//!   throughput of a dense matrix product measured in the same run as the baseline.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +28,24 @@ enum Command {
     Golden {
         /// Folder of cases (`<case>.json` + `<case>.safetensors`).
         dir: Option<PathBuf>,
+    },
+    /// Time one training step and one inference pass of a built-in network on MNIST inputs.
+    Bench {
+        /// Built-in model (MNIST input).
+        #[arg(long, default_value = "lenet")]
+        model: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Time steps (comma-separated for several).
+        #[arg(long, value_delimiter = ',', default_value = "20")]
+        timesteps: Vec<usize>,
+        /// Timed repetitions per measurement (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -72,6 +94,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir } => golden(dir),
+        Command::Bench { model, batch, timesteps, reps, json } => {
+            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json }).map(|()| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 //! safetensors files carrying the spec in their metadata, so a file alone can be evaluated.
 
 mod checkpoint;
+pub mod conv;
 mod error;
 mod network;
 mod spec;

@@ -7,6 +7,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
+use crate::conv::conv2d_frames;
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
 use crate::{Error, Result};
 
@@ -229,11 +230,11 @@ impl SpikingNetwork {
             let (currents, neuron) = match layer {
                 LayerSpec::Conv(c) => {
                     let w = self.weight(&c.name, track)?;
-                    let mut cur = frames.conv2d(&w, c.padding, c.stride, 1, 1)?;
+                    let mut cur = conv(&frames, &w, c.padding, c.stride, track && c.input != INPUT)?;
                     if let Some(sc) = &c.shortcut {
                         let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
                         let term = match sc.kind {
-                            ShortcutKind::Conv1x1 => src.conv2d(&self.weight(&sc.name, track)?, 0, sc.stride, 1, 1)?,
+                            ShortcutKind::Conv1x1 => conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, track && sc.input != INPUT)?,
                             ShortcutKind::Subsample => subsample(&src, sc.stride)?,
                         };
                         cur = (cur + term)?;
@@ -274,6 +275,15 @@ impl SpikingNetwork {
         }
         let output = readout.ok_or_else(|| Error::Spec("network has no readout".into()))?;
         Ok(ForwardOutput { output, activity })
+    }
+}
+
+/// A convolution over frames: Candle's own when no gradient is recorded, else the op of [`crate::conv`].
+fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool) -> Result<Tensor> {
+    if w.is_variable() {
+        conv2d_frames(frames, w, padding, stride, input_grad)
+    } else {
+        Ok(frames.conv2d(w, padding, stride, 1, 1)?)
     }
 }
 

@@ -390,6 +390,33 @@ impl NetworkSpec {
         Ok(out)
     }
 
+    /// Dense multiply-accumulates per sample and time step of every weight layer (shortcut convolutions
+    /// included), in layer order: `outputs × fan-in` for a convolution, `in × out` for a linear map.
+    /// This is also the MAC count of the ANN with the same architecture per image.
+    pub fn dense_macs(&self) -> Result<Vec<(String, u64)>> {
+        let shapes = self.output_shapes()?;
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            match layer {
+                LayerSpec::Conv(c) => {
+                    let o = &shapes[&c.name];
+                    let outputs = (o[0] * o[1] * o[2]) as u64;
+                    let mut macs = outputs * (c.in_channels * c.kernel * c.kernel) as u64;
+                    if let Some(sc) = &c.shortcut {
+                        if sc.kind == ShortcutKind::Conv1x1 {
+                            macs += outputs * shapes[&sc.input][0] as u64;
+                        }
+                    }
+                    out.push((c.name.clone(), macs));
+                }
+                LayerSpec::Fc(f) => out.push((f.name.clone(), (f.in_features * f.out_features) as u64)),
+                LayerSpec::Readout(r) => out.push((r.name.clone(), (r.in_features * r.out_features) as u64)),
+                LayerSpec::Pool(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Total number of trainable parameters.
     pub fn parameter_count(&self) -> Result<usize> {
         Ok(self.weight_shapes()?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())

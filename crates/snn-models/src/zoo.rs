@@ -162,6 +162,13 @@ mod tests {
     }
 
     #[test]
+    fn lenet_dense_macs_match_a_hand_count() {
+        // cnn1: 20·28·28 outputs × 25; cnn2: 50·14·14 × 20·25; fc0: 2450·200; fc1: 200·10.
+        let macs: Vec<u64> = lenet().dense_macs().unwrap().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(macs, vec![392_000, 4_900_000, 490_000, 2_000]);
+    }
+
+    #[test]
     fn unknown_names_are_errors() {
         let err = builtin("vgg16").unwrap_err().to_string();
         assert!(err.contains("vgg16") && err.contains("lenet"), "{err}");

@@ -16,6 +16,6 @@ pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::Recipe;
 pub use trainer::{
-    evaluate, stream_rng, train, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles, Silent, Stream,
+    evaluate, stream_rng, train, train_step, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles, Silent, Stream,
     TrainObserver, TrainSummary,
 };

@@ -263,13 +263,47 @@ pub struct TrainSummary {
     pub files: Option<RunFiles>,
 }
 
-fn ensure_finite(t: &Tensor, what: &str, epoch: usize, batch: usize) -> Result<()> {
+fn ensure_finite(t: &Tensor, what: &str, epoch: usize, batch: usize) -> Result<f64> {
     let v = t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     if v.is_finite() {
-        Ok(())
+        Ok(v)
     } else {
         Err(Error::NonFinite { what: what.to_string(), epoch, batch })
     }
+}
+
+/// Places a non-finite error reported by [`train_step`] at its epoch and batch.
+fn locate(e: Error, epoch: usize, batch: usize) -> Error {
+    match e {
+        Error::NonFinite { what, .. } => Error::NonFinite { what, epoch, batch },
+        other => other,
+    }
+}
+
+/// One optimisation step on one mini-batch of input spikes `x` `[T, B, ...]`: forward pass with the given
+/// dropout masks, summed squared error against `labels`, spike-based backward pass, SGD update.
+///
+/// Returns the forward output and the loss. Fails without updating anything when the loss or a gradient is
+/// not finite (the error's epoch and batch are 0; [`train`] fills them in).
+pub fn train_step(
+    net: &SpikingNetwork,
+    opt: &mut Sgd,
+    x: &Tensor,
+    labels: &[u32],
+    masks: &Masks,
+) -> Result<(ForwardOutput, f64)> {
+    let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
+    let out = net.forward(x, masks, opts)?;
+    let loss = sum_squared_error(&out.output, labels)?;
+    let loss_value = ensure_finite(&loss, "loss", 0, 0)?;
+    let grads = loss.backward()?;
+    for (name, var) in net.weights() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
+        }
+    }
+    opt.step(&grads)?;
+    Ok((out, loss_value))
 }
 
 /// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
@@ -303,7 +337,6 @@ pub fn train(
     let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
-    let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
 
     for epoch in 1..=recipe.epochs {
         let epoch_start = Instant::now();
@@ -313,17 +346,9 @@ pub fn train(
         for (b, idx) in Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).enumerate() {
             let (x, labels) = encode(net, train, &idx, recipe.timesteps, &mut input_rng)?;
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
-            let out = net.forward(&x, &masks, opts)?;
-            let loss = sum_squared_error(&out.output, &labels)?;
-            ensure_finite(&loss, "loss", epoch, b)?;
-            let grads = loss.backward()?;
-            for (name, var) in net.weights() {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), epoch, b)?;
-                }
-            }
-            opt.step(&grads)?;
-            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks)
+                .map_err(|e| locate(e, epoch, b))?;
+            loss_sum += loss;
             correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
             tally.add(&out, idx.len());
             let seen = tally.samples;

@@ -1,0 +1,140 @@
+//! 2-D convolution over a window of frames with a leaner backward pass than Candle's default.
+//!
+//! Candle differentiates `conv2d` with respect to its input through `conv_transpose2d`, which is about half
+//! as fast on the CPU as a plain convolution, and computes that gradient even when the input is data (the
+//! network's input spikes). Here the forward value comes from Candle's `conv2d` on detached operands; a
+//! custom op then ties it to the operands with a backward pass that
+//!
+//! * skips the input gradient when the input needs none,
+//! * computes it for stride 1 as a convolution of the output gradient with the flipped, transposed kernel,
+//! * and the kernel gradient as Candle does (a convolution of the input with the output gradient).
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use crate::Result;
+
+/// Convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias, dilation 1).
+///
+/// `input_needs_grad = false` drops the gradient with respect to `frames` (use it for data).
+pub fn conv2d_frames(
+    frames: &Tensor,
+    kernel: &Tensor,
+    padding: usize,
+    stride: usize,
+    input_needs_grad: bool,
+) -> Result<Tensor> {
+    let value = frames.detach().conv2d(&kernel.detach(), padding, stride, 1, 1)?;
+    let op = ConvOp { padding, stride, input_needs_grad, value: Mutex::new(Some(value)) };
+    Ok(frames.apply_op2(kernel, op)?)
+}
+
+struct ConvOp {
+    padding: usize,
+    stride: usize,
+    input_needs_grad: bool,
+    /// The forward value, computed by Candle before the op runs and handed over once.
+    value: Mutex<Option<Tensor>>,
+}
+
+impl ConvOp {
+    fn take_value(&self) -> candle_core::Result<Tensor> {
+        let mut slot = self.value.lock().map_err(|_| candle_core::Error::Msg("conv value lock poisoned".into()))?;
+        slot.take().ok_or_else(|| candle_core::Error::Msg("conv op value already consumed".into()))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-frames"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let value = self.take_value()?;
+        let shape = value.shape().clone();
+        let flat = value.flatten_all()?;
+        let storage = match s1.dtype() {
+            candle_core::DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+            candle_core::DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+            other => candle_core::bail!("{}: unsupported dtype {other:?}", self.name()),
+        };
+        Ok((storage, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, kh, kw) = w.dims4()?;
+        // Kernel gradient: correlate the input with the output gradient (batch and channel axes swapped).
+        let gw = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?
+            .transpose(0, 1)?;
+        let gw = gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?;
+        if !self.input_needs_grad {
+            return Ok((None, Some(gw)));
+        }
+        let gx = if self.stride == 1 && self.padding < kh && kh == kw {
+            // Full correlation of the output gradient with the spatially flipped, transposed kernel.
+            let rev: Vec<u32> = (0..kh as u32).rev().collect();
+            let rev = Tensor::new(rev.as_slice(), w.device())?;
+            let flipped = w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3)?;
+            grad.conv2d(&flipped, kh - 1 - self.padding, 1, 1, 1)?
+        } else {
+            let (_, _, gh, _) = grad.dims4()?;
+            let out_size = (gh - 1) * self.stride + kh - 2 * self.padding;
+            let out_padding = x.dim(2)? - out_size;
+            grad.conv_transpose2d(w, self.padding, out_padding, self.stride, 1)?
+        };
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The custom backward must agree with Candle's own conv2d backward.
+    #[test]
+    fn gradients_match_candle_for_strides_and_paddings() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, pad, stride) in [(3, 1, 1), (5, 2, 1), (3, 1, 2), (1, 0, 2), (1, 0, 1)] {
+            let xv: Vec<f64> = (0..2 * 3 * 8 * 8).map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0).collect();
+            let wv: Vec<f64> = (0..4 * 3 * k * k).map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0).collect();
+            let x = Var::from_vec(xv, (2, 3, 8, 8), &dev)?;
+            let w = Var::from_vec(wv, (4, 3, k, k), &dev)?;
+            let probe = |y: &Tensor| -> candle_core::Result<Tensor> {
+                let p: Vec<f64> = (0..y.elem_count()).map(|i| ((i * 7 % 5) as f64) - 2.0).collect();
+                (y * Tensor::from_vec(p, y.shape(), &dev)?)?.sum_all()
+            };
+            let ours = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, true)?;
+            let reference = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1)?;
+            let diff = (&ours - &reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "forward k{k} p{pad} s{stride}: {diff}");
+            let g1 = probe(&ours)?.backward()?;
+            let g2 = probe(&reference)?.backward()?;
+            for v in [&x, &w] {
+                let d = (g1.get(v).unwrap() - g2.get(v).unwrap())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+                assert!(d < 1e-10, "gradient k{k} p{pad} s{stride}: {d}");
+            }
+            let no_input = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, false)?;
+            let g3 = probe(&no_input)?.backward()?;
+            assert!(g3.get(&x).is_none());
+            assert!(g3.get(&w).is_some());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! `cargo xtask bench`: time one training step and one inference pass of a built-in network.
+//!
+//! Every figure is a median over repetitions, and the speed is also given as a ratio to a baseline measured
+//! in the same run on the same machine: the throughput of a large dense f32 matrix product in Candle (the
+//! practical ceiling of dense arithmetic here).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use snn_core::RateEncoder;
+use snn_data::mnist::{builtin_subset, Split};
+use snn_models::{builtin, ForwardOptions, Masks, SpikingNetwork};
+use snn_train::{stream_rng, train_step, Sgd, Stream};
+
+/// Options of the benchmark.
+pub struct BenchArgs {
+    pub model: String,
+    pub batch: usize,
+    pub timesteps: Vec<usize>,
+    pub reps: usize,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    model: String,
+    mode: &'static str,
+    batch: usize,
+    timesteps: usize,
+    median_s: f64,
+    min_s: f64,
+    images_per_s: f64,
+    gflops: f64,
+    ratio_to_matmul: f64,
+    peak_rss_mb: f64,
+    rss_before_mb: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    threads: usize,
+    matmul_gflops: f64,
+    rows: Vec<Row>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak and current resident set size of this process in MB (Linux; 0 elsewhere).
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn matmul_gflops(reps: usize) -> Result<f64> {
+    let n = 1024;
+    let a = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
+    a.matmul(&b)?;
+    let mut times = Vec::new();
+    for _ in 0..reps.max(3) {
+        let t = Instant::now();
+        a.matmul(&b)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(&mut times) / 1e9)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let spec = builtin(&args.model)?;
+    anyhow::ensure!(spec.input_shape == [1, 28, 28], "the benchmark's input data is MNIST; model '{}' takes {:?}", args.model, spec.input_shape);
+    anyhow::ensure!(args.reps >= 1 && args.batch >= 1, "--reps and --batch must be at least 1");
+    let macs_per_step: u64 = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
+    let data = builtin_subset(Split::Train)?;
+    let idx: Vec<usize> = (0..args.batch.min(data.len())).collect();
+    let (pixels, labels) = data.batch(&idx);
+    let shape = [idx.len(), 1, 28, 28];
+    let baseline = matmul_gflops(args.reps)?;
+    let mut rows = Vec::new();
+    for &t in &args.timesteps {
+        let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)?;
+        let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
+        let mut rng = stream_rng(1, Stream::TrainInput);
+        let encoder = RateEncoder::new(spec.input_gain)?;
+        for mode in ["train", "infer"] {
+            let (_, rss_before) = rss_mb();
+            let mut times = Vec::new();
+            for rep in 0..=args.reps {
+                let start = Instant::now();
+                let x = encoder.encode(&pixels, &shape, t, &mut rng, DType::F32, &Device::Cpu)?;
+                if mode == "train" {
+                    let masks = net.draw_masks(idx.len(), &mut rng)?;
+                    train_step(&net, &mut opt, &x, &labels, &masks)?;
+                } else {
+                    net.forward(&x, &Masks::new(), ForwardOptions::default())?;
+                }
+                if rep > 0 {
+                    times.push(start.elapsed().as_secs_f64()); // rep 0 is a warm-up
+                }
+            }
+            let (peak, _) = rss_mb();
+            let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+            let med = median(&mut times);
+            let flops_per_pass = 2.0 * macs_per_step as f64 * t as f64 * idx.len() as f64;
+            let flops = if mode == "train" { 3.0 * flops_per_pass } else { flops_per_pass };
+            let gflops = flops / med / 1e9;
+            rows.push(Row {
+                model: args.model.clone(),
+                mode,
+                batch: idx.len(),
+                timesteps: t,
+                median_s: med,
+                min_s: min,
+                images_per_s: idx.len() as f64 / med,
+                gflops,
+                ratio_to_matmul: gflops / baseline,
+                peak_rss_mb: peak,
+                rss_before_mb: rss_before,
+            });
+        }
+    }
+    let report = Report {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        matmul_gflops: baseline,
+        rows,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("baseline: dense f32 matmul 1024² in Candle, {:.1} GFLOP/s ({} threads)", report.matmul_gflops, report.threads);
+        println!("{:<7} {:<6} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}", "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB");
+        for r in &report.rows {
+            println!(
+                "{:<7} {:<6} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
+                r.model, r.mode, r.batch, r.timesteps, r.median_s, r.min_s, r.images_per_s, r.gflops, r.ratio_to_matmul, r.peak_rss_mb
+            );
+        }
+        println!("GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak RSS so far.");
+    }
+    Ok(())
+}
