@@ -80,7 +80,12 @@ fn matmul_gflops(reps: usize) -> Result<f64> {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let spec = builtin(&args.model)?;
-    anyhow::ensure!(spec.input_shape == [1, 28, 28], "the benchmark's input data is MNIST; model '{}' takes {:?}", args.model, spec.input_shape);
+    anyhow::ensure!(
+        spec.input_shape == [1, 28, 28],
+        "the benchmark's input data is MNIST; model '{}' takes {:?}",
+        args.model,
+        spec.input_shape
+    );
     anyhow::ensure!(args.reps >= 1 && args.batch >= 1, "--reps and --batch must be at least 1");
     let macs_per_step: u64 = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
     let data = builtin_subset(Split::Train)?;
@@ -131,23 +136,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
             });
         }
     }
-    let report = Report {
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        matmul_gflops: baseline,
-        rows,
-    };
+    let report =
+        Report { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), matmul_gflops: baseline, rows };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("baseline: dense f32 matmul 1024² in Candle, {:.1} GFLOP/s ({} threads)", report.matmul_gflops, report.threads);
-        println!("{:<7} {:<6} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}", "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB");
+        println!(
+            "baseline: dense f32 matmul 1024² in Candle, {:.1} GFLOP/s ({} threads)",
+            report.matmul_gflops, report.threads
+        );
+        println!(
+            "{:<7} {:<6} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+            "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
+        );
         for r in &report.rows {
             println!(
                 "{:<7} {:<6} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
-                r.model, r.mode, r.batch, r.timesteps, r.median_s, r.min_s, r.images_per_s, r.gflops, r.ratio_to_matmul, r.peak_rss_mb
+                r.model,
+                r.mode,
+                r.batch,
+                r.timesteps,
+                r.median_s,
+                r.min_s,
+                r.images_per_s,
+                r.gflops,
+                r.ratio_to_matmul,
+                r.peak_rss_mb
             );
         }
-        println!("GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak RSS so far.");
+        println!(
+            "GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak RSS so far."
+        );
     }
     Ok(())
 }

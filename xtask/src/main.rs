@@ -78,7 +78,11 @@ fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
                 fmt(report.worst("grad.")),
                 fmt(report.worst_matching(".ng")),
                 if spikes_ok { "exact" } else { "DIFFER" },
-                if report.passed() { "ok".to_string() } else { format!("FAIL (rtol {:e}, atol {:e})", tol.rtol, tol.atol) }
+                if report.passed() {
+                    "ok".to_string()
+                } else {
+                    format!("FAIL (rtol {:e}, atol {:e})", tol.rtol, tol.atol)
+                }
             );
             for c in report.checks.iter().filter(|c| !c.passed) {
                 println!("    {}: max|a-g| = {:.3e}, max|g| = {:.3e}", c.name, c.max_abs_err, c.ref_max);

@@ -15,7 +15,8 @@ fn golden_command_passes_on_fixtures_and_fails_on_a_doctored_case() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixtures.join("lenet_tiny.json"), dir.path().join("lenet_tiny.json")).unwrap();
-    let mut t = candle_core::safetensors::load(fixtures.join("lenet_tiny.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut t =
+        candle_core::safetensors::load(fixtures.join("lenet_tiny.safetensors"), &candle_core::Device::Cpu).unwrap();
     let loss = (t["loss"].clone() + 0.01).unwrap();
     t.insert("loss".into(), loss);
     candle_core::safetensors::save(&t, dir.path().join("lenet_tiny.safetensors")).unwrap();

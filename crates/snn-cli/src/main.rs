@@ -186,7 +186,9 @@ impl TrainObserver for Progress {
         if let Some(pb) = self.train_bar.take() {
             pb.finish_and_clear();
         }
-        let pb = self.eval_bar.get_or_insert_with(|| bar(total, "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", self.quiet));
+        let pb = self
+            .eval_bar
+            .get_or_insert_with(|| bar(total, "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", self.quiet));
         pb.set_position(done as u64);
     }
 
@@ -298,7 +300,9 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let ckpt = load_checkpoint(&a.checkpoint, &dev)?;
     let stored_t = ckpt.metadata.get("test_timesteps").and_then(|t| t.parse::<usize>().ok());
     let timesteps = a.timesteps.or(stored_t).unwrap_or(100);
-    let net = ckpt.into_network(dtype(a.common.dtype), &dev).with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
+    let net = ckpt
+        .into_network(dtype(a.common.dtype), &dev)
+        .with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
     let test_set = load_split(a.common.data_dir.as_deref(), Split::Test, a.common.test_limit)?;
     let pb = bar(test_set.len(), "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", a.common.json);
     let result = evaluate(&net, &test_set, timesteps, a.batch_size, a.seed, &mut |d, _| pb.set_position(d as u64))?;
@@ -342,7 +346,13 @@ fn run_models(json: bool) -> Result<()> {
     } else {
         println!("{:<10} {:<8} {:>12}  input", "model", "family", "parameters");
         for r in &rows {
-            println!("{:<10} {:<8} {:>12}  {}", r["name"].as_str().unwrap_or(""), r["family"].as_str().unwrap_or(""), r["parameters"], r["input_shape"]);
+            println!(
+                "{:<10} {:<8} {:>12}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["family"].as_str().unwrap_or(""),
+                r["parameters"],
+                r["input_shape"]
+            );
         }
     }
     Ok(())
@@ -350,9 +360,7 @@ fn run_models(json: bool) -> Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -14,7 +14,8 @@ fn stderr(o: &Output) -> String {
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 #[test]
@@ -33,7 +34,15 @@ fn train_then_eval_round_trip_reproduces_the_test_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = cli(&[
-        "train", "--train-limit", "128", "--test-limit", "64", "--timesteps", "4", "--json", "--out",
+        "train",
+        "--train-limit",
+        "128",
+        "--test-limit",
+        "64",
+        "--timesteps",
+        "4",
+        "--json",
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -126,7 +135,11 @@ fn bad_checkpoints_are_reported_not_panicked_on() {
 
     // A safetensors file from elsewhere (no spec metadata).
     let foreign = dir.path().join("foreign.safetensors");
-    let bytes = safetensors::serialize([("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())], None).unwrap();
+    let bytes = safetensors::serialize(
+        [("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap())],
+        None,
+    )
+    .unwrap();
     std::fs::write(&foreign, bytes).unwrap();
     let o = cli(&["eval", "--checkpoint", foreign.to_str().unwrap()]);
     assert!(!o.status.success());

@@ -98,8 +98,10 @@ mod tests {
     #[test]
     fn same_seed_same_spikes() -> Result<()> {
         let px = [0.3f32; 16];
-        let a = RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
-        let b = RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
+        let a =
+            RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
+        let b =
+            RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
         assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
         assert!(RateEncoder::new(f64::NAN).is_err());
         Ok(())

@@ -9,9 +9,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 4096;
 
 /// Floating-point element types the kernels run on.
-pub trait Real:
-    num_traits::Float + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static
-{
+pub trait Real: num_traits::Float + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static {
     /// Converts an `f64` constant to this type (rounding to nearest for `f32`).
     fn lit(x: f64) -> Self;
 }
@@ -46,11 +44,8 @@ pub fn spike_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F, s
     }
     let mut membrane = vec![F::zero(); n];
     for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
-        membrane
-            .par_chunks_mut(CHUNK)
-            .zip(i_row.par_chunks(CHUNK))
-            .zip(s_row.par_chunks_mut(CHUNK))
-            .for_each(|((v, i), s)| {
+        membrane.par_chunks_mut(CHUNK).zip(i_row.par_chunks(CHUNK)).zip(s_row.par_chunks_mut(CHUNK)).for_each(
+            |((v, i), s)| {
                 for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
                     let u = *v + i;
                     if u > threshold {
@@ -61,7 +56,8 @@ pub fn spike_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F, s
                         *v = leak * u;
                     }
                 }
-            });
+            },
+        );
     }
 }
 
@@ -118,32 +114,26 @@ pub fn spike_backward<F: Real>(
         let mut leaky = vec![F::zero(); n];
         let mut count = vec![F::zero(); n];
         for s_row in spikes.chunks_exact(n) {
-            leaky
-                .par_chunks_mut(CHUNK)
-                .zip(count.par_chunks_mut(CHUNK))
-                .zip(s_row.par_chunks(CHUNK))
-                .for_each(|((lf, tot), s)| {
+            leaky.par_chunks_mut(CHUNK).zip(count.par_chunks_mut(CHUNK)).zip(s_row.par_chunks(CHUNK)).for_each(
+                |((lf, tot), s)| {
                     for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
                         *lf = leak * *lf + s;
                         *tot += s;
                     }
-                });
+                },
+            );
         }
-        gain.par_chunks_mut(CHUNK)
-            .zip(leaky.par_chunks(CHUNK))
-            .zip(count.par_chunks(CHUNK))
-            .for_each(|((g, lf), tot)| {
+        gain.par_chunks_mut(CHUNK).zip(leaky.par_chunks(CHUNK)).zip(count.par_chunks(CHUNK)).for_each(
+            |((g, lf), tot)| {
                 for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
                     *g = *g * leak_correction(lf, tot, leak);
                 }
-            });
+            },
+        );
     }
     let mut delta = vec![F::zero(); n];
-    for ((s_row, g_row), d_row) in spikes
-        .chunks_exact(n)
-        .zip(grad_spikes.chunks_exact(n))
-        .zip(grad_currents.chunks_exact_mut(n))
-        .rev()
+    for ((s_row, g_row), d_row) in
+        spikes.chunks_exact(n).zip(grad_spikes.chunks_exact(n)).zip(grad_currents.chunks_exact_mut(n)).rev()
     {
         delta
             .par_chunks_mut(CHUNK)
@@ -152,9 +142,7 @@ pub fn spike_backward<F: Real>(
             .zip(g_row.par_chunks(CHUNK))
             .zip(d_row.par_chunks_mut(CHUNK))
             .for_each(|((((d, k), s), g), out)| {
-                for ((((d, &k), &s), &g), out) in
-                    d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut())
-                {
+                for ((((d, &k), &s), &g), out) in d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut()) {
                     if s > F::zero() {
                         *d = k * g;
                     }

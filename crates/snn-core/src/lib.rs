@@ -18,6 +18,8 @@
 //!
 //! Every random draw takes an explicit `rand::Rng`, so runs are reproducible from their seed.
 
+#![warn(missing_docs)]
+
 pub mod dropout;
 pub mod encode;
 mod error;

@@ -41,18 +41,11 @@ pub struct Neuron {
 
 impl Neuron {
     /// The paper's hidden LIF neuron: θ = 1, λ = 0.99, leak-corrected pseudo-derivative.
-    pub const PAPER_LIF: Neuron = Neuron {
-        threshold: 1.0,
-        leak: 0.99,
-        pseudo_derivative: PseudoDerivative::LeakCorrected,
-    };
+    pub const PAPER_LIF: Neuron =
+        Neuron { threshold: 1.0, leak: 0.99, pseudo_derivative: PseudoDerivative::LeakCorrected };
 
     /// The paper's pooling IF neuron: θ = 0.75, no leak, unit pseudo-derivative.
-    pub const PAPER_POOL_IF: Neuron = Neuron {
-        threshold: 0.75,
-        leak: 1.0,
-        pseudo_derivative: PseudoDerivative::Unit,
-    };
+    pub const PAPER_POOL_IF: Neuron = Neuron { threshold: 0.75, leak: 1.0, pseudo_derivative: PseudoDerivative::Unit };
 
     /// A leaky integrate-and-fire neuron with the leak-corrected pseudo-derivative.
     pub fn lif(threshold: f64, leak: f64) -> Result<Self> {
@@ -89,10 +82,9 @@ impl Neuron {
 
     fn backward_rule<F: Real>(&self) -> BackwardRule<F> {
         match self.pseudo_derivative {
-            PseudoDerivative::LeakCorrected => BackwardRule {
-                scale: F::lit(1.0 / self.threshold),
-                leak_correction: Some(F::lit(self.leak)),
-            },
+            PseudoDerivative::LeakCorrected => {
+                BackwardRule { scale: F::lit(1.0 / self.threshold), leak_correction: Some(F::lit(self.leak)) }
+            }
             PseudoDerivative::Unit => BackwardRule { scale: F::one(), leak_correction: None },
         }
     }
@@ -121,39 +113,58 @@ pub(crate) fn contiguous_slice<'a, F: candle_core::WithDType>(
     }
 }
 
+/// A kernel over one contiguous window buffer, generic over the float type.
+pub(crate) trait WindowKernel {
+    /// Name used in error messages.
+    const NAME: &'static str;
+    /// Computes the output buffer from the input buffer of a window of the given shape.
+    fn run<F: Real + candle_core::WithDType>(&self, input: &[F], shape: &Shape) -> Vec<F>;
+    /// Shape of the output.
+    fn output_shape(&self, input: &Shape) -> Shape {
+        input.clone()
+    }
+}
+
+/// Runs a [`WindowKernel`] on a CPU storage of `f32` or `f64`.
+pub(crate) fn cpu_apply<K: WindowKernel>(
+    kernel: &K,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let shape = layout.shape();
+    let out = match storage {
+        CpuStorage::F32(_) => CpuStorage::F32(kernel.run(contiguous_slice::<f32>(storage, layout, K::NAME)?, shape)),
+        CpuStorage::F64(_) => CpuStorage::F64(kernel.run(contiguous_slice::<f64>(storage, layout, K::NAME)?, shape)),
+        other => candle_core::bail!("{}: unsupported dtype {:?}", K::NAME, other.dtype()),
+    };
+    Ok((out, kernel.output_shape(shape)))
+}
+
 struct WindowOp(Neuron);
 
-impl WindowOp {
-    fn run<F: Real + candle_core::WithDType>(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<Vec<F>> {
-        let currents = contiguous_slice::<F>(storage, layout, self.name())?;
+impl WindowKernel for WindowOp {
+    const NAME: &'static str = "spike-window";
+
+    fn run<F: Real + candle_core::WithDType>(&self, currents: &[F], shape: &Shape) -> Vec<F> {
         let mut spikes = vec![F::zero(); currents.len()];
         kernels::spike_forward(
             currents,
-            neurons_per_step(layout.shape()),
+            neurons_per_step(shape),
             F::lit(self.0.threshold),
             F::lit(self.0.leak),
             &mut spikes,
         );
-        Ok(spikes)
+        spikes
     }
 }
 
 impl CustomOp1 for WindowOp {
     fn name(&self) -> &'static str {
-        "spike-window"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(self.run::<f32>(storage, layout)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.run::<f64>(storage, layout)?),
-            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
-        };
-        Ok((out, layout.shape().clone()))
+        cpu_apply(self, storage, layout)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {

@@ -1,10 +1,9 @@
 //! The non-spiking leaky readout of the output layer.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::kernels::{self, Real};
-use crate::neuron::contiguous_slice;
+use crate::neuron::{cpu_apply, WindowKernel};
 use crate::{Error, Result};
 
 /// Leaky integration of the output currents `[T, ...]` into the network output `[...]`.
@@ -36,32 +35,28 @@ struct ReadoutOp {
     leak: f64,
 }
 
-impl ReadoutOp {
-    fn run<F: Real + candle_core::WithDType>(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<Vec<F>> {
-        let currents = contiguous_slice::<F>(storage, layout, self.name())?;
-        let n = layout.shape().elem_count() / layout.shape().dims()[0];
+impl WindowKernel for ReadoutOp {
+    const NAME: &'static str = "leaky-readout";
+
+    fn run<F: Real + candle_core::WithDType>(&self, currents: &[F], shape: &Shape) -> Vec<F> {
+        let n = shape.elem_count() / shape.dims()[0];
         let mut out = vec![F::zero(); n];
         kernels::readout_forward(currents, n, F::lit(self.threshold), F::lit(self.leak), &mut out);
-        Ok(out)
+        out
+    }
+
+    fn output_shape(&self, input: &Shape) -> Shape {
+        Shape::from(&input.dims()[1..])
     }
 }
 
 impl CustomOp1 for ReadoutOp {
     fn name(&self) -> &'static str {
-        "leaky-readout"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(self.run::<f32>(storage, layout)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.run::<f64>(storage, layout)?),
-            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
-        };
-        Ok((out, Shape::from(&layout.shape().dims()[1..])))
+        cpu_apply(self, storage, layout)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {

@@ -46,7 +46,10 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
 /// Parses IDX bytes. `path` is used in error messages only.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes.len() < 4 {
-        return Err(format_err(path, format!("truncated header: {} bytes, an IDX header needs at least 4", bytes.len())));
+        return Err(format_err(
+            path,
+            format!("truncated header: {} bytes, an IDX header needs at least 4", bytes.len()),
+        ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(format_err(path, format!("bad magic {:02x?}: not an IDX file", &bytes[..4])));
@@ -65,10 +68,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             format!("truncated header: {} bytes, {ndims} dimensions need {header_len}", bytes.len()),
         ));
     }
-    let dims: Vec<usize> = bytes[4..header_len]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..header_len].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))

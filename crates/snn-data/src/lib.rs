@@ -8,6 +8,8 @@
 //!
 //! Every reader error names the file and what is wrong with it.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod dataset;
 mod error;

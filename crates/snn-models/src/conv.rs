@@ -78,10 +78,7 @@ impl CustomOp2 for ConvOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, kw) = w.dims4()?;
         // Kernel gradient: correlate the input with the output gradient (batch and channel axes swapped).
-        let gw = x
-            .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?
-            .transpose(0, 1)?;
+        let gw = x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?.transpose(0, 1)?;
         let gw = gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?;
         if !self.input_needs_grad {
             return Ok((None, Some(gw)));

@@ -9,6 +9,8 @@
 //! The named architectures of Lee et al. 2020 are built-in specs ([`builtin`]); checkpoints are
 //! safetensors files carrying the spec in their metadata, so a file alone can be evaluated.
 
+#![warn(missing_docs)]
+
 mod checkpoint;
 pub mod conv;
 mod error;
@@ -19,7 +21,5 @@ pub mod zoo;
 pub use checkpoint::{load_checkpoint, save_checkpoint, write_atomic, Checkpoint};
 pub use error::{Error, Result};
 pub use network::{ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
-pub use spec::{
-    ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
-};
+pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
 pub use zoo::{builtin, builtin_names};

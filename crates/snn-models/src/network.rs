@@ -234,7 +234,9 @@ impl SpikingNetwork {
                     if let Some(sc) = &c.shortcut {
                         let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
                         let term = match sc.kind {
-                            ShortcutKind::Conv1x1 => conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, track && sc.input != INPUT)?,
+                            ShortcutKind::Conv1x1 => {
+                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, track && sc.input != INPUT)?
+                            }
                             ShortcutKind::Subsample => subsample(&src, sc.stride)?,
                         };
                         cur = (cur + term)?;

@@ -297,7 +297,10 @@ impl NetworkSpec {
                     }
                     let side = |x: usize| (x + 2 * c.padding).checked_sub(c.kernel).map(|v| v / c.stride + 1);
                     let (Some(h), Some(w)) = (side(in_shape[1]), side(in_shape[2])) else {
-                        return bad(format!("conv '{name}': kernel {} larger than padded input {in_shape:?}", c.kernel));
+                        return bad(format!(
+                            "conv '{name}': kernel {} larger than padded input {in_shape:?}",
+                            c.kernel
+                        ));
                     };
                     let out = vec![c.out_channels, h, w];
                     if let Some(sc) = &c.shortcut {
@@ -381,9 +384,7 @@ impl NetworkSpec {
                     }
                 }
                 LayerSpec::Fc(f) => out.push((format!("{}.weight", f.name), vec![f.out_features, f.in_features])),
-                LayerSpec::Readout(r) => {
-                    out.push((format!("{}.weight", r.name), vec![r.out_features, r.in_features]))
-                }
+                LayerSpec::Readout(r) => out.push((format!("{}.weight", r.name), vec![r.out_features, r.in_features])),
                 LayerSpec::Pool(_) => {}
             }
         }

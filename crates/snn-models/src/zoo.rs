@@ -37,11 +37,22 @@ fn pool(name: &str, input: &str) -> LayerSpec {
 }
 
 fn fc(name: &str, input: &str, inputs: usize, outputs: usize, dropout: bool) -> LayerSpec {
-    LayerSpec::Fc(FcSpec { name: name.into(), input: input.into(), in_features: inputs, out_features: outputs, dropout })
+    LayerSpec::Fc(FcSpec {
+        name: name.into(),
+        input: input.into(),
+        in_features: inputs,
+        out_features: outputs,
+        dropout,
+    })
 }
 
 fn readout(name: &str, input: &str, inputs: usize, classes: usize) -> LayerSpec {
-    LayerSpec::Readout(ReadoutSpec { name: name.into(), input: input.into(), in_features: inputs, out_features: classes })
+    LayerSpec::Readout(ReadoutSpec {
+        name: name.into(),
+        input: input.into(),
+        in_features: inputs,
+        out_features: classes,
+    })
 }
 
 fn paper_spec(name: &str, family: &str, input_shape: [usize; 3], layers: Vec<LayerSpec>) -> NetworkSpec {

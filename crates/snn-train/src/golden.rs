@@ -78,27 +78,23 @@ pub struct CaseReport {
 }
 
 impl CaseReport {
+    /// The worst relative error among checks whose name starts with `prefix`.
+    pub fn worst(&self, prefix: &str) -> Option<f64> {
+        self.worst_where(|name| name.starts_with(prefix))
+    }
+
     /// The worst relative error among checks whose name ends with `suffix`.
     pub fn worst_matching(&self, suffix: &str) -> Option<f64> {
-        self.checks
-            .iter()
-            .filter(|c| c.name.ends_with(suffix))
-            .map(TensorCheck::relative_error)
-            .reduce(f64::max)
+        self.worst_where(|name| name.ends_with(suffix))
+    }
+
+    fn worst_where(&self, keep: impl Fn(&str) -> bool) -> Option<f64> {
+        self.checks.iter().filter(|c| keep(&c.name)).map(TensorCheck::relative_error).reduce(f64::max)
     }
 
     /// Whether every comparison passed.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
-    }
-
-    /// The worst relative error among checks whose name starts with `prefix`.
-    pub fn worst(&self, prefix: &str) -> Option<f64> {
-        self.checks
-            .iter()
-            .filter(|c| c.name.starts_with(prefix))
-            .map(TensorCheck::relative_error)
-            .reduce(f64::max)
     }
 }
 

@@ -5,6 +5,8 @@
 //! Poisson input draw and one dropout mask per mini-batch, evaluation on the test set every epoch, and
 //! atomic checkpoints. [`golden`] replays reference training steps to check the numerics.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod golden;
 pub mod loss;
@@ -16,6 +18,6 @@ pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::Recipe;
 pub use trainer::{
-    evaluate, stream_rng, train, train_step, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles, Silent, Stream,
-    TrainObserver, TrainSummary,
+    evaluate, stream_rng, train, train_step, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles, Silent,
+    Stream, TrainObserver, TrainSummary,
 };

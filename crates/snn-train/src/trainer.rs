@@ -93,7 +93,13 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
-fn encode(net: &SpikingNetwork, data: &ImageDataset, idx: &[usize], steps: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, Vec<u32>)> {
+fn encode(
+    net: &SpikingNetwork,
+    data: &ImageDataset,
+    idx: &[usize],
+    steps: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Tensor, Vec<u32>)> {
     let (pixels, labels) = data.batch(idx);
     let [c, h, w] = data.shape();
     let encoder = RateEncoder::new(net.spec().input_gain)?;
@@ -346,8 +352,7 @@ pub fn train(
         for (b, idx) in Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).enumerate() {
             let (x, labels) = encode(net, train, &idx, recipe.timesteps, &mut input_rng)?;
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
-            let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks)
-                .map_err(|e| locate(e, epoch, b))?;
+            let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
             loss_sum += loss;
             correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
             tally.add(&out, idx.len());
@@ -391,8 +396,7 @@ pub fn train(
             if eval.accuracy > best.0 {
                 save_checkpoint(&files.best, net, &meta)?;
             }
-            let lines: String =
-                history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
+            let lines: String = history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
             write_atomic(&files.metrics, lines.as_bytes())
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
         }

@@ -44,9 +44,11 @@ fn conv(x: &[f64], xs: &Shape3, w: &[f64], o: usize, k: usize, stride: usize, pa
                 for c in 0..xs.c {
                     for ki in 0..k {
                         for kj in 0..k {
-                            let (r, q) = ((i * stride + ki) as isize - pad as isize, (j * stride + kj) as isize - pad as isize);
+                            let (r, q) =
+                                ((i * stride + ki) as isize - pad as isize, (j * stride + kj) as isize - pad as isize);
                             if r >= 0 && q >= 0 && (r as usize) < xs.h && (q as usize) < xs.w {
-                                acc += w[((oc * xs.c + c) * k + ki) * k + kj] * x[(c * xs.h + r as usize) * xs.w + q as usize];
+                                acc += w[((oc * xs.c + c) * k + ki) * k + kj]
+                                    * x[(c * xs.h + r as usize) * xs.w + q as usize];
                             }
                         }
                     }
@@ -61,8 +63,16 @@ fn conv(x: &[f64], xs: &Shape3, w: &[f64], o: usize, k: usize, stride: usize, pa
 /// Accumulates the weight and input gradients of `conv` for output gradient `d`.
 #[allow(clippy::too_many_arguments)]
 fn conv_back(
-    d: &[f64], ys: &Shape3, x: &[f64], xs: &Shape3, w: &[f64], k: usize, stride: usize, pad: usize,
-    gw: &mut [f64], gx: &mut [f64],
+    d: &[f64],
+    ys: &Shape3,
+    x: &[f64],
+    xs: &Shape3,
+    w: &[f64],
+    k: usize,
+    stride: usize,
+    pad: usize,
+    gw: &mut [f64],
+    gx: &mut [f64],
 ) {
     for oc in 0..ys.c {
         for i in 0..ys.h {
@@ -74,7 +84,8 @@ fn conv_back(
                 for c in 0..xs.c {
                     for ki in 0..k {
                         for kj in 0..k {
-                            let (r, q) = ((i * stride + ki) as isize - pad as isize, (j * stride + kj) as isize - pad as isize);
+                            let (r, q) =
+                                ((i * stride + ki) as isize - pad as isize, (j * stride + kj) as isize - pad as isize);
                             if r >= 0 && q >= 0 && (r as usize) < xs.h && (q as usize) < xs.w {
                                 let xi = (c * xs.h + r as usize) * xs.w + q as usize;
                                 let wi = ((oc * xs.c + c) * k + ki) * k + kj;
@@ -186,20 +197,31 @@ fn run_reference(
                 let cur: Vec<f64> = match l.kind.as_str() {
                     "conv" => {
                         let w = &weights[&format!("{}.weight", l.name)];
-                        let (mut y, _) = conv(x, &xs, w, l.out.c, u(&l.v, "kernel"), u(&l.v, "stride"), u(&l.v, "padding"));
+                        let (mut y, _) =
+                            conv(x, &xs, w, l.out.c, u(&l.v, "kernel"), u(&l.v, "stride"), u(&l.v, "padding"));
                         if let Some(sc) = l.v.get("shortcut") {
                             let src_name = sc["input"].as_str().unwrap();
                             let src = &outs[src_name][t][b];
                             let ss = case.shape(src_name);
                             let st = u(sc, "stride");
                             let add = if sc["kind"] == "conv1x1" {
-                                conv(src, &ss, &weights[&format!("{}.weight", sc["name"].as_str().unwrap())], l.out.c, 1, st, 0).0
+                                conv(
+                                    src,
+                                    &ss,
+                                    &weights[&format!("{}.weight", sc["name"].as_str().unwrap())],
+                                    l.out.c,
+                                    1,
+                                    st,
+                                    0,
+                                )
+                                .0
                             } else {
                                 let mut a = vec![0.0; n];
                                 for c in 0..l.out.c {
                                     for i in 0..l.out.h {
                                         for j in 0..l.out.w {
-                                            a[(c * l.out.h + i) * l.out.w + j] = src[(c * ss.h + i * st) * ss.w + j * st];
+                                            a[(c * l.out.h + i) * l.out.w + j] =
+                                                src[(c * ss.h + i * st) * ss.w + j * st];
                                         }
                                     }
                                 }
@@ -215,8 +237,11 @@ fn run_reference(
                             for i in 0..l.out.h {
                                 for j in 0..l.out.w {
                                     let at = |r: usize, q: usize| x[(c * xs.h + r) * xs.w + q];
-                                    y[(c * l.out.h + i) * l.out.w + j] = (at(2 * i, 2 * j) + at(2 * i, 2 * j + 1)
-                                        + at(2 * i + 1, 2 * j) + at(2 * i + 1, 2 * j + 1)) / 4.0;
+                                    y[(c * l.out.h + i) * l.out.w + j] = (at(2 * i, 2 * j)
+                                        + at(2 * i, 2 * j + 1)
+                                        + at(2 * i + 1, 2 * j)
+                                        + at(2 * i + 1, 2 * j + 1))
+                                        / 4.0;
                                 }
                             }
                         }
@@ -344,7 +369,9 @@ fn run_reference(
                             for i in 0..l.out.h {
                                 for j in 0..l.out.w {
                                     let d = delta[(c * l.out.h + i) * l.out.w + j] / 4.0;
-                                    for (r, q) in [(2 * i, 2 * j), (2 * i, 2 * j + 1), (2 * i + 1, 2 * j), (2 * i + 1, 2 * j + 1)] {
+                                    for (r, q) in
+                                        [(2 * i, 2 * j), (2 * i, 2 * j + 1), (2 * i + 1, 2 * j), (2 * i + 1, 2 * j + 1)]
+                                    {
                                         gin[(c * xs.h + r) * xs.w + q] += d;
                                     }
                                 }
@@ -363,7 +390,18 @@ fn run_reference(
                     _ => {
                         let (k, st, p) = (u(&l.v, "kernel"), u(&l.v, "stride"), u(&l.v, "padding"));
                         let mut gx = vec![0.0; xs.len()];
-                        conv_back(&delta, &l.out, &x, &xs, &weights[&wname], k, st, p, grads.get_mut(&wname).unwrap(), &mut gx);
+                        conv_back(
+                            &delta,
+                            &l.out,
+                            &x,
+                            &xs,
+                            &weights[&wname],
+                            k,
+                            st,
+                            p,
+                            grads.get_mut(&wname).unwrap(),
+                            &mut gx,
+                        );
                         g.get_mut(&l.input).unwrap()[t][b].iter_mut().zip(gx).for_each(|(a, v)| *a += v);
                         if let Some(sc) = l.v.get("shortcut") {
                             let src_name = sc["input"].as_str().unwrap().to_string();
@@ -373,12 +411,24 @@ fn run_reference(
                             if sc["kind"] == "conv1x1" {
                                 let scw = format!("{}.weight", sc["name"].as_str().unwrap());
                                 let src = outs[&src_name][t][b].clone();
-                                conv_back(&delta, &l.out, &src, &ss, &weights[&scw], 1, sst, 0, grads.get_mut(&scw).unwrap(), &mut gs);
+                                conv_back(
+                                    &delta,
+                                    &l.out,
+                                    &src,
+                                    &ss,
+                                    &weights[&scw],
+                                    1,
+                                    sst,
+                                    0,
+                                    grads.get_mut(&scw).unwrap(),
+                                    &mut gs,
+                                );
                             } else {
                                 for c in 0..l.out.c {
                                     for i in 0..l.out.h {
                                         for j in 0..l.out.w {
-                                            gs[(c * ss.h + i * sst) * ss.w + j * sst] += delta[(c * l.out.h + i) * l.out.w + j];
+                                            gs[(c * ss.h + i * sst) * ss.w + j * sst] +=
+                                                delta[(c * l.out.h + i) * l.out.w + j];
                                         }
                                     }
                                 }
@@ -461,18 +511,36 @@ fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64) -> HashMap
     for (wname, shape) in weight_shapes(&case) {
         let fan_in: usize = shape[1..].iter().product();
         let std = (3.0 / fan_in as f64).sqrt();
-        let v: Vec<f64> = (0..shape.iter().product::<usize>()).map(|_| (rng.gen::<f64>() * 2.0 - 1.0) * std * 1.7).collect();
+        let v: Vec<f64> =
+            (0..shape.iter().product::<usize>()).map(|_| (rng.gen::<f64>() * 2.0 - 1.0) * std * 1.7).collect();
         weights.insert(wname, (v, shape));
     }
     let nin = case.input_shape.len();
     let rates: Vec<f64> = (0..bb * nin).map(|_| rng.gen::<f64>() * 2.0 - 1.0).collect();
     let input: Frames = (0..tt)
-        .map(|_| (0..bb).map(|b| (0..nin).map(|i| { let x = rates[b * nin + i]; if x.abs() > rng.gen::<f64>() { x.signum() } else { 0.0 } }).collect()).collect())
+        .map(|_| {
+            (0..bb)
+                .map(|b| {
+                    (0..nin)
+                        .map(|i| {
+                            let x = rates[b * nin + i];
+                            if x.abs() > rng.gen::<f64>() {
+                                x.signum()
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                })
+                .collect()
+        })
         .collect();
     let labels: Vec<usize> = (0..bb).map(|_| rng.gen_range(0..10)).collect();
     let mut masks = HashMap::new();
     for l in case.layers.iter().filter(|l| l.v["dropout"].as_bool() == Some(true)) {
-        let m: Vec<Vec<f64>> = (0..bb).map(|_| (0..l.out.len()).map(|_| if rng.gen::<f64>() >= p { 1.0 / (1.0 - p) } else { 0.0 }).collect()).collect();
+        let m: Vec<Vec<f64>> = (0..bb)
+            .map(|_| (0..l.out.len()).map(|_| if rng.gen::<f64>() >= p { 1.0 / (1.0 - p) } else { 0.0 }).collect())
+            .collect();
         masks.insert(l.name.clone(), m);
     }
     let wflat: HashMap<String, Vec<f64>> = weights.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
@@ -483,16 +551,26 @@ fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64) -> HashMap
     let mut in_shape = vec![tt, bb];
     in_shape.extend([case.input_shape.c, case.input_shape.h, case.input_shape.w]);
     t.insert("input.spikes".to_string(), Tensor::from_vec(input.concat().concat(), in_shape, &dev).unwrap());
-    t.insert("labels".to_string(), Tensor::from_vec(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), bb, &dev).unwrap());
+    t.insert(
+        "labels".to_string(),
+        Tensor::from_vec(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), bb, &dev).unwrap(),
+    );
     let layer_dims = |l: &Layer| -> Vec<usize> {
-        if l.kind == "fc" { vec![bb, l.out.c] } else { vec![bb, l.out.c, l.out.h, l.out.w] }
+        if l.kind == "fc" {
+            vec![bb, l.out.c]
+        } else {
+            vec![bb, l.out.c, l.out.h, l.out.w]
+        }
     };
     for l in &case.layers {
         if let Some(m) = masks.get(&l.name) {
             t.insert(format!("mask.{}", l.name), Tensor::from_vec(m.concat(), layer_dims(l), &dev).unwrap());
         }
         if let Some(c) = r.counts.get(&l.name) {
-            t.insert(format!("stats.{}.total_spikes", l.name), Tensor::from_vec(c.clone(), layer_dims(l), &dev).unwrap());
+            t.insert(
+                format!("stats.{}.total_spikes", l.name),
+                Tensor::from_vec(c.clone(), layer_dims(l), &dev).unwrap(),
+            );
         }
         if let Some(ng) = r.ngs.get(&l.name) {
             t.insert(format!("stats.{}.ng", l.name), Tensor::from_vec(ng.clone(), layer_dims(l), &dev).unwrap());

@@ -24,7 +24,13 @@ fn lenet_learns_mnist_digits_in_one_short_epoch() {
     // gives 80 SGD steps for the same cost as 20 steps at batch 64.
     let mut recipe = quick_recipe(16);
     recipe.batch_size = 16;
-    let net = SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(recipe.seed, Stream::Init), DType::F32, &Device::Cpu).unwrap();
+    let net = SpikingNetwork::new(
+        builtin("lenet").unwrap(),
+        &mut stream_rng(recipe.seed, Stream::Init),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let summary = train(&net, &train_set, &test_set, &recipe, None, &mut Silent).unwrap();
     eprintln!("accuracy after 80 SGD steps: {:.3}", summary.test_accuracy);
     // Chance is 10 %; a working spike-based gradient gets far above it within 80 small steps.
@@ -44,9 +50,18 @@ fn identical_seeds_give_identical_weights() {
     let run = |seed: u64| {
         let mut r = recipe.clone();
         r.seed = seed;
-        let net = SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(seed, Stream::Init), DType::F32, &Device::Cpu).unwrap();
+        let net = SpikingNetwork::new(
+            builtin("lenet").unwrap(),
+            &mut stream_rng(seed, Stream::Init),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         train(&net, &train_set, &test_set, &r, None, &mut Silent).unwrap();
-        net.weights().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<_>>()
+        net.weights()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect::<Vec<_>>()
     };
     let (a, b, c) = (run(5), run(5), run(6));
     assert_eq!(a, b, "same seed, different weights");
