@@ -6,6 +6,8 @@
 //! The reference below deliberately shares nothing with the library: it runs sample by sample and step by
 //! step with naive loops, and reads the spec from the JSON text.
 
+#![allow(clippy::needless_range_loop)] // index loops keep the reference close to the equations
+
 use std::collections::HashMap;
 use std::path::Path;
 
