@@ -35,6 +35,9 @@ pub struct LayerActivity {
     pub neurons: usize,
     /// Spikes emitted over the window, summed over neurons and the batch, before any dropout mask.
     pub spike_count: f64,
+    /// Spikes of each neuron position summed over the window and the batch, before any mask; the layer's
+    /// per-sample shape, f64, detached.
+    pub neuron_counts: Tensor,
     /// The spike window `[T, B, ...]` before the mask, when [`ForwardOptions::keep_spikes`] is set.
     pub spikes: Option<Tensor>,
 }
@@ -260,7 +263,9 @@ impl SpikingNetwork {
             let mut shape = vec![steps, batch];
             shape.extend_from_slice(&self.shapes[name]);
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
-            let spike_count = spikes.sum(0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            // Per-step sums are exact in f32 (at most T per neuron); accumulate over the batch in f64.
+            let neuron_counts = spikes.detach().sum(0)?.to_dtype(DType::F64)?.sum(0)?;
+            let spike_count = neuron_counts.sum_all()?.to_scalar::<f64>()?;
             let out = match masks.get(name) {
                 Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                 None => spikes.clone(),
@@ -270,6 +275,7 @@ impl SpikingNetwork {
                 is_pool: matches!(layer, LayerSpec::Pool(_)),
                 neurons: self.shapes[name].iter().product(),
                 spike_count,
+                neuron_counts,
                 spikes: opts.keep_spikes.then_some(spikes),
             });
             outputs.insert(name, out);

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod analysis;
 mod error;
 pub mod golden;
 pub mod loss;
@@ -15,6 +16,7 @@ mod recipe;
 mod trainer;
 
 pub use error::{Error, Result};
+pub use analysis::{analyse, EnergyModel, SparsityReport};
 pub use optim::Sgd;
 pub use recipe::Recipe;
 pub use trainer::{

@@ -45,32 +45,47 @@ pub struct LayerRate {
     pub layer: String,
     /// Spikes per neuron over the window, averaged over neurons and samples.
     pub spikes_per_neuron: f64,
+    /// Spikes per neuron per time step.
+    pub firing_rate: f64,
+    /// Share of neuron positions that never fired, for any sample, at any step.
+    pub dead_fraction: f64,
 }
 
 /// Accumulates per-layer spike counts over batches.
 #[derive(Debug, Default)]
-struct ActivityTally {
-    layers: Vec<(String, usize, f64)>,
-    samples: usize,
+pub(crate) struct ActivityTally {
+    /// Per layer: name and per-neuron spike counts (summed over steps and samples).
+    layers: Vec<(String, Vec<f64>)>,
+    pub(crate) samples: usize,
+    timesteps: usize,
 }
 
 impl ActivityTally {
-    fn add(&mut self, out: &ForwardOutput, batch: usize) {
+    pub(crate) fn add(&mut self, out: &ForwardOutput, batch: usize, timesteps: usize) -> Result<()> {
         if self.layers.is_empty() {
-            self.layers = out.activity.iter().map(|a| (a.name.clone(), a.neurons, 0.0)).collect();
+            self.layers = out.activity.iter().map(|a| (a.name.clone(), vec![0.0; a.neurons])).collect();
         }
-        for (slot, a) in self.layers.iter_mut().zip(&out.activity) {
-            slot.2 += a.spike_count;
+        for ((_, counts), a) in self.layers.iter_mut().zip(&out.activity) {
+            let c = a.neuron_counts.flatten_all()?.to_vec1::<f64>()?;
+            counts.iter_mut().zip(c).for_each(|(acc, v)| *acc += v);
         }
         self.samples += batch;
+        self.timesteps = timesteps;
+        Ok(())
     }
 
-    fn rates(&self) -> Vec<LayerRate> {
+    pub(crate) fn rates(&self) -> Vec<LayerRate> {
         self.layers
             .iter()
-            .map(|(name, neurons, count)| LayerRate {
-                layer: name.clone(),
-                spikes_per_neuron: count / (*neurons as f64 * self.samples.max(1) as f64),
+            .map(|(name, counts)| {
+                let neurons = counts.len().max(1) as f64;
+                let per_neuron = counts.iter().sum::<f64>() / (neurons * self.samples.max(1) as f64);
+                LayerRate {
+                    layer: name.clone(),
+                    spikes_per_neuron: per_neuron,
+                    firing_rate: per_neuron / self.timesteps.max(1) as f64,
+                    dead_fraction: counts.iter().filter(|&&c| c == 0.0).count() as f64 / neurons,
+                }
             })
             .collect()
     }
@@ -93,7 +108,7 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
-fn encode(
+pub(crate) fn encode(
     net: &SpikingNetwork,
     data: &ImageDataset,
     idx: &[usize],
@@ -107,7 +122,7 @@ fn encode(
     Ok((x, labels))
 }
 
-fn check_dataset(net: &SpikingNetwork, data: &ImageDataset, role: &str) -> Result<()> {
+pub(crate) fn check_dataset(net: &SpikingNetwork, data: &ImageDataset, role: &str) -> Result<()> {
     let spec = net.spec();
     if data.shape()[..] != spec.input_shape[..] {
         return Err(Error::Config(format!(
@@ -153,7 +168,7 @@ pub fn evaluate(
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         let out = net.forward(&x, &Masks::new(), opts)?;
         correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
-        tally.add(&out, idx.len());
+        tally.add(&out, idx.len(), timesteps)?;
         on_batch(tally.samples, data.len());
     }
     Ok(EvalResult {
@@ -355,7 +370,7 @@ pub fn train(
             let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
             loss_sum += loss;
             correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
-            tally.add(&out, idx.len());
+            tally.add(&out, idx.len(), recipe.timesteps)?;
             let seen = tally.samples;
             observer.on_batch(&BatchProgress {
                 epoch,
