@@ -12,6 +12,9 @@ use snn_data::ImageDataset;
 use snn_models::{builtin, builtin_names, load_checkpoint, SpikingNetwork};
 use snn_train::{evaluate, stream_rng, train, BatchProgress, EpochMetrics, Recipe, Stream, TrainObserver};
 
+mod plots;
+mod stats;
+
 #[derive(Parser)]
 #[command(name = "snn-cli", version, about = "Deep spiking neural networks trained with spike-based backpropagation")]
 struct Cli {
@@ -25,6 +28,8 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint's test accuracy.
     Eval(EvalArgs),
+    /// Spikes per layer, synaptic operations and energy against the ANN of the same architecture.
+    Stats(stats::StatsArgs),
     /// List the built-in architectures.
     Models {
         /// Print JSON instead of a table.
@@ -34,35 +39,35 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     Cpu,
     Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DTypeArg {
+pub(crate) enum DTypeArg {
     F32,
     F64,
 }
 
 #[derive(Args)]
-struct Common {
+pub(crate) struct Common {
     /// Folder with the MNIST files (train/t10k images and labels, gzip or raw). Default: the built-in
     /// real subset (6,000 training and 1,000 test images).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Use at most this many test images.
-    #[arg(long)]
-    test_limit: Option<usize>,
+    #[arg(long, alias = "limit")]
+    pub(crate) test_limit: Option<usize>,
     /// Compute device.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
+    pub(crate) device: DeviceArg,
     /// Element type.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: DTypeArg,
+    pub(crate) dtype: DTypeArg,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
@@ -126,21 +131,21 @@ struct EvalArgs {
     common: Common,
 }
 
-fn device(arg: DeviceArg) -> Result<Device> {
+pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda => Device::new_cuda(0).context("CUDA device unavailable (build with --features cuda)"),
     }
 }
 
-fn dtype(arg: DTypeArg) -> DType {
+pub(crate) fn dtype(arg: DTypeArg) -> DType {
     match arg {
         DTypeArg::F32 => DType::F32,
         DTypeArg::F64 => DType::F64,
     }
 }
 
-fn load_split(dir: Option<&Path>, split: Split, limit: Option<usize>) -> Result<ImageDataset> {
+pub(crate) fn load_split(dir: Option<&Path>, split: Split, limit: Option<usize>) -> Result<ImageDataset> {
     let mut data = match dir {
         Some(d) => mnist::load(d, split)?,
         None => mnist::builtin_subset(split)?,
@@ -195,6 +200,14 @@ impl TrainObserver for Progress {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         if let Some(pb) = self.eval_bar.take() {
             pb.finish_and_clear();
+        }
+        for r in m.train_spikes.iter().filter(|r| r.spikes_per_neuron == 0.0) {
+            tracing::warn!(layer = %r.layer, epoch = m.epoch, "layer never fired");
+            eprintln!(
+                "warning: layer {} never fired during epoch {}: no gradient reaches the layers below it \
+                 (more time steps or a larger input rate may help)",
+                r.layer, m.epoch
+            );
         }
         if !self.quiet {
             let rates: Vec<String> =
@@ -367,6 +380,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => run_train(a),
         Command::Eval(a) => run_eval(a),
+        Command::Stats(a) => stats::run(a),
         Command::Models { json } => run_models(json),
     };
     match result {

@@ -189,7 +189,9 @@ fn projections(net: &SpikingNetwork, layer: &LayerSpec) -> Result<Vec<Projection
             v
         }
         LayerSpec::Pool(p) => vec![conv_like(&p.input, &out, p.kernel, p.stride, 0, 1.0)?],
-        LayerSpec::Fc(f) => vec![Projection { source: f.input.clone(), fanout: vec![f.out_features as f64; f.in_features] }],
+        LayerSpec::Fc(f) => {
+            vec![Projection { source: f.input.clone(), fanout: vec![f.out_features as f64; f.in_features] }]
+        }
         LayerSpec::Readout(r) => {
             vec![Projection { source: r.input.clone(), fanout: vec![r.out_features as f64; r.in_features] }]
         }

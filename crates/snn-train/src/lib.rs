@@ -15,8 +15,8 @@ pub mod optim;
 mod recipe;
 mod trainer;
 
-pub use error::{Error, Result};
 pub use analysis::{analyse, EnergyModel, SparsityReport};
+pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::Recipe;
 pub use trainer::{

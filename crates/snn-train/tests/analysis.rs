@@ -98,8 +98,9 @@ fn synaptic_ops_match_a_hand_count_with_padding_stride_pooling_shortcut_and_sign
 fn analysis_agrees_with_the_forward_pass_and_accounts_energy() {
     let mut data = builtin_subset(Split::Test).unwrap();
     data.truncate(24);
-    let net = SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)
-        .unwrap();
+    let net =
+        SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)
+            .unwrap();
     let energy = EnergyModel::default();
     let r = analyse(&net, &data, 12, 8, 1, energy, Some("cnn2")).unwrap();
     let by = |name: &str| r.layers.iter().find(|l| l.layer == name).unwrap();
