@@ -59,7 +59,13 @@ fn train_then_eval_round_trip_reproduces_the_test_accuracy() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!(line["epoch"], 1);
-    assert!(line["train_spikes"].as_array().unwrap().len() == 5, "5 spiking layers: {line}");
+    let layers = line["train_spikes"].as_array().unwrap();
+    assert_eq!(layers.len(), 5, "5 spiking layers: {line}");
+    for l in layers {
+        let (rate, dead) = (l["firing_rate"].as_f64().unwrap(), l["dead_fraction"].as_f64().unwrap());
+        assert!((rate * 4.0 - l["spikes_per_neuron"].as_f64().unwrap()).abs() < 1e-9, "{l}");
+        assert!((0.0..=1.0).contains(&dead), "{l}");
+    }
 
     // Evaluating the saved checkpoint with the same seed and batch size draws the same input spikes.
     let o = cli(&["eval", "--checkpoint", best, "--test-limit", "64", "--json"]);

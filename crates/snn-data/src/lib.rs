@@ -1,6 +1,7 @@
 //! # snn-data: datasets for spiking networks
 //!
 //! * [`idx`]: the IDX format of MNIST and Fashion-MNIST (raw or gzip), fully validated.
+//! * [`cifar`]: CIFAR-10 from the official binary batches, an image-folder tree or a `.tar.gz` of it.
 //! * [`mnist`]: the MNIST train/test splits from a folder, and a small built-in real subset so that training
 //!   works on a fresh checkout with no data at all.
 //! * [`ImageDataset`]: images as `u8` with labels, and [`Batches`]: seeded shuffling and batching.
@@ -11,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod cifar;
 mod dataset;
 mod error;
 pub mod idx;
