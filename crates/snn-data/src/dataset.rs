@@ -68,11 +68,17 @@ impl ImageDataset {
 
     /// Pixels of the given samples scaled to [0, 1] (`x / 255`), concatenated, with their labels.
     pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        self.batch_with(indices, |img| img.to_vec())
+    }
+
+    /// Like [`Self::batch`], with every image first passed through `transform` (e.g. augmentation), which
+    /// must keep its size.
+    pub fn batch_with(&self, indices: &[usize], mut transform: impl FnMut(&[u8]) -> Vec<u8>) -> (Vec<f32>, Vec<u32>) {
         let per = self.shape.iter().product::<usize>();
         let mut pixels = Vec::with_capacity(indices.len() * per);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            pixels.extend(self.image(i).iter().map(|&p| f32::from(p) / 255.0));
+            pixels.extend(transform(self.image(i)).iter().map(|&p| f32::from(p) / 255.0));
             labels.push(u32::from(self.labels[i]));
         }
         (pixels, labels)

@@ -4,6 +4,8 @@
 //! * [`cifar`]: CIFAR-10 from the official binary batches, an image-folder tree or a `.tar.gz` of it.
 //! * [`mnist`]: the MNIST train/test splits from a folder, and a small built-in real subset so that training
 //!   works on a fresh checkout with no data at all.
+//! * [`svhn`]: SVHN cropped digits from the official MATLAB files; [`Dataset`] names them all.
+//! * [`augment`]: seeded random crop and flip.
 //! * [`ImageDataset`]: images as `u8` with labels, and [`Batches`]: seeded shuffling and batching.
 //! * [`sha256_hex`]: checksums of files and buffers.
 //!
@@ -11,16 +13,20 @@
 
 #![warn(missing_docs)]
 
+pub mod augment;
 mod batch;
 pub mod cifar;
 mod dataset;
 mod error;
 pub mod idx;
 pub mod mnist;
+mod source;
+pub mod svhn;
 
 pub use batch::Batches;
 pub use dataset::ImageDataset;
 pub use error::{Error, Result};
+pub use source::Dataset;
 
 use sha2::{Digest, Sha256};
 

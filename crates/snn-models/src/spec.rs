@@ -49,6 +49,12 @@ pub struct NetworkSpec {
     /// Rate-encoder gain: firing probability per step = `input_gain · |x|` (0.5 for the MNIST recipe).
     #[serde(default = "default_input_gain")]
     pub input_gain: f64,
+    /// Per-channel mean subtracted from pixels in [0, 1] before encoding (empty: no normalisation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_mean: Vec<f64>,
+    /// Per-channel standard deviation dividing the centred pixels (empty: no normalisation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_std: Vec<f64>,
     /// Whether the leak-correction statistics count spikes after the dropout mask (LeNet/VGG order of the
     /// authors' code) or before (ResNet order). Gradients do not depend on it.
     #[serde(default = "default_true")]
@@ -231,6 +237,21 @@ impl NetworkSpec {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Normalises pixels in [0, 1] laid out as `[B, C, H, W]` in place with the spec's per-channel mean and
+    /// standard deviation (no-op when none are set).
+    pub fn normalize(&self, pixels: &mut [f32]) {
+        if self.input_mean.is_empty() {
+            return;
+        }
+        let plane = self.input_shape[1] * self.input_shape[2];
+        let channels = self.input_shape[0];
+        for (i, chunk) in pixels.chunks_mut(plane).enumerate() {
+            let c = i % channels;
+            let (m, s) = (self.input_mean[c] as f32, self.input_std[c] as f32);
+            chunk.iter_mut().for_each(|x| *x = (*x - m) / s);
+        }
+    }
+
     /// The LIF neuron of the hidden layers.
     pub fn lif_neuron(&self) -> Result<Neuron> {
         Ok(Neuron::lif(self.threshold, self.leak)?)
@@ -263,6 +284,20 @@ impl NetworkSpec {
         }
         if !(self.input_gain.is_finite() && self.input_gain >= 0.0) {
             return bad(format!("input_gain must be >= 0, got {}", self.input_gain));
+        }
+        if self.input_mean.len() != self.input_std.len()
+            || !(self.input_mean.is_empty() || self.input_mean.len() == self.input_shape[0])
+        {
+            return bad(format!(
+                "input_mean and input_std need one value per input channel ({}), got {} and {}",
+                self.input_shape[0],
+                self.input_mean.len(),
+                self.input_std.len()
+            ));
+        }
+        if self.input_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.input_mean.iter().any(|m| !m.is_finite())
+        {
+            return bad("input_std must be positive and input_mean finite".into());
         }
         self.lif_neuron()?;
         self.pool_neuron()?;

@@ -62,6 +62,8 @@ fn paper_spec(name: &str, family: &str, input_shape: [usize; 3], layers: Vec<Lay
         input_shape: input_shape.to_vec(),
         input_signed: true,
         input_gain: 1.0,
+        input_mean: vec![0.4914, 0.4822, 0.4465],
+        input_std: vec![0.557, 0.549, 0.5534],
         stats_after_mask: true,
         leak: 0.99,
         threshold: 1.0,
@@ -90,6 +92,8 @@ pub fn lenet() -> NetworkSpec {
     );
     spec.input_signed = false;
     spec.input_gain = 0.5;
+    spec.input_mean.clear();
+    spec.input_std.clear();
     spec
 }
 

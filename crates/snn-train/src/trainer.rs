@@ -115,7 +115,8 @@ pub(crate) fn encode(
     steps: usize,
     rng: &mut ChaCha8Rng,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let (pixels, labels) = data.batch(idx);
+    let (mut pixels, labels) = data.batch(idx);
+    net.spec().normalize(&mut pixels);
     let [c, h, w] = data.shape();
     let encoder = RateEncoder::new(net.spec().input_gain)?;
     let x = encoder.encode(&pixels, &[idx.len(), c, h, w], steps, rng, net.dtype(), net.device())?;
