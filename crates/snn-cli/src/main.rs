@@ -1,15 +1,15 @@
 //! `snn-cli`: train, evaluate and inspect spiking neural networks trained with spike-based backpropagation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use snn_data::mnist::{self, Split};
-use snn_data::ImageDataset;
-use snn_models::{builtin, builtin_names, load_checkpoint, SpikingNetwork};
+use snn_data::mnist::Split;
+use snn_data::{Dataset, ImageDataset};
+use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, NetworkSpec, SpikingNetwork};
 use snn_train::{evaluate, stream_rng, train, BatchProgress, EpochMetrics, Recipe, Stream, TrainObserver};
 
 mod plots;
@@ -52,8 +52,11 @@ pub(crate) enum DTypeArg {
 
 #[derive(Args)]
 pub(crate) struct Common {
-    /// Folder with the MNIST files (train/t10k images and labels, gzip or raw). Default: the built-in
-    /// real subset (6,000 training and 1,000 test images).
+    /// Dataset: mnist, fashion-mnist, cifar10 or svhn (default: implied by the model's input shape).
+    #[arg(long)]
+    pub(crate) dataset: Option<String>,
+    /// Data folder (MNIST-style IDX files; CIFAR-10 binary batches, image tree or .tar.gz; SVHN .mat files).
+    /// Default for MNIST: the built-in real subset (6,000 training and 1,000 test images).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
     /// Use at most this many test images.
@@ -75,6 +78,9 @@ struct TrainArgs {
     /// Architecture to train (see `snn-cli models`).
     #[arg(long, default_value = "lenet")]
     model: String,
+    /// Train an architecture described in a JSON file (a network spec) instead of a built-in one.
+    #[arg(long, conflicts_with = "model")]
+    model_config: Option<PathBuf>,
     /// Start from the paper's full recipe for the model (e.g. 125 epochs at T = 100 for LeNet) instead of
     /// the quick defaults; explicit options still override it.
     #[arg(long)]
@@ -145,11 +151,26 @@ pub(crate) fn dtype(arg: DTypeArg) -> DType {
     }
 }
 
-pub(crate) fn load_split(dir: Option<&Path>, split: Split, limit: Option<usize>) -> Result<ImageDataset> {
-    let mut data = match dir {
-        Some(d) => mnist::load(d, split)?,
-        None => mnist::builtin_subset(split)?,
-    };
+/// The dataset named by `--dataset`, else the one the model's input shape implies.
+fn dataset_for(common: &Common, spec: &NetworkSpec) -> Result<Dataset> {
+    if let Some(name) = &common.dataset {
+        return Ok(Dataset::from_name(name)?);
+    }
+    match spec.input_shape[..] {
+        [1, 28, 28] => Ok(Dataset::Mnist),
+        [3, 32, 32] => Ok(Dataset::Cifar10),
+        ref other => bail!("no default dataset for input shape {other:?}; pass --dataset"),
+    }
+}
+
+pub(crate) fn load_split(
+    common: &Common,
+    spec: &NetworkSpec,
+    split: Split,
+    limit: Option<usize>,
+) -> Result<ImageDataset> {
+    let dataset = dataset_for(common, spec)?;
+    let mut data = dataset.load(common.data_dir.as_deref(), split)?;
     if let Some(n) = limit {
         if n == 0 {
             bail!("limits must be at least 1");
@@ -226,12 +247,29 @@ impl TrainObserver for Progress {
     }
 }
 
-fn run_train(a: TrainArgs) -> Result<()> {
-    let spec = builtin(&a.model)?;
+fn run_train(mut a: TrainArgs) -> Result<()> {
+    let spec = match &a.model_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut spec = NetworkSpec::from_json(&text).with_context(|| format!("model config {}", path.display()))?;
+            if spec.name.is_empty() {
+                spec.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            }
+            a.model = spec.name.clone();
+            spec
+        }
+        None => builtin(&a.model)?,
+    };
     let mut recipe = if a.paper {
         Recipe::paper_for(&a.model).with_context(|| format!("no paper recipe for model '{}'", a.model))?
     } else {
-        let mut r = Recipe::paper_for(&a.model).unwrap_or_else(Recipe::paper_mnist);
+        let mut r = Recipe::paper_for(&a.model).unwrap_or_else(|| {
+            if spec.input_shape[0] == 3 {
+                Recipe::paper_cifar10(0.0033)
+            } else {
+                Recipe::paper_mnist()
+            }
+        });
         r.epochs = 1;
         r.timesteps = 20;
         r.test_timesteps = 20;
@@ -265,8 +303,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
     recipe.validate()?;
     let dev = device(a.common.device)?;
-    let train_set = load_split(a.common.data_dir.as_deref(), Split::Train, a.train_limit)?;
-    let test_set = load_split(a.common.data_dir.as_deref(), Split::Test, a.common.test_limit)?;
+    let train_set = load_split(&a.common, &spec, Split::Train, a.train_limit)?;
+    let test_set = load_split(&a.common, &spec, Split::Test, a.common.test_limit)?;
     let net = SpikingNetwork::new(spec, &mut stream_rng(recipe.seed, Stream::Init), dtype(a.common.dtype), &dev)?;
     tracing::info!(
         model = %a.model, params = net.parameter_count(), train = train_set.len(), test = test_set.len(),
@@ -316,7 +354,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let net = ckpt
         .into_network(dtype(a.common.dtype), &dev)
         .with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
-    let test_set = load_split(a.common.data_dir.as_deref(), Split::Test, a.common.test_limit)?;
+    let test_set = load_split(&a.common, net.spec(), Split::Test, a.common.test_limit)?;
     let pb = bar(test_set.len(), "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", a.common.json);
     let result = evaluate(&net, &test_set, timesteps, a.batch_size, a.seed, &mut |d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
@@ -347,6 +385,8 @@ fn run_models(json: bool) -> Result<()> {
         let spec = builtin(name)?;
         rows.push(serde_json::json!({
             "name": name,
+            "verified": is_verified(name),
+            "note": if is_verified(name) { "as in the authors' code" } else { "derived, not verified against the paper" },
             "family": spec.family,
             "parameters": spec.parameter_count()?,
             "input_shape": spec.input_shape,
@@ -357,14 +397,15 @@ fn run_models(json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<10} {:<8} {:>12}  input", "model", "family", "parameters");
+        println!("{:<10} {:<8} {:>12}  {:<12} note", "model", "family", "parameters", "input");
         for r in &rows {
             println!(
-                "{:<10} {:<8} {:>12}  {}",
+                "{:<10} {:<8} {:>12}  {:<12} {}",
                 r["name"].as_str().unwrap_or(""),
                 r["family"].as_str().unwrap_or(""),
-                r["parameters"],
-                r["input_shape"]
+                r["parameters"].to_string(),
+                r["input_shape"].to_string(),
+                r["note"].as_str().unwrap_or("")
             );
         }
     }

@@ -149,7 +149,7 @@ pub fn run(a: StatsArgs) -> Result<()> {
     let net = ckpt
         .into_network(dtype(a.common.dtype), &dev)
         .with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
-    let data = load_split(a.common.data_dir.as_deref(), Split::Test, a.common.test_limit)?;
+    let data = load_split(&a.common, net.spec(), Split::Test, a.common.test_limit)?;
     let raster_layer = match (&a.raster_layer, &a.plot) {
         (Some(l), _) => Some(l.clone()),
         (None, Some(_)) => net.spec().layers.first().map(|l| l.name().to_string()),

@@ -110,9 +110,22 @@ impl FolderEntries {
         if self.files.is_empty() {
             return Err(format_err(source, "no images found under <split>/<class>/ with a CIFAR-10 class name"));
         }
-        let mut images = Vec::with_capacity(self.files.len() * 3072);
-        let mut labels = Vec::with_capacity(self.files.len());
-        for ((class, name), bytes) in self.files {
+        // Interleave the classes (rank 0 of every class, then rank 1, ...) so that any prefix of the set,
+        // as taken by a sample limit, is class-balanced; within a class, files keep their name order.
+        let mut rank = [0usize; 10];
+        let mut ordered: Vec<((usize, u8), (String, Vec<u8>))> = self
+            .files
+            .into_iter()
+            .map(|((class, name), bytes)| {
+                let r = rank[class as usize];
+                rank[class as usize] += 1;
+                ((r, class), (name, bytes))
+            })
+            .collect();
+        ordered.sort_by_key(|(key, _)| *key);
+        let mut images = Vec::with_capacity(ordered.len() * 3072);
+        let mut labels = Vec::with_capacity(ordered.len());
+        for ((_, class), (name, bytes)) in ordered {
             let p = source.join(CLASSES[class as usize]).join(&name);
             images.extend(decode_image(&bytes, &p)?);
             labels.push(class);
@@ -166,7 +179,8 @@ pub fn load_archive(path: &Path, split: Split) -> Result<ImageDataset> {
 
 /// Loads one split of CIFAR-10 from `path`, which may be
 /// * a folder with the official binary batches (directly or in `cifar-10-batches-bin/`),
-/// * a folder with an image tree `{train,test}/<class>/*.jpg|png` (class names as in [`CLASSES`]),
+/// * a folder with an image tree `{train,test}/<class>/*.jpg|png` (class names as in [`CLASSES`]; the
+///   classes are interleaved: the first image of every class in label order, then the second, ...),
 /// * or a `.tar.gz` archive of such a tree.
 pub fn load(path: &Path, split: Split) -> Result<ImageDataset> {
     if path.is_file() {

@@ -22,4 +22,4 @@ pub use checkpoint::{load_checkpoint, save_checkpoint, write_atomic, Checkpoint}
 pub use error::{Error, Result};
 pub use network::{ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
 pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
-pub use zoo::{builtin, builtin_names};
+pub use zoo::{builtin, builtin_names, is_verified};

@@ -5,7 +5,14 @@ use crate::{Error, Result};
 
 /// Names of the built-in architectures.
 pub fn builtin_names() -> &'static [&'static str] {
-    &["lenet", "vgg9", "resnet11"]
+    &["lenet", "vgg9", "resnet11", "vgg7", "resnet7", "resnet9"]
+}
+
+/// Whether a built-in architecture follows the authors' published code exactly (`true`: lenet, vgg9,
+/// resnet11) or is this project's derivation of the same templates (`false`: vgg7, resnet7, resnet9, whose
+/// exact layer lists in the paper were not available).
+pub fn is_verified(name: &str) -> bool {
+    matches!(name, "lenet" | "vgg9" | "resnet11")
 }
 
 /// The built-in architecture called `name`.
@@ -14,6 +21,9 @@ pub fn builtin(name: &str) -> Result<NetworkSpec> {
         "lenet" => Ok(lenet()),
         "vgg9" => Ok(vgg9()),
         "resnet11" => Ok(resnet11()),
+        "vgg7" => Ok(vgg7()),
+        "resnet7" => Ok(resnet7()),
+        "resnet9" => Ok(resnet9()),
         _ => Err(Error::UnknownModel { name: name.to_string(), available: builtin_names().join(", ") }),
     }
 }
@@ -164,6 +174,68 @@ pub fn resnet11() -> NetworkSpec {
     spec
 }
 
+/// **Derived, not verified against the paper.** VGG7 (the paper's SVHN VGG): VGG9 with its last stage
+/// reduced to a single 256-channel convolution, `64C3 – 64C3 – AP2 – 128C3 – 128C3 – AP2 – 256C3 – AP2 –
+/// FC1024 – FC10`, seven weight layers, same recipe and dropout as VGG9.
+pub fn vgg7() -> NetworkSpec {
+    let mut spec = vgg9();
+    spec.name = "vgg7".into();
+    spec.layers.retain(|l| !matches!(l.name(), "cnn32" | "cnn33"));
+    for l in &mut spec.layers {
+        if let LayerSpec::Pool(p) = l {
+            if p.name == "pool3" {
+                p.input = "cnn31".into();
+            }
+        }
+    }
+    spec
+}
+
+/// **Derived, not verified against the paper.** ResNet9: ResNet11 without its third residual block (the
+/// stride-1 512-channel one); the last block then changes width, so its shortcut is a stride-2 1×1 conv.
+pub fn resnet9() -> NetworkSpec {
+    let mut spec = resnet11();
+    spec.name = "resnet9".into();
+    spec.layers.retain(|l| !matches!(l.name(), "cnn41" | "cnn42"));
+    for l in &mut spec.layers {
+        if let LayerSpec::Conv(c) = l {
+            if c.name == "cnn51" {
+                c.input = "cnn32".into();
+                c.in_channels = 256;
+            }
+            if c.name == "cnn52" {
+                c.shortcut = Some(ShortcutSpec {
+                    name: "shortcut4".into(),
+                    kind: ShortcutKind::Conv1x1,
+                    input: "cnn32".into(),
+                    stride: 2,
+                });
+            }
+        }
+    }
+    spec
+}
+
+/// **Derived, not verified against the paper.** ResNet7 (the paper's SVHN ResNet): the 64C3 stem with
+/// pooling, two residual blocks (128 and 256 channels, both stride 2 with 1×1-conv shortcuts), FC1024 and the
+/// readout; seven weight layers.
+pub fn resnet7() -> NetworkSpec {
+    use ShortcutKind::Conv1x1;
+    let mut spec = resnet11();
+    spec.name = "resnet7".into();
+    spec.layers = vec![
+        conv("cnn11", "input", 3, 64, 3, 1, true),
+        pool("pool1", "cnn11"),
+        conv("cnn21", "pool1", 64, 128, 3, 1, true),
+        with_shortcut(conv("cnn22", "cnn21", 128, 128, 3, 2, true), "shortcut1", Conv1x1, "pool1", 2),
+        conv("cnn31", "cnn22", 128, 256, 3, 1, true),
+        with_shortcut(conv("cnn32", "cnn31", 256, 256, 3, 2, true), "shortcut2", Conv1x1, "cnn22", 2),
+        fc("fc0", "cnn32", 256 * 4 * 4, 1024, true),
+        readout("fc1", "fc0", 1024, 10),
+    ];
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +253,18 @@ mod tests {
         // cnn1: 20·28·28 outputs × 25; cnn2: 50·14·14 × 20·25; fc0: 2450·200; fc1: 200·10.
         let macs: Vec<u64> = lenet().dense_macs().unwrap().into_iter().map(|(_, m)| m).collect();
         assert_eq!(macs, vec![392_000, 4_900_000, 490_000, 2_000]);
+    }
+
+    #[test]
+    fn derived_networks_are_valid_and_have_the_stated_depth() {
+        for (name, weight_layers) in [("vgg7", 7), ("resnet9", 9), ("resnet7", 7)] {
+            let spec = builtin(name).unwrap();
+            spec.validate().unwrap();
+            assert!(!is_verified(name));
+            let counted = spec.layers.iter().filter(|l| !matches!(l, LayerSpec::Pool(_))).count();
+            assert_eq!(counted, weight_layers, "{name}");
+        }
+        assert!(is_verified("resnet11"));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Recipe {
     pub test_timesteps: usize,
     /// Seed of every random stream of the run.
     pub seed: u64,
+    /// Random crop (4-pixel zero padding) and horizontal flip of training images.
+    #[serde(default)]
+    pub augment: bool,
 }
 
 impl Recipe {
@@ -44,6 +47,7 @@ impl Recipe {
             timesteps: 100,
             test_timesteps: 100,
             seed: 1,
+            augment: false,
         }
     }
 
@@ -61,15 +65,17 @@ impl Recipe {
             timesteps: 100,
             test_timesteps: 100,
             seed: 3,
+            augment: true,
         }
     }
 
-    /// The paper's recipe for a built-in model name, if it has one.
+    /// The paper's recipe for a built-in model name, if it has one. The derived networks (VGG7, ResNet7,
+    /// ResNet9) get the CIFAR-10 recipe of their family: the paper's own values for them were not recovered.
     pub fn paper_for(model: &str) -> Option<Self> {
         match model {
             "lenet" => Some(Self::paper_mnist()),
-            "vgg9" => Some(Self::paper_cifar10(0.0033)),
-            "resnet11" => Some(Self::paper_cifar10(0.0025)),
+            "vgg9" | "vgg7" => Some(Self::paper_cifar10(0.0033)),
+            "resnet11" | "resnet9" | "resnet7" => Some(Self::paper_cifar10(0.0025)),
             _ => None,
         }
     }

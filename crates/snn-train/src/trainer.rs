@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use snn_core::RateEncoder;
+use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, ImageDataset};
 use snn_models::{save_checkpoint, write_atomic, ForwardOptions, ForwardOutput, Masks, SpikingNetwork};
 
@@ -29,6 +30,8 @@ pub enum Stream {
     Dropout = 3,
     /// Poisson input spikes during evaluation (restarted at every evaluation).
     EvalInput = 4,
+    /// Data augmentation (random crops and flips).
+    Augment = 5,
 }
 
 /// A ChaCha8 generator for one stream of a run.
@@ -115,7 +118,21 @@ pub(crate) fn encode(
     steps: usize,
     rng: &mut ChaCha8Rng,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let (mut pixels, labels) = data.batch(idx);
+    encode_augmented(net, data, idx, steps, rng, None)
+}
+
+fn encode_augmented(
+    net: &SpikingNetwork,
+    data: &ImageDataset,
+    idx: &[usize],
+    steps: usize,
+    rng: &mut ChaCha8Rng,
+    augment: Option<&mut ChaCha8Rng>,
+) -> Result<(Tensor, Vec<u32>)> {
+    let (mut pixels, labels) = match augment {
+        Some(arng) => data.batch_with(idx, |img| random_crop_flip(img, data.shape(), 4, arng)),
+        None => data.batch(idx),
+    };
     net.spec().normalize(&mut pixels);
     let [c, h, w] = data.shape();
     let encoder = RateEncoder::new(net.spec().input_gain)?;
@@ -357,6 +374,7 @@ pub fn train(
     let mut shuffle_rng = stream_rng(recipe.seed, Stream::Shuffle);
     let mut input_rng = stream_rng(recipe.seed, Stream::TrainInput);
     let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
+    let mut augment_rng = stream_rng(recipe.seed, Stream::Augment);
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
 
@@ -366,7 +384,8 @@ pub fn train(
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         let mut tally = ActivityTally::default();
         for (b, idx) in Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).enumerate() {
-            let (x, labels) = encode(net, train, &idx, recipe.timesteps, &mut input_rng)?;
+            let augment = recipe.augment.then_some(&mut augment_rng);
+            let (x, labels) = encode_augmented(net, train, &idx, recipe.timesteps, &mut input_rng, augment)?;
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
             let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
             loss_sum += loss;
