@@ -81,6 +81,11 @@ struct TrainArgs {
     /// Train an architecture described in a JSON file (a network spec) instead of a built-in one.
     #[arg(long, conflicts_with = "model")]
     model_config: Option<PathBuf>,
+    /// Experiment file (TOML): any recipe field (epochs, batch_size, lr, lr_milestones, momentum,
+    /// weight_decay, timesteps, test_timesteps, seed, augment, ...) overriding the model's defaults;
+    /// command-line options override the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Start from the paper's full recipe for the model (e.g. 125 epochs at T = 100 for LeNet) instead of
     /// the quick defaults; explicit options still override it.
     #[arg(long)]
@@ -275,6 +280,9 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         r.test_timesteps = 20;
         r
     };
+    if let Some(path) = &a.config {
+        recipe = apply_config(recipe, path)?;
+    }
     if let Some(t) = a.timesteps {
         recipe.timesteps = t;
         recipe.test_timesteps = t;
@@ -324,6 +332,11 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let resolved =
+        serde_json::to_string_pretty(&serde_json::json!({"model": a.model, "spec": net.spec(), "recipe": recipe}))?;
+    snn_models::write_atomic(&a.out.join("recipe.json"), resolved.as_bytes())
+        .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
     let mut progress = Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json };
     let summary = train(&net, &train_set, &test_set, &recipe, Some(&a.out), &mut progress)?;
     if a.common.json {
@@ -344,6 +357,22 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Overrides recipe fields with the keys of a TOML experiment file; unknown keys and wrong types are errors.
+fn apply_config(recipe: Recipe, path: &std::path::Path) -> Result<Recipe> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let mut value = serde_json::to_value(&recipe)?;
+    for (key, v) in table {
+        let Some(slot) = value.get_mut(&key) else {
+            bail!("{}: unknown recipe key '{key}'", path.display());
+        };
+        *slot = serde_json::to_value(v)?;
+    }
+    let recipe: Recipe =
+        serde_json::from_value(value).with_context(|| format!("{}: invalid recipe", path.display()))?;
+    Ok(recipe)
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
