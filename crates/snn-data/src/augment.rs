@@ -57,7 +57,7 @@ mod tests {
                 }
             }
             seen_shift |= out.contains(&0);
-            assert_eq!(out.iter().filter(|&&v| v > 0).count() >= 9, true);
+            assert!(out.iter().filter(|&&v| v > 0).count() >= 9);
         }
         assert!(seen_flip && seen_shift);
         // Zero padding never moves pixels within the image when the offset is zero: pad 0 is the identity up to a flip.

@@ -113,7 +113,8 @@ impl FolderEntries {
         // Interleave the classes (rank 0 of every class, then rank 1, ...) so that any prefix of the set,
         // as taken by a sample limit, is class-balanced; within a class, files keep their name order.
         let mut rank = [0usize; 10];
-        let mut ordered: Vec<((usize, u8), (String, Vec<u8>))> = self
+        type Keyed = ((usize, u8), (String, Vec<u8>));
+        let mut ordered: Vec<Keyed> = self
             .files
             .into_iter()
             .map(|((class, name), bytes)| {
