@@ -11,6 +11,13 @@ fn golden_command_passes_on_fixtures_and_fails_on_a_doctored_case() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("lenet_tiny") && stdout.contains("f32") && stdout.contains("ok"), "{stdout}");
 
+    // The VGG- and ResNet-family cases (dropout masks, both shortcut kinds) pass too.
+    let families = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden-families");
+    let out = Command::new(bin).arg("golden").arg(&families).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("vgg_masked") && stdout.contains("resnet_masked"), "{stdout}");
+
     // Same case with a wrong loss value must fail with a non-zero exit.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
     let dir = tempfile::tempdir().unwrap();

@@ -604,6 +604,14 @@ fn vgg_and_resnet_family_cases_replay_within_tolerance() {
     // Masks of 1.25 and 2.0 are exact in binary, so pool-membrane ties behave the same in f32 and f64.
     write_case(dir.path(), "vgg_masked", vgg_spec(), 0.2, 11);
     write_case(dir.path(), "resnet_masked", resnet_spec(), 0.5, 12);
+    // `SNN_GOLDEN_FAMILIES_OUT=DIR` also keeps the generated cases there (that is how the fixtures in
+    // `tests/golden-families/` were made).
+    if let Ok(out) = std::env::var("SNN_GOLDEN_FAMILIES_OUT") {
+        std::fs::create_dir_all(&out).unwrap();
+        for f in ["vgg_masked.json", "vgg_masked.safetensors", "resnet_masked.json", "resnet_masked.safetensors"] {
+            std::fs::copy(dir.path().join(f), Path::new(&out).join(f)).unwrap();
+        }
+    }
     for case in ["vgg_masked", "resnet_masked"] {
         let c = GoldenCase::load(&dir.path().join(format!("{case}.json"))).unwrap();
         for dtype in [DType::F64, DType::F32] {
