@@ -2,15 +2,9 @@
 //! files, from the command line.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snn-cli")).args(args).output().expect("run snn-cli")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{cli, stderr};
 
 fn cifar_archive() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10/cifar10-jpg-q75.tar.gz");

@@ -1,15 +1,9 @@
 //! `snn-cli stats` end to end: table, JSON, CSV, plots, sweep, and bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_snn-cli")).args(args).output().expect("run snn-cli")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{cli, stderr};
 
 /// Trains a tiny LeNet on the built-in subset and returns its checkpoint.
 fn checkpoint(dir: &Path) -> PathBuf {
