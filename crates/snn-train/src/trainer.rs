@@ -334,6 +334,12 @@ pub fn train_step(
     let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
     let out = net.forward(x, masks, opts)?;
     let loss = sum_squared_error(&out.output, labels)?;
+    if ensure_finite(&loss, "loss", 0, 0).is_err() {
+        // Name the culprit when it is a weight.
+        for (name, var) in net.weights() {
+            ensure_finite(&var.as_tensor().sum_all()?, &format!("loss (weight {name} is not finite)"), 0, 0)?;
+        }
+    }
     let loss_value = ensure_finite(&loss, "loss", 0, 0)?;
     let grads = loss.backward()?;
     for (name, var) in net.weights() {

@@ -67,3 +67,25 @@ fn identical_seeds_give_identical_weights() {
     assert_eq!(a, b, "same seed, different weights");
     assert_ne!(a, c, "different seeds, same weights");
 }
+
+#[test]
+fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
+    let mut train_set = builtin_subset(Split::Train).unwrap();
+    let mut test_set = builtin_subset(Split::Test).unwrap();
+    train_set.truncate(16);
+    test_set.truncate(8);
+    let spec = builtin("lenet").unwrap();
+    let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu).unwrap();
+    let mut weights: std::collections::HashMap<String, candle_core::Tensor> =
+        net.weights().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let w = weights["fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut poisoned = w.clone();
+    poisoned[3] = f32::NAN;
+    weights.insert("fc1.weight".into(), candle_core::Tensor::from_vec(poisoned, (10, 200), &Device::Cpu).unwrap());
+    let net = SpikingNetwork::from_weights(spec, weights, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = train(&net, &train_set, &test_set, &quick_recipe(4), Some(dir.path()), &mut Silent).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("fc1.weight") && msg.contains("epoch 1, batch 0"), "{msg}");
+    assert!(!dir.path().join("last.safetensors").exists(), "no checkpoint of a diverged network");
+}
