@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use snn_data::mnist::Split;
 use snn_data::{Dataset, ImageDataset};
 use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, NetworkSpec, SpikingNetwork};
-use snn_train::{evaluate, stream_rng, train, BatchProgress, EpochMetrics, Recipe, Stream, TrainObserver};
+use snn_train::{
+    evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
+};
 
 mod plots;
 mod stats;
@@ -120,6 +122,12 @@ struct TrainArgs {
     /// Output folder for checkpoints and metrics.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
+    /// Save the resumable run state every N batches as well as after every epoch.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Continue the interrupted run in this folder (its recipe, architecture and data settings are reused).
+    #[arg(long, conflicts_with_all = ["model", "model_config", "config", "paper"])]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -252,7 +260,31 @@ impl TrainObserver for Progress {
     }
 }
 
+/// What `train` saves as `recipe.json`: enough to resume the run.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRun {
+    model: String,
+    spec: NetworkSpec,
+    recipe: Recipe,
+    dataset: Option<String>,
+    data_dir: Option<PathBuf>,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+}
+
 fn run_train(mut a: TrainArgs) -> Result<()> {
+    if let Some(dir) = a.resume.clone() {
+        let path = dir.join("recipe.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("no run to resume: reading {}", path.display()))?;
+        let saved: SavedRun = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
+        a.common.dataset = a.common.dataset.or(saved.dataset);
+        a.common.data_dir = a.common.data_dir.or(saved.data_dir);
+        a.train_limit = a.train_limit.or(saved.train_limit);
+        a.common.test_limit = a.common.test_limit.or(saved.test_limit);
+        a.out = dir;
+        return execute_training(a, saved.model, saved.spec, saved.recipe, true);
+    }
     let spec = match &a.model_config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -310,18 +342,23 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         recipe.seed = v;
     }
     recipe.validate()?;
+    let model = a.model.clone();
+    execute_training(a, model, spec, recipe, false)
+}
+
+fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Recipe, resume: bool) -> Result<()> {
     let dev = device(a.common.device)?;
     let train_set = load_split(&a.common, &spec, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.common, &spec, Split::Test, a.common.test_limit)?;
     let net = SpikingNetwork::new(spec, &mut stream_rng(recipe.seed, Stream::Init), dtype(a.common.dtype), &dev)?;
     tracing::info!(
-        model = %a.model, params = net.parameter_count(), train = train_set.len(), test = test_set.len(),
+        model = %model, params = net.parameter_count(), train = train_set.len(), test = test_set.len(),
         "training"
     );
     if !a.common.json {
         eprintln!(
             "training {} ({} parameters) on {} images, testing on {}; T = {}, batch {}, lr {}, {} epoch(s) -> {}",
-            a.model,
+            model,
             net.parameter_count(),
             train_set.len(),
             test_set.len(),
@@ -333,16 +370,26 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let resolved =
-        serde_json::to_string_pretty(&serde_json::json!({"model": a.model, "spec": net.spec(), "recipe": recipe}))?;
-    snn_models::write_atomic(&a.out.join("recipe.json"), resolved.as_bytes())
-        .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
+    if !resume {
+        let saved = SavedRun {
+            model: model.clone(),
+            spec: net.spec().clone(),
+            recipe: recipe.clone(),
+            dataset: a.common.dataset.clone(),
+            data_dir: a.common.data_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
+            train_limit: a.train_limit,
+            test_limit: a.common.test_limit,
+        };
+        snn_models::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&saved)?.as_bytes())
+            .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
+    }
     let mut progress = Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json };
-    let summary = train(&net, &train_set, &test_set, &recipe, Some(&a.out), &mut progress)?;
+    let opts = RunOptions { out_dir: Some(a.out.clone()), checkpoint_every: a.checkpoint_every, resume };
+    let summary = train_run(&net, &train_set, &test_set, &recipe, &opts, &mut progress)?;
     if a.common.json {
         let mut v = serde_json::to_value(&summary)?;
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("model".into(), a.model.clone().into());
+            obj.insert("model".into(), model.clone().into());
             obj.remove("history");
         }
         println!("{}", serde_json::to_string_pretty(&v)?);

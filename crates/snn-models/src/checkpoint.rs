@@ -28,9 +28,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Builds the network the checkpoint describes; fails if a weight is missing or misshapen.
+    /// Builds the network the checkpoint describes; fails if a weight is missing or misshapen. Tensors that
+    /// are not weights (names not ending in `.weight`) are ignored.
     pub fn into_network(self, dtype: DType, device: &Device) -> Result<SpikingNetwork> {
-        SpikingNetwork::from_weights(self.spec, self.weights, dtype, device)
+        let weights = self.weights.into_iter().filter(|(k, _)| k.ends_with(".weight")).collect();
+        SpikingNetwork::from_weights(self.spec, weights, dtype, device)
     }
 }
 
@@ -63,12 +65,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Saves the network's weights and spec (plus `metadata`) to a safetensors file, atomically.
 pub fn save_checkpoint(path: &Path, net: &SpikingNetwork, metadata: &HashMap<String, String>) -> Result<()> {
+    save_checkpoint_with(path, net, &[], metadata)
+}
+
+/// Like [`save_checkpoint`], with additional tensors stored beside the weights (e.g. optimizer state);
+/// their names must not end in `.weight`.
+pub fn save_checkpoint_with(
+    path: &Path,
+    net: &SpikingNetwork,
+    extra: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let mut meta = metadata.clone();
     meta.insert(FORMAT_KEY.into(), FORMAT.into());
     meta.insert(SPEC_KEY.into(), net.spec().to_json());
     let mut tensors = Vec::new();
-    for (name, var) in net.weights() {
-        tensors.push((name.clone(), var.as_tensor().to_device(&Device::Cpu)?.contiguous()?));
+    for (name, t) in net.weights().iter().map(|(n, v)| (n, v.as_tensor())).chain(extra.iter().map(|(n, t)| (n, t))) {
+        tensors.push((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?));
     }
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
         .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;

@@ -36,6 +36,29 @@ impl Sgd {
         Ok(Self { vars, momentum_buffers, lr, momentum, weight_decay })
     }
 
+    /// The momentum buffers that exist so far, by variable name (empty without momentum or before a step).
+    pub fn momentum_state(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .zip(&self.momentum_buffers)
+            .filter_map(|((name, _), b)| b.as_ref().map(|b| (name.clone(), b.clone())))
+            .collect()
+    }
+
+    /// Restores a momentum buffer saved by [`Self::momentum_state`].
+    pub fn set_momentum(&mut self, name: &str, buffer: Tensor) -> Result<()> {
+        let i = self
+            .vars
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::Config(format!("no variable '{name}' for a momentum buffer")))?;
+        if buffer.dims() != self.vars[i].1.dims() {
+            return Err(Error::Config(format!("momentum buffer of '{name}' has the wrong shape")));
+        }
+        self.momentum_buffers[i] = Some(buffer);
+        Ok(())
+    }
+
     /// Applies one update from the gradients in `grads`. Variables without a gradient are left unchanged
     /// (except for weight decay, which still applies, as in PyTorch only when a gradient exists).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {

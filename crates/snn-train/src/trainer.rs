@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, ImageDataset};
-use snn_models::{save_checkpoint, write_atomic, ForwardOptions, ForwardOutput, Masks, SpikingNetwork};
+use snn_models::{
+    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, ForwardOptions, ForwardOutput, Masks,
+    SpikingNetwork,
+};
 
 use crate::loss::{predictions, sum_squared_error};
 use crate::{Error, Recipe, Result, Sgd};
@@ -58,9 +61,9 @@ pub struct LayerRate {
 #[derive(Debug, Default)]
 pub(crate) struct ActivityTally {
     /// Per layer: name and per-neuron spike counts (summed over steps and samples).
-    layers: Vec<(String, Vec<f64>)>,
+    pub(crate) layers: Vec<(String, Vec<f64>)>,
     pub(crate) samples: usize,
-    timesteps: usize,
+    pub(crate) timesteps: usize,
 }
 
 impl ActivityTally {
@@ -351,6 +354,17 @@ pub fn train_step(
     Ok((out, loss_value))
 }
 
+/// Options of a training run beyond the recipe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Folder for checkpoints, metrics and the resumable run state (nothing is written without one).
+    pub out_dir: Option<PathBuf>,
+    /// Also save the resumable state every this many batches (it is always saved after each epoch).
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the run state in `out_dir` instead of starting afresh.
+    pub resume: bool,
+}
+
 /// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
 ///
 /// Each mini-batch draws fresh Poisson input spikes and one dropout mask per masked layer (held over the
@@ -365,10 +379,32 @@ pub fn train(
     out_dir: Option<&Path>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
+    let opts = RunOptions { out_dir: out_dir.map(Path::to_path_buf), ..RunOptions::default() };
+    train_run(net, train, test, recipe, &opts, observer)
+}
+
+/// [`train`] with periodic resumable state and resumption.
+///
+/// The state (`state.safetensors` in the output folder: weights, momentum buffers, the positions of every
+/// random stream, the epoch and batch reached, the running epoch statistics and the history) is written
+/// atomically after every epoch and every `checkpoint_every` batches. A run resumed from it continues with
+/// exactly the same random draws, so its final weights equal, bit for bit, those of a run that was never
+/// interrupted (same machine, same thread count).
+pub fn train_run(
+    net: &SpikingNetwork,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    recipe: &Recipe,
+    opts: &RunOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
     recipe.validate()?;
     check_dataset(net, train, "training")?;
     check_dataset(net, test, "test")?;
-    let files = match out_dir {
+    if opts.checkpoint_every == Some(0) {
+        return Err(Error::Config("checkpoint interval must be at least 1 batch".into()));
+    }
+    let files = match &opts.out_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
             Some(RunFiles::in_dir(dir))
@@ -381,31 +417,60 @@ pub fn train(
     let mut input_rng = stream_rng(recipe.seed, Stream::TrainInput);
     let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
     let mut augment_rng = stream_rng(recipe.seed, Stream::Augment);
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    let mut best = (f64::NEG_INFINITY, 0usize);
+    let mut st = RunState::fresh(recipe, train.len());
+    let mut tally = ActivityTally::default();
+    if opts.resume {
+        let dir = opts.out_dir.as_deref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?;
+        let (state, restored) = load_state(&dir.join(STATE_FILE), net, &mut opt)?;
+        if state.recipe != *recipe || state.train_images != train.len() {
+            return Err(Error::Config(format!(
+                "{}: the saved run used a different recipe or training set size",
+                dir.join(STATE_FILE).display()
+            )));
+        }
+        st = state;
+        tally = restored;
+        shuffle_rng.set_word_pos(st.shuffle_pos);
+        input_rng.set_word_pos(st.input_pos);
+        dropout_rng.set_word_pos(st.dropout_pos);
+        augment_rng.set_word_pos(st.augment_pos);
+    }
 
-    for epoch in 1..=recipe.epochs {
+    while st.epoch <= recipe.epochs {
+        let epoch = st.epoch;
         let epoch_start = Instant::now();
         opt.lr = recipe.lr_at(epoch);
-        let (mut loss_sum, mut correct) = (0.0, 0usize);
-        let mut tally = ActivityTally::default();
-        for (b, idx) in Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).enumerate() {
+        if st.batches_done == 0 {
+            st.shuffle_pos = shuffle_rng.get_word_pos();
+        } else {
+            shuffle_rng.set_word_pos(st.shuffle_pos);
+        }
+        let batches: Vec<Vec<usize>> = Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).collect();
+        let batch_count = batches.len();
+        for (b, idx) in batches.into_iter().enumerate().skip(st.batches_done) {
             let augment = recipe.augment.then_some(&mut augment_rng);
             let (x, labels) = encode_augmented(net, train, &idx, recipe.timesteps, &mut input_rng, augment)?;
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
             let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
-            loss_sum += loss;
-            correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+            st.loss_sum += loss;
+            st.correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
             tally.add(&out, idx.len(), recipe.timesteps)?;
+            st.batches_done = b + 1;
             let seen = tally.samples;
             observer.on_batch(&BatchProgress {
                 epoch,
                 samples: seen,
                 epoch_samples: train.len(),
-                loss: loss_sum / seen as f64,
-                accuracy: correct as f64 / seen as f64,
+                loss: st.loss_sum / seen as f64,
+                accuracy: st.correct as f64 / seen as f64,
                 images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
+            if let (Some(dir), Some(every)) = (&opts.out_dir, opts.checkpoint_every) {
+                if st.batches_done % every == 0 && st.batches_done < batch_count {
+                    st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
+                    save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
+                }
+            }
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         for (name, var) in net.weights() {
@@ -416,8 +481,8 @@ pub fn train(
         })?;
         let metrics = EpochMetrics {
             epoch,
-            loss: loss_sum / train.len() as f64,
-            train_accuracy: correct as f64 / train.len() as f64,
+            loss: st.loss_sum / train.len() as f64,
+            train_accuracy: st.correct as f64 / train.len() as f64,
             test_accuracy: eval.accuracy,
             lr: opt.lr,
             images_per_sec: train.len() as f64 / train_seconds.max(1e-9),
@@ -426,7 +491,16 @@ pub fn train(
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
         tracing::info!(epoch, loss = metrics.loss, test_accuracy = metrics.test_accuracy, "epoch done");
-        history.push(metrics.clone());
+        st.history.push(metrics.clone());
+        let improved = st.best.is_none_or(|(acc, _)| eval.accuracy > acc);
+        if improved {
+            st.best = Some((eval.accuracy, epoch));
+        }
+        st.epoch += 1;
+        st.batches_done = 0;
+        st.loss_sum = 0.0;
+        st.correct = 0;
+        tally = ActivityTally::default();
         if let Some(files) = &files {
             let mut meta = HashMap::new();
             meta.insert("epoch".to_string(), epoch.to_string());
@@ -434,30 +508,129 @@ pub fn train(
             meta.insert("test_accuracy".to_string(), eval.accuracy.to_string());
             meta.insert("test_timesteps".to_string(), recipe.test_timesteps.to_string());
             save_checkpoint(&files.last, net, &meta)?;
-            if eval.accuracy > best.0 {
+            if improved {
                 save_checkpoint(&files.best, net, &meta)?;
             }
-            let lines: String = history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
+            let lines: String =
+                st.history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
             write_atomic(&files.metrics, lines.as_bytes())
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
-        }
-        if eval.accuracy > best.0 {
-            best = (eval.accuracy, epoch);
+            if let Some(dir) = &opts.out_dir {
+                st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
+                st.shuffle_pos = shuffle_rng.get_word_pos();
+                save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
+            }
         }
         observer.on_epoch(&metrics);
     }
-    let last = history.last().map_or(0.0, |m| m.test_accuracy);
+    let last = st.history.last().map_or(0.0, |m| m.test_accuracy);
+    let (best_acc, best_epoch) = st.best.unwrap_or((0.0, 0));
     Ok(TrainSummary {
         test_accuracy: last,
-        best_test_accuracy: best.0,
-        best_epoch: best.1,
+        best_test_accuracy: best_acc,
+        best_epoch,
         epochs: recipe.epochs,
         timesteps: recipe.timesteps,
         test_timesteps: recipe.test_timesteps,
         train_images: train.len(),
         test_images: test.len(),
         seconds: start.elapsed().as_secs_f64(),
-        history,
+        history: st.history,
         files,
     })
+}
+
+/// File name of the resumable run state inside the output folder.
+pub const STATE_FILE: &str = "state.safetensors";
+
+/// Everything besides weights and momentum that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunState {
+    recipe: Recipe,
+    train_images: usize,
+    /// Epoch in progress (1-based); `epochs + 1` when the run is complete.
+    epoch: usize,
+    /// Batches of that epoch already applied.
+    batches_done: usize,
+    shuffle_pos: u128,
+    input_pos: u128,
+    dropout_pos: u128,
+    augment_pos: u128,
+    loss_sum: f64,
+    correct: usize,
+    best: Option<(f64, usize)>,
+    history: Vec<EpochMetrics>,
+    tally_layers: Vec<String>,
+    tally_samples: usize,
+}
+
+impl RunState {
+    fn fresh(recipe: &Recipe, train_images: usize) -> Self {
+        Self {
+            recipe: recipe.clone(),
+            train_images,
+            epoch: 1,
+            batches_done: 0,
+            shuffle_pos: 0,
+            input_pos: 0,
+            dropout_pos: 0,
+            augment_pos: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            best: None,
+            history: Vec::new(),
+            tally_layers: Vec::new(),
+            tally_samples: 0,
+        }
+    }
+
+    fn record_rngs(&mut self, input: &ChaCha8Rng, dropout: &ChaCha8Rng, augment: &ChaCha8Rng) {
+        self.input_pos = input.get_word_pos();
+        self.dropout_pos = dropout.get_word_pos();
+        self.augment_pos = augment.get_word_pos();
+    }
+}
+
+const STATE_KEY: &str = "run_state";
+
+fn save_state(path: &Path, net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally: &ActivityTally) -> Result<()> {
+    let mut st = st.clone();
+    let mut extra: Vec<(String, Tensor)> =
+        opt.momentum_state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)).collect();
+    st.tally_layers.clear();
+    st.tally_samples = tally.samples;
+    for (i, (name, counts)) in tally.layers.iter().enumerate() {
+        st.tally_layers.push(name.clone());
+        extra.push((format!("tally.{i}"), Tensor::from_slice(counts, counts.len(), &candle_core::Device::Cpu)?));
+    }
+    let mut meta = HashMap::new();
+    meta.insert(STATE_KEY.to_string(), serde_json::to_string(&st).map_err(|e| Error::Config(e.to_string()))?);
+    save_checkpoint_with(path, net, &extra, &meta)?;
+    Ok(())
+}
+
+fn load_state(path: &Path, net: &SpikingNetwork, opt: &mut Sgd) -> Result<(RunState, ActivityTally)> {
+    let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+    let ckpt = load_checkpoint(path, &candle_core::Device::Cpu)?;
+    let text = ckpt.metadata.get(STATE_KEY).ok_or_else(|| bad("no run state in the file".into()))?;
+    let st: RunState = serde_json::from_str(text).map_err(|e| bad(format!("corrupt run state: {e}")))?;
+    if ckpt.spec != *net.spec() {
+        return Err(bad("the saved run trained a different network".into()));
+    }
+    for (name, var) in net.weights() {
+        let t = ckpt.weights.get(name).ok_or_else(|| bad(format!("missing tensor '{name}'")))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!("tensor '{name}' has the wrong shape")));
+        }
+        var.set(&t.to_device(net.device())?.to_dtype(net.dtype())?)?;
+        if let Some(m) = ckpt.weights.get(&format!("momentum.{name}")) {
+            opt.set_momentum(name, m.to_device(net.device())?.to_dtype(net.dtype())?)?;
+        }
+    }
+    let mut tally = ActivityTally { samples: st.tally_samples, timesteps: st.recipe.timesteps, ..Default::default() };
+    for (i, name) in st.tally_layers.iter().enumerate() {
+        let t = ckpt.weights.get(&format!("tally.{i}")).ok_or_else(|| bad(format!("missing tally of '{name}'")))?;
+        tally.layers.push((name.clone(), t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?));
+    }
+    Ok((st, tally))
 }
