@@ -211,6 +211,14 @@ struct Progress {
     quiet: bool,
 }
 
+impl Progress {
+    fn finish(&mut self) {
+        for pb in [self.train_bar.take(), self.eval_bar.take()].into_iter().flatten() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
 impl TrainObserver for Progress {
     fn on_batch(&mut self, p: &BatchProgress) {
         let pb = self.train_bar.get_or_insert_with(|| {
@@ -384,8 +392,27 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
             .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
     }
     let mut progress = Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json };
-    let opts = RunOptions { out_dir: Some(a.out.clone()), checkpoint_every: a.checkpoint_every, resume };
-    let summary = train_run(&net, &train_set, &test_set, &recipe, &opts, &mut progress)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C while the first is being handled kills the process the usual way.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let opts =
+        RunOptions { out_dir: Some(a.out.clone()), checkpoint_every: a.checkpoint_every, resume, stop: Some(stop) };
+    let summary = match train_run(&net, &train_set, &test_set, &recipe, &opts, &mut progress) {
+        Err(snn_train::Error::Interrupted { epoch, batch }) => {
+            progress.finish();
+            eprintln!(
+                "interrupted at epoch {epoch} after batch {batch}; state saved. Continue with: snn-cli train --resume {}",
+                a.out.display()
+            );
+            std::process::exit(130);
+        }
+        other => other?,
+    };
     if a.common.json {
         let mut v = serde_json::to_value(&summary)?;
         if let Some(obj) = v.as_object_mut() {

@@ -24,6 +24,14 @@ pub enum Error {
         /// 0-based batch within the epoch.
         batch: usize,
     },
+    /// Training was asked to stop; its state was saved when an output folder was given.
+    #[error("interrupted at epoch {epoch} after batch {batch}")]
+    Interrupted {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Batches of that epoch completed.
+        batch: usize,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -355,7 +355,7 @@ pub fn train_step(
 }
 
 /// Options of a training run beyond the recipe.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Folder for checkpoints, metrics and the resumable run state (nothing is written without one).
     pub out_dir: Option<PathBuf>,
@@ -363,6 +363,9 @@ pub struct RunOptions {
     pub checkpoint_every: Option<usize>,
     /// Continue from the run state in `out_dir` instead of starting afresh.
     pub resume: bool,
+    /// When set (e.g. by a Ctrl-C handler), training stops after the current batch, saves its resumable
+    /// state and returns [`Error::Interrupted`].
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
@@ -465,6 +468,13 @@ pub fn train_run(
                 accuracy: st.correct as f64 / seen as f64,
                 images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
+            if opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                if let Some(dir) = &opts.out_dir {
+                    st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
+                    save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
+                }
+                return Err(Error::Interrupted { epoch, batch: st.batches_done });
+            }
             if let (Some(dir), Some(every)) = (&opts.out_dir, opts.checkpoint_every) {
                 if st.batches_done % every == 0 && st.batches_done < batch_count {
                     st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
