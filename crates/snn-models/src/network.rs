@@ -33,8 +33,6 @@ pub struct LayerActivity {
     pub is_pool: bool,
     /// Neurons per sample.
     pub neurons: usize,
-    /// Spikes emitted over the window, summed over neurons and the batch, before any dropout mask.
-    pub spike_count: f64,
     /// Spikes of each neuron position summed over the window and the batch, before any mask; the layer's
     /// per-sample shape, f64, detached.
     pub neuron_counts: Tensor,
@@ -233,12 +231,12 @@ impl SpikingNetwork {
             let (currents, neuron) = match layer {
                 LayerSpec::Conv(c) => {
                     let w = self.weight(&c.name, track)?;
-                    let mut cur = conv(&frames, &w, c.padding, c.stride, track && c.input != INPUT)?;
+                    let mut cur = conv(&frames, &w, c.padding, c.stride, c.input != INPUT)?;
                     if let Some(sc) = &c.shortcut {
                         let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
                         let term = match sc.kind {
                             ShortcutKind::Conv1x1 => {
-                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, track && sc.input != INPUT)?
+                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, sc.input != INPUT)?
                             }
                             ShortcutKind::Subsample => subsample(&src, sc.stride)?,
                         };
@@ -265,7 +263,6 @@ impl SpikingNetwork {
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
             // Per-step sums are exact in f32 (at most T per neuron); accumulate over the batch in f64.
             let neuron_counts = spikes.detach().sum(0)?.to_dtype(DType::F64)?.sum(0)?;
-            let spike_count = neuron_counts.sum_all()?.to_scalar::<f64>()?;
             let out = match masks.get(name) {
                 Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                 None => spikes.clone(),
@@ -274,7 +271,6 @@ impl SpikingNetwork {
                 name: name.to_string(),
                 is_pool: matches!(layer, LayerSpec::Pool(_)),
                 neurons: self.shapes[name].iter().product(),
-                spike_count,
                 neuron_counts,
                 spikes: opts.keep_spikes.then_some(spikes),
             });
@@ -286,7 +282,8 @@ impl SpikingNetwork {
     }
 }
 
-/// A convolution over frames: Candle's own when no gradient is recorded, else the op of [`crate::conv`].
+/// A convolution over frames: Candle's own when no gradient is recorded (detached weights), else the op of
+/// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes).
 fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool) -> Result<Tensor> {
     if w.is_variable() {
         conv2d_frames(frames, w, padding, stride, input_grad)

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use snn_data::{Batches, ImageDataset};
 use snn_models::{ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
-use crate::loss::predictions;
+use crate::loss::count_correct;
 use crate::trainer::{check_dataset, encode, stream_rng, ActivityTally, Stream};
 use crate::{Error, Result};
 
@@ -198,28 +198,34 @@ fn projections(net: &SpikingNetwork, layer: &LayerSpec) -> Result<Vec<Projection
     })
 }
 
-/// Input spikes received and synaptic operations (ACs) of every layer of `net`, in spec order, summed over
-/// the batch, given the spike windows `[T, B, ...]` of the input (`"input"`) and of every spiking layer
-/// (after any mask). Spikes count by magnitude, so signed input spikes are handled.
-pub fn synaptic_ops(net: &SpikingNetwork, windows: &HashMap<&str, &Tensor>) -> Result<Vec<(f64, f64)>> {
+/// Spikes of every neuron position of a window `[T, B, ...]`, counted by magnitude (signed input spikes
+/// count once each) and summed over the steps and the batch.
+pub fn window_counts(window: &Tensor) -> Result<Vec<f64>> {
+    Ok(window.abs()?.sum(0)?.to_dtype(DType::F64)?.sum(0)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+/// Input spikes received and synaptic operations (ACs) of every layer of `net`, in spec order, given the
+/// per-neuron spike counts ([`window_counts`]) of the input (`"input"`) and of every spiking layer, as its
+/// consumers receive them. Synaptic operations are linear in the counts, so counts summed over any number of
+/// batches give the summed operations.
+pub fn synaptic_ops(net: &SpikingNetwork, counts: &HashMap<&str, Vec<f64>>) -> Result<Vec<(f64, f64)>> {
     let mut out = Vec::with_capacity(net.spec().layers.len());
     for layer in &net.spec().layers {
         let (mut spikes, mut ops) = (0.0, 0.0);
         for p in projections(net, layer)? {
-            let w = windows
+            let c = counts
                 .get(p.source.as_str())
-                .ok_or_else(|| Error::Config(format!("no spike window for '{}'", p.source)))?;
-            let counts = w.abs()?.sum(0)?.to_dtype(DType::F64)?.sum(0)?.flatten_all()?.to_vec1::<f64>()?;
-            if counts.len() != p.fanout.len() {
+                .ok_or_else(|| Error::Config(format!("no spike counts for '{}'", p.source)))?;
+            if c.len() != p.fanout.len() {
                 return Err(Error::Config(format!(
-                    "spike window of '{}' has {} neurons per sample, expected {}",
+                    "spike counts of '{}' cover {} neurons per sample, expected {}",
                     p.source,
-                    counts.len(),
+                    c.len(),
                     p.fanout.len()
                 )));
             }
-            spikes += counts.iter().sum::<f64>();
-            ops += counts.iter().zip(&p.fanout).map(|(c, f)| c * f).sum::<f64>();
+            spikes += c.iter().sum::<f64>();
+            ops += c.iter().zip(&p.fanout).map(|(c, f)| c * f).sum::<f64>();
         }
         out.push((spikes, ops));
     }
@@ -252,44 +258,46 @@ pub fn analyse(
             return Err(Error::Config(format!("'{name}' is not a spiking layer of model '{}'", spec.name)));
         }
     }
-    let mut ac = vec![0.0f64; spec.layers.len()];
-    let mut input_spikes = vec![0.0f64; spec.layers.len()];
+    let mut input_counts: Option<Vec<f64>> = None;
     let mut tally = ActivityTally::default();
     let mut rng = stream_rng(seed, Stream::EvalInput);
     let mut correct = 0usize;
     let mut raster = None;
-    let opts = ForwardOptions { track_gradients: false, keep_spikes: true };
     for idx in Batches::new::<rand_chacha::ChaCha8Rng>(data.len(), batch_size, None) {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
-        let out = net.forward(&x, &Masks::new(), opts)?;
-        correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        // Spike windows are kept only for the batch that supplies the raster.
+        let keep_spikes = raster.is_none() && raster_layer.is_some();
+        let out = net.forward(&x, &Masks::new(), ForwardOptions { track_gradients: false, keep_spikes })?;
+        correct += count_correct(&out.output, &labels)?;
         tally.add(&out, idx.len(), timesteps)?;
-        let mut windows: HashMap<&str, &Tensor> = HashMap::new();
-        windows.insert("input", &x);
-        for a in &out.activity {
-            if let Some(s) = &a.spikes {
-                windows.insert(a.name.as_str(), s);
-            }
+        let batch_counts = window_counts(&x)?;
+        match &mut input_counts {
+            Some(acc) => acc.iter_mut().zip(batch_counts).for_each(|(a, c)| *a += c),
+            None => input_counts = Some(batch_counts),
         }
-        for (l, (spikes, ops)) in synaptic_ops(net, &windows)?.into_iter().enumerate() {
-            input_spikes[l] += spikes;
-            ac[l] += ops;
-        }
-        if raster.is_none() {
-            if let Some(name) = raster_layer {
-                let s = windows[name].narrow(1, 0, 1)?.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-                let events = s
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(t, row)| {
-                        row.iter().enumerate().filter(|(_, &v)| v != 0.0).map(move |(n, _)| (t as u32, n as u32))
-                    })
-                    .collect();
-                let neurons = net.layer_shape(name).map_or(0, |s| s.iter().product());
-                raster = Some(Raster { layer: name.to_string(), neurons, timesteps, events });
-            }
+        if let (true, Some(name)) = (keep_spikes, raster_layer) {
+            let window = out
+                .activity
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| a.spikes.as_ref())
+                .ok_or_else(|| Error::Config(format!("no spike window for '{name}'")))?;
+            let s = window.narrow(1, 0, 1)?.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let events = s
+                .iter()
+                .enumerate()
+                .flat_map(|(t, row)| {
+                    row.iter().enumerate().filter(|(_, &v)| v != 0.0).map(move |(n, _)| (t as u32, n as u32))
+                })
+                .collect();
+            let neurons = net.layer_shape(name).map_or(0, |s| s.iter().product());
+            raster = Some(Raster { layer: name.to_string(), neurons, timesteps, events });
         }
     }
+    // No masks at test time, so the forward pass's per-neuron counts are what each consumer receives.
+    let mut counts: HashMap<&str, Vec<f64>> = tally.layers.iter().map(|(name, c)| (name.as_str(), c.clone())).collect();
+    counts.insert("input", input_counts.unwrap_or_default());
+    let (input_spikes, ac): (Vec<f64>, Vec<f64>) = synaptic_ops(net, &counts)?.into_iter().unzip();
     let images = data.len() as f64;
     let rates = tally.rates();
     let macs: HashMap<String, u64> = spec.dense_macs()?.into_iter().collect();

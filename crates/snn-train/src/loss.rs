@@ -33,6 +33,11 @@ pub fn predictions(output: &Tensor) -> Result<Vec<u32>> {
     Ok(output.to_dtype(DType::F32)?.argmax(1)?.to_vec1::<u32>()?)
 }
 
+/// Number of samples whose top-1 prediction equals the label.
+pub fn count_correct(output: &Tensor, labels: &[u32]) -> Result<usize> {
+    Ok(predictions(output)?.iter().zip(labels).filter(|(p, l)| p == l).count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

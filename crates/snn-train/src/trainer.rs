@@ -16,7 +16,7 @@ use snn_models::{
     SpikingNetwork,
 };
 
-use crate::loss::{predictions, sum_squared_error};
+use crate::loss::{count_correct, sum_squared_error};
 use crate::{Error, Recipe, Result, Sgd};
 
 /// The independent random streams of a run, all derived from the run seed. Changing how much one stream
@@ -188,7 +188,7 @@ pub fn evaluate(
     for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None) {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         let out = net.forward(&x, &Masks::new(), opts)?;
-        correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        correct += count_correct(&out.output, &labels)?;
         tally.add(&out, idx.len(), timesteps)?;
         on_batch(tally.samples, data.len());
     }
@@ -456,7 +456,7 @@ pub fn train_run(
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
             let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
             st.loss_sum += loss;
-            st.correct += predictions(&out.output)?.iter().zip(&labels).filter(|(p, l)| p == l).count();
+            st.correct += count_correct(&out.output, &labels)?;
             tally.add(&out, idx.len(), recipe.timesteps)?;
             st.batches_done = b + 1;
             let seen = tally.samples;

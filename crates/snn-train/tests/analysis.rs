@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use snn_data::mnist::{builtin_subset, Split};
 use snn_models::{builtin, NetworkSpec, SpikingNetwork};
-use snn_train::analysis::{spatial_fanout, synaptic_ops};
+use snn_train::analysis::{spatial_fanout, synaptic_ops, window_counts};
 use snn_train::{analyse, stream_rng, EnergyModel, Stream};
 
 #[test]
@@ -76,9 +76,11 @@ fn synaptic_ops_match_a_hand_count_with_padding_stride_pooling_shortcut_and_sign
     let p1 = window(&[3, 2, 2], &[(0, 0, 1.0), (1, 4 + 3, 1.0)]);
     let c2 = window(&[2, 1, 1], &[(1, 0, 1.0)]);
     let f = window(&[4], &[(1, 3, 1.0)]);
-    let windows: HashMap<&str, &Tensor> =
-        HashMap::from([("input", &input), ("c1", &c1), ("p1", &p1), ("c2", &c2), ("f", &f)]);
-    let ops = synaptic_ops(&net, &windows).unwrap();
+    let counts = |windows: [(&'static str, &Tensor); 5]| -> HashMap<&'static str, Vec<f64>> {
+        windows.into_iter().map(|(n, w)| (n, window_counts(w).unwrap())).collect()
+    };
+    let ops =
+        synaptic_ops(&net, &counts([("input", &input), ("c1", &c1), ("p1", &p1), ("c2", &c2), ("f", &f)])).unwrap();
     // c1: corner pixel reaches 2×2 positions × 3 channels = 12; pixel (1,1) reaches 3×3 × 3 = 27.
     // p1: each of the two spikes lies in one pooling window: 2.
     // c2: 3×3 stride-2 kernel with padding 1 on 2×2 → one output position covering all inputs: 2 spikes × 2
@@ -89,9 +91,9 @@ fn synaptic_ops_match_a_hand_count_with_padding_stride_pooling_shortcut_and_sign
 
     // A window of the wrong size is an error, not a panic.
     let bad = window(&[4, 4, 4], &[]);
-    let windows: HashMap<&str, &Tensor> =
-        HashMap::from([("input", &input), ("c1", &bad), ("p1", &p1), ("c2", &c2), ("f", &f)]);
-    assert!(synaptic_ops(&net, &windows).is_err());
+    assert!(
+        synaptic_ops(&net, &counts([("input", &input), ("c1", &bad), ("p1", &p1), ("c2", &c2), ("f", &f)])).is_err()
+    );
 }
 
 #[test]
