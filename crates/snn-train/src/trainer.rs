@@ -265,6 +265,8 @@ pub struct RunFiles {
     pub best: PathBuf,
     /// One JSON object per epoch.
     pub metrics: PathBuf,
+    /// The resumable run state.
+    pub state: PathBuf,
 }
 
 impl RunFiles {
@@ -274,6 +276,7 @@ impl RunFiles {
             last: dir.join("last.safetensors"),
             best: dir.join("best.safetensors"),
             metrics: dir.join("metrics.jsonl"),
+            state: dir.join(STATE_FILE),
         }
     }
 }
@@ -337,13 +340,16 @@ pub fn train_step(
     let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
     let out = net.forward(x, masks, opts)?;
     let loss = sum_squared_error(&out.output, labels)?;
-    if ensure_finite(&loss, "loss", 0, 0).is_err() {
-        // Name the culprit when it is a weight.
-        for (name, var) in net.weights() {
-            ensure_finite(&var.as_tensor().sum_all()?, &format!("loss (weight {name} is not finite)"), 0, 0)?;
+    let loss_value = match ensure_finite(&loss, "loss", 0, 0) {
+        Ok(v) => v,
+        Err(e) => {
+            // Name the culprit when it is a weight.
+            for (name, var) in net.weights() {
+                ensure_finite(&var.as_tensor().sum_all()?, &format!("loss (weight {name} is not finite)"), 0, 0)?;
+            }
+            return Err(e);
         }
-    }
-    let loss_value = ensure_finite(&loss, "loss", 0, 0)?;
+    };
     let grads = loss.backward()?;
     for (name, var) in net.weights() {
         if let Some(g) = grads.get(var.as_tensor()) {
@@ -423,12 +429,12 @@ pub fn train_run(
     let mut st = RunState::fresh(recipe, train.len());
     let mut tally = ActivityTally::default();
     if opts.resume {
-        let dir = opts.out_dir.as_deref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?;
-        let (state, restored) = load_state(&dir.join(STATE_FILE), net, &mut opt)?;
+        let path = &files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?.state;
+        let (state, restored) = load_state(path, net, &mut opt)?;
         if state.recipe != *recipe || state.train_images != train.len() {
             return Err(Error::Config(format!(
                 "{}: the saved run used a different recipe or training set size",
-                dir.join(STATE_FILE).display()
+                path.display()
             )));
         }
         st = state;
@@ -469,16 +475,16 @@ pub fn train_run(
                 images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
             if opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
-                if let Some(dir) = &opts.out_dir {
+                if let Some(files) = &files {
                     st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
+                    save_state(&files.state, net, &opt, &st, &tally)?;
                 }
                 return Err(Error::Interrupted { epoch, batch: st.batches_done });
             }
-            if let (Some(dir), Some(every)) = (&opts.out_dir, opts.checkpoint_every) {
+            if let (Some(files), Some(every)) = (&files, opts.checkpoint_every) {
                 if st.batches_done % every == 0 && st.batches_done < batch_count {
                     st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
+                    save_state(&files.state, net, &opt, &st, &tally)?;
                 }
             }
         }
@@ -525,11 +531,9 @@ pub fn train_run(
                 st.history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
             write_atomic(&files.metrics, lines.as_bytes())
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
-            if let Some(dir) = &opts.out_dir {
-                st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                st.shuffle_pos = shuffle_rng.get_word_pos();
-                save_state(&dir.join(STATE_FILE), net, &opt, &st, &tally)?;
-            }
+            st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
+            st.shuffle_pos = shuffle_rng.get_word_pos();
+            save_state(&files.state, net, &opt, &st, &tally)?;
         }
         observer.on_epoch(&metrics);
     }
