@@ -449,14 +449,24 @@ fn apply_config(recipe: Recipe, path: &std::path::Path) -> Result<Recipe> {
     Ok(recipe)
 }
 
-fn run_eval(a: EvalArgs) -> Result<()> {
-    let dev = device(a.common.device)?;
-    let ckpt = load_checkpoint(&a.checkpoint, &dev)?;
+/// Loads a checkpoint's network on the chosen device and dtype, with the time steps to evaluate at:
+/// `timesteps` if given, else the test time steps stored in the checkpoint, else 100.
+pub(crate) fn load_network(
+    common: &Common,
+    checkpoint: &std::path::Path,
+    timesteps: Option<usize>,
+) -> Result<(SpikingNetwork, usize)> {
+    let dev = device(common.device)?;
+    let ckpt = load_checkpoint(checkpoint, &dev)?;
     let stored_t = ckpt.metadata.get("test_timesteps").and_then(|t| t.parse::<usize>().ok());
-    let timesteps = a.timesteps.or(stored_t).unwrap_or(100);
-    let net = ckpt
-        .into_network(dtype(a.common.dtype), &dev)
-        .with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
+    let timesteps = timesteps.or(stored_t).unwrap_or(100);
+    let net =
+        ckpt.into_network(dtype(common.dtype), &dev).with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    Ok((net, timesteps))
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let (net, timesteps) = load_network(&a.common, &a.checkpoint, a.timesteps)?;
     let test_set = load_split(&a.common, net.spec(), Split::Test, a.common.test_limit)?;
     let pb = bar(test_set.len(), "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", a.common.json);
     let result = evaluate(&net, &test_set, timesteps, a.batch_size, a.seed, &mut |d, _| pb.set_position(d as u64))?;

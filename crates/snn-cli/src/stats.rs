@@ -3,15 +3,14 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use snn_data::mnist::Split;
-use snn_models::load_checkpoint;
 use snn_train::analysis::SparsityReport;
 use snn_train::{analyse, EnergyModel};
 
 use crate::plots::{self, SweepPoint};
-use crate::{device, dtype, load_split, Common};
+use crate::{load_network, load_split, Common};
 
 #[derive(Args)]
 pub struct StatsArgs {
@@ -137,18 +136,12 @@ fn csv(r: &SparsityReport, sweep: &[SweepPoint]) -> String {
 }
 
 pub fn run(a: StatsArgs) -> Result<()> {
-    let dev = device(a.common.device)?;
-    let ckpt = load_checkpoint(&a.checkpoint, &dev)?;
-    let stored_t = ckpt.metadata.get("test_timesteps").and_then(|t| t.parse::<usize>().ok());
-    let timesteps = a.timesteps.or(stored_t).unwrap_or(100);
+    let (net, timesteps) = load_network(&a.common, &a.checkpoint, a.timesteps)?;
     if timesteps == 0 || a.timesteps_sweep.contains(&0) {
         bail!("time steps must be at least 1");
     }
     let energy = EnergyModel { ac_pj: a.e_ac, mac_pj: a.e_mac, count_neuron_updates: a.count_neuron_updates };
     energy.validate()?;
-    let net = ckpt
-        .into_network(dtype(a.common.dtype), &dev)
-        .with_context(|| format!("checkpoint {}", a.checkpoint.display()))?;
     let data = load_split(&a.common, net.spec(), Split::Test, a.common.test_limit)?;
     let raster_layer = match (&a.raster_layer, &a.plot) {
         (Some(l), _) => Some(l.clone()),
