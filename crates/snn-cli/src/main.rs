@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use snn_data::mnist::Split;
-use snn_data::{Dataset, ImageDataset};
+use snn_data::{Dataset, Samples};
 use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, NetworkSpec, SpikingNetwork};
 use snn_train::{
     evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
@@ -172,16 +172,12 @@ fn dataset_for(common: &Common, spec: &NetworkSpec) -> Result<Dataset> {
     match spec.input_shape[..] {
         [1, 28, 28] => Ok(Dataset::Mnist),
         [3, 32, 32] => Ok(Dataset::Cifar10),
+        [2, 34, 34] => Ok(Dataset::Nmnist),
         ref other => bail!("no default dataset for input shape {other:?}; pass --dataset"),
     }
 }
 
-pub(crate) fn load_split(
-    common: &Common,
-    spec: &NetworkSpec,
-    split: Split,
-    limit: Option<usize>,
-) -> Result<ImageDataset> {
+pub(crate) fn load_split(common: &Common, spec: &NetworkSpec, split: Split, limit: Option<usize>) -> Result<Samples> {
     let dataset = dataset_for(common, spec)?;
     let mut data = dataset.load(common.data_dir.as_deref(), split)?;
     if let Some(n) = limit {

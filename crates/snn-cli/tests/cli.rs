@@ -146,3 +146,52 @@ fn bad_checkpoints_are_reported_not_panicked_on() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a checkpoint of this toolkit"), "{}", stderr(&o));
 }
+
+#[test]
+fn nmnist_event_recordings_train_and_evaluate_lenet_nmnist() {
+    let dir = tempfile::tempdir().unwrap();
+    // Synthetic recordings in the N-MNIST format: digit d is a short vertical stroke at column 3 + 3d.
+    for (split, per_class) in [("Train", 3), ("Test", 1)] {
+        for digit in 0..4u8 {
+            let class_dir = dir.path().join(split).join(digit.to_string());
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for k in 0..per_class {
+                let bytes: Vec<u8> = (0..30u32)
+                    .flat_map(|i| {
+                        let t = i * 1000 + k;
+                        [3 + 3 * digit, 5 + (i % 20) as u8, 0x80 | (t >> 16) as u8, (t >> 8) as u8, t as u8]
+                    })
+                    .collect();
+                std::fs::write(class_dir.join(format!("{k:05}.bin")), bytes).unwrap();
+            }
+        }
+    }
+    let out = dir.path().join("run");
+    let data = dir.path().to_str().unwrap();
+    let o = cli(&[
+        "train",
+        "--model",
+        "lenet-nmnist",
+        "--dataset",
+        "nmnist",
+        "--data-dir",
+        data,
+        "--timesteps",
+        "6",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["train_images"], 12);
+    let best = v["files"]["best"].as_str().unwrap().to_string();
+    let o = cli(&["eval", "--checkpoint", &best, "--dataset", "nmnist", "--data-dir", data, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["total"], 4);
+    // The image LeNet cannot read event frames: a clear shape error, not a panic.
+    let o =
+        cli(&["train", "--model", "lenet", "--dataset", "nmnist", "--data-dir", data, "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[2, 34, 34]"), "{}", stderr(&o));
+}

@@ -1,3 +1,4 @@
+use crate::nmnist::{EventDataset, FRAME_SHAPE};
 use crate::{Error, Result};
 
 /// A labelled image dataset held as bytes: `len` images of shape `[C, H, W]` (row-major, `u8`).
@@ -82,5 +83,73 @@ impl ImageDataset {
             labels.push(u32::from(self.labels[i]));
         }
         (pixels, labels)
+    }
+}
+
+/// The samples of one split, in either of the two forms the networks consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Samples {
+    /// Static images, turned into spikes by rate coding.
+    Images(ImageDataset),
+    /// Event recordings, already spikes once binned into frames.
+    Events(EventDataset),
+}
+
+impl Samples {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Images(d) => d.len(),
+            Self::Events(d) => d.len(),
+        }
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The network input of one time step: `[C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        match self {
+            Self::Images(d) => d.shape(),
+            Self::Events(_) => FRAME_SHAPE,
+        }
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        match self {
+            Self::Images(d) => d.classes(),
+            Self::Events(_) => 10,
+        }
+    }
+
+    /// All labels.
+    pub fn labels(&self) -> &[u8] {
+        match self {
+            Self::Images(d) => d.labels(),
+            Self::Events(d) => d.labels(),
+        }
+    }
+
+    /// Keeps only the first `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Self::Images(d) => d.truncate(n),
+            Self::Events(d) => d.truncate(n),
+        }
+    }
+}
+
+impl From<ImageDataset> for Samples {
+    fn from(d: ImageDataset) -> Self {
+        Self::Images(d)
+    }
+}
+
+impl From<EventDataset> for Samples {
+    fn from(d: EventDataset) -> Self {
+        Self::Events(d)
     }
 }

@@ -4,9 +4,11 @@
 //! * [`cifar`]: CIFAR-10 from the official binary batches, an image-folder tree or a `.tar.gz` of it.
 //! * [`mnist`]: the MNIST train/test splits from a folder, and a small built-in real subset so that training
 //!   works on a fresh checkout with no data at all.
-//! * [`svhn`]: SVHN cropped digits from the official MATLAB files; [`Dataset`] names them all.
+//! * [`svhn`]: SVHN cropped digits from the official MATLAB files.
+//! * [`nmnist`]: N-MNIST event recordings, binned into spike frames; [`Dataset`] names them all.
 //! * [`augment`]: seeded random crop and flip.
-//! * [`ImageDataset`]: images as `u8` with labels, and [`Batches`]: seeded shuffling and batching.
+//! * [`ImageDataset`]: images as `u8` with labels; [`Samples`]: images or event recordings;
+//!   [`Batches`]: seeded shuffling and batching.
 //! * [`sha256_hex`]: checksums of files and buffers.
 //!
 //! Every reader error names the file and what is wrong with it.
@@ -20,11 +22,12 @@ mod dataset;
 mod error;
 pub mod idx;
 pub mod mnist;
+pub mod nmnist;
 mod source;
 pub mod svhn;
 
 pub use batch::Batches;
-pub use dataset::ImageDataset;
+pub use dataset::{ImageDataset, Samples};
 pub use error::{Error, Result};
 pub use source::Dataset;
 

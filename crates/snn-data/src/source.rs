@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::mnist::{self, Split};
-use crate::{cifar, svhn, Error, ImageDataset, Result};
+use crate::{cifar, nmnist, svhn, Error, Result, Samples};
 
 /// The datasets this crate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,11 +16,13 @@ pub enum Dataset {
     Cifar10,
     /// SVHN cropped digits (`train_32x32.mat`, `test_32x32.mat`).
     Svhn,
+    /// N-MNIST event recordings (`Train/<digit>/*.bin`, `Test/<digit>/*.bin`).
+    Nmnist,
 }
 
 impl Dataset {
     /// All names accepted by [`Dataset::from_name`].
-    pub const NAMES: [&'static str; 4] = ["mnist", "fashion-mnist", "cifar10", "svhn"];
+    pub const NAMES: [&'static str; 5] = ["mnist", "fashion-mnist", "cifar10", "svhn", "nmnist"];
 
     /// Parses a dataset name.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -29,6 +31,7 @@ impl Dataset {
             "fashion-mnist" => Ok(Self::FashionMnist),
             "cifar10" => Ok(Self::Cifar10),
             "svhn" => Ok(Self::Svhn),
+            "nmnist" => Ok(Self::Nmnist),
             other => Err(Error::Mismatch(format!("unknown dataset '{other}' (available: {})", Self::NAMES.join(", ")))),
         }
     }
@@ -40,16 +43,18 @@ impl Dataset {
             Self::FashionMnist => "fashion-mnist",
             Self::Cifar10 => "cifar10",
             Self::Svhn => "svhn",
+            Self::Nmnist => "nmnist",
         }
     }
 
     /// Loads a split from `dir`; with no folder only MNIST is available (the built-in subset).
-    pub fn load(self, dir: Option<&Path>, split: Split) -> Result<ImageDataset> {
+    pub fn load(self, dir: Option<&Path>, split: Split) -> Result<Samples> {
         match (self, dir) {
-            (Self::Mnist, None) => mnist::builtin_subset(split),
-            (Self::Mnist | Self::FashionMnist, Some(d)) => mnist::load(d, split),
-            (Self::Cifar10, Some(d)) => cifar::load(d, split),
-            (Self::Svhn, Some(d)) => svhn::load(d, split),
+            (Self::Mnist, None) => mnist::builtin_subset(split).map(Samples::from),
+            (Self::Mnist | Self::FashionMnist, Some(d)) => mnist::load(d, split).map(Samples::from),
+            (Self::Cifar10, Some(d)) => cifar::load(d, split).map(Samples::from),
+            (Self::Svhn, Some(d)) => svhn::load(d, split).map(Samples::from),
+            (Self::Nmnist, Some(d)) => nmnist::load(d, split).map(Samples::from),
             (other, None) => Err(Error::Mismatch(format!(
                 "dataset '{}' needs a data folder (--data-dir); only mnist has a built-in subset",
                 other.name()

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use snn_data::{Batches, ImageDataset};
+use snn_data::{Batches, Samples};
 use snn_models::{ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
 use crate::loss::count_correct;
@@ -239,7 +239,7 @@ pub fn synaptic_ops(net: &SpikingNetwork, counts: &HashMap<&str, Vec<f64>>) -> R
 /// the first image are returned.
 pub fn analyse(
     net: &SpikingNetwork,
-    data: &ImageDataset,
+    data: &Samples,
     timesteps: usize,
     batch_size: usize,
     seed: u64,

@@ -73,7 +73,7 @@ impl Recipe {
     /// ResNet9) get the CIFAR-10 recipe of their family: the paper's own values for them were not recovered.
     pub fn paper_for(model: &str) -> Option<Self> {
         match model {
-            "lenet" => Some(Self::paper_mnist()),
+            "lenet" | "lenet-nmnist" => Some(Self::paper_mnist()),
             "vgg9" | "vgg7" => Some(Self::paper_cifar10(0.0033)),
             "resnet11" | "resnet9" | "resnet7" => Some(Self::paper_cifar10(0.0025)),
             _ => None,

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
-use snn_data::{Batches, ImageDataset};
+use snn_data::{Batches, Samples};
 use snn_models::{
     load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, ForwardOptions, ForwardOutput, Masks,
     SpikingNetwork,
@@ -116,7 +116,7 @@ pub struct EvalResult {
 
 pub(crate) fn encode(
     net: &SpikingNetwork,
-    data: &ImageDataset,
+    data: &Samples,
     idx: &[usize],
     steps: usize,
     rng: &mut ChaCha8Rng,
@@ -124,31 +124,43 @@ pub(crate) fn encode(
     encode_augmented(net, data, idx, steps, rng, None)
 }
 
+/// The input window `[T, B, C, H, W]` of a batch: rate-coded images (augmented first when an augmentation
+/// stream is given), or the binned frames of event recordings, which are spikes already and are neither
+/// augmented nor re-coded.
 fn encode_augmented(
     net: &SpikingNetwork,
-    data: &ImageDataset,
+    data: &Samples,
     idx: &[usize],
     steps: usize,
     rng: &mut ChaCha8Rng,
     augment: Option<&mut ChaCha8Rng>,
 ) -> Result<(Tensor, Vec<u32>)> {
+    let images = match data {
+        Samples::Images(images) => images,
+        Samples::Events(events) => {
+            let (frames, labels) = events.frames(idx, steps)?;
+            let shape = [&[steps, idx.len()][..], &data.input_shape()[..]].concat();
+            let x = Tensor::from_vec(frames, shape, net.device())?.to_dtype(net.dtype())?;
+            return Ok((x, labels));
+        }
+    };
     let (mut pixels, labels) = match augment {
-        Some(arng) => data.batch_with(idx, |img| random_crop_flip(img, data.shape(), 4, arng)),
-        None => data.batch(idx),
+        Some(arng) => images.batch_with(idx, |img| random_crop_flip(img, images.shape(), 4, arng)),
+        None => images.batch(idx),
     };
     net.spec().normalize(&mut pixels);
-    let [c, h, w] = data.shape();
+    let [c, h, w] = images.shape();
     let encoder = RateEncoder::new(net.spec().input_gain)?;
     let x = encoder.encode(&pixels, &[idx.len(), c, h, w], steps, rng, net.dtype(), net.device())?;
     Ok((x, labels))
 }
 
-pub(crate) fn check_dataset(net: &SpikingNetwork, data: &ImageDataset, role: &str) -> Result<()> {
+pub(crate) fn check_dataset(net: &SpikingNetwork, data: &Samples, role: &str) -> Result<()> {
     let spec = net.spec();
-    if data.shape()[..] != spec.input_shape[..] {
+    if data.input_shape()[..] != spec.input_shape[..] {
         return Err(Error::Config(format!(
-            "{role} images have shape {:?} but model '{}' expects {:?}",
-            data.shape(),
+            "{role} samples have shape {:?} but model '{}' expects {:?}",
+            data.input_shape(),
             spec.name,
             spec.input_shape
         )));
@@ -170,7 +182,7 @@ pub(crate) fn check_dataset(net: &SpikingNetwork, data: &ImageDataset, role: &st
 /// [`Stream::EvalInput`] stream of `seed`, restarted here, so the same checkpoint always gets the same score.
 pub fn evaluate(
     net: &SpikingNetwork,
-    data: &ImageDataset,
+    data: &Samples,
     timesteps: usize,
     batch_size: usize,
     seed: u64,
@@ -382,8 +394,8 @@ pub struct RunOptions {
 /// `metrics.jsonl` are written there atomically after every epoch.
 pub fn train(
     net: &SpikingNetwork,
-    train: &ImageDataset,
-    test: &ImageDataset,
+    train: &Samples,
+    test: &Samples,
     recipe: &Recipe,
     out_dir: Option<&Path>,
     observer: &mut dyn TrainObserver,
@@ -401,8 +413,8 @@ pub fn train(
 /// interrupted (same machine, same thread count).
 pub fn train_run(
     net: &SpikingNetwork,
-    train: &ImageDataset,
-    test: &ImageDataset,
+    train: &Samples,
+    test: &Samples,
     recipe: &Recipe,
     opts: &RunOptions,
     observer: &mut dyn TrainObserver,

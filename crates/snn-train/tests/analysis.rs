@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use snn_data::mnist::{builtin_subset, Split};
+use snn_data::Samples;
 use snn_models::{builtin, NetworkSpec, SpikingNetwork};
 use snn_train::analysis::{spatial_fanout, synaptic_ops, window_counts};
 use snn_train::{analyse, stream_rng, EnergyModel, Stream};
@@ -98,7 +99,7 @@ fn synaptic_ops_match_a_hand_count_with_padding_stride_pooling_shortcut_and_sign
 
 #[test]
 fn analysis_agrees_with_the_forward_pass_and_accounts_energy() {
-    let mut data = builtin_subset(Split::Test).unwrap();
+    let mut data = Samples::from(builtin_subset(Split::Test).unwrap());
     data.truncate(24);
     let net =
         SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device};
 use snn_data::mnist::{builtin_subset, Split};
+use snn_data::Samples;
 use snn_models::{builtin, SpikingNetwork};
 use snn_train::{stream_rng, train, Recipe, Silent, Stream};
 
@@ -16,8 +17,8 @@ fn quick_recipe(timesteps: usize) -> Recipe {
 
 #[test]
 fn lenet_learns_mnist_digits_in_one_short_epoch() {
-    let mut train_set = builtin_subset(Split::Train).unwrap();
-    let mut test_set = builtin_subset(Split::Test).unwrap();
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
     train_set.truncate(1280);
     test_set.truncate(300);
     // T = 16 lets spikes reach the last hidden layer (at T = 8 it stays silent at initialisation); batch 16
@@ -41,8 +42,8 @@ fn lenet_learns_mnist_digits_in_one_short_epoch() {
 
 #[test]
 fn identical_seeds_give_identical_weights() {
-    let mut train_set = builtin_subset(Split::Train).unwrap();
-    let mut test_set = builtin_subset(Split::Test).unwrap();
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
     train_set.truncate(96);
     test_set.truncate(32);
     let mut recipe = quick_recipe(3);
@@ -70,8 +71,8 @@ fn identical_seeds_give_identical_weights() {
 
 #[test]
 fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
-    let mut train_set = builtin_subset(Split::Train).unwrap();
-    let mut test_set = builtin_subset(Split::Test).unwrap();
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
     train_set.truncate(16);
     test_set.truncate(8);
     let spec = builtin("lenet").unwrap();
