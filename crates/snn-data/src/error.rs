@@ -22,6 +22,14 @@ pub enum Error {
     /// Two parts of a dataset disagree (e.g. image and label counts).
     #[error("{0}")]
     Mismatch(String),
+    /// A Hub download or cache lookup failed.
+    #[error("{what}: {msg}")]
+    Hub {
+        /// The repository or file concerned.
+        what: String,
+        /// What went wrong.
+        msg: String,
+    },
     /// A dataset file was not found.
     #[error("{what} not found in {dir} (looked for {candidates})")]
     NotFound {

@@ -6,6 +6,8 @@
 //!   works on a fresh checkout with no data at all.
 //! * [`svhn`]: SVHN cropped digits from the official MATLAB files.
 //! * [`nmnist`]: N-MNIST event recordings, binned into spike frames; [`Dataset`] names them all.
+//! * [`hub`]: the image datasets (and any file) from the Hugging Face Hub through a checksummed, offline-capable
+//!   cache.
 //! * [`augment`]: seeded random crop and flip.
 //! * [`ImageDataset`]: images as `u8` with labels; [`Samples`]: images or event recordings;
 //!   [`Batches`]: seeded shuffling and batching.
@@ -20,6 +22,7 @@ mod batch;
 pub mod cifar;
 mod dataset;
 mod error;
+pub mod hub;
 pub mod idx;
 pub mod mnist;
 pub mod nmnist;

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::hub::{self, HubOptions};
 use crate::mnist::{self, Split};
 use crate::{cifar, nmnist, svhn, Error, Result, Samples};
 
@@ -47,17 +48,28 @@ impl Dataset {
         }
     }
 
-    /// Loads a split from `dir`; with no folder only MNIST is available (the built-in subset).
+    /// Loads a split from `dir`; with no folder, from the Hub cache of [`HubOptions::from_env`] (see
+    /// [`Self::load_from`]).
     pub fn load(self, dir: Option<&Path>, split: Split) -> Result<Samples> {
+        self.load_from(dir, &HubOptions::from_env(), split)
+    }
+
+    /// Loads a split from `dir`. With no folder the split comes from the Hub cache described by `hub`
+    /// (never from the network; `snn-cli data fetch` fills it), and MNIST falls back to the built-in subset
+    /// when it is not cached.
+    pub fn load_from(self, dir: Option<&Path>, hub: &HubOptions, split: Split) -> Result<Samples> {
+        if dir.is_none() && self != Self::Nmnist && (self != Self::Mnist || hub::is_cached(self, hub)) {
+            return hub::load_cached(self, split, hub).map(Samples::from);
+        }
         match (self, dir) {
             (Self::Mnist, None) => mnist::builtin_subset(split).map(Samples::from),
             (Self::Mnist | Self::FashionMnist, Some(d)) => mnist::load(d, split).map(Samples::from),
             (Self::Cifar10, Some(d)) => cifar::load(d, split).map(Samples::from),
             (Self::Svhn, Some(d)) => svhn::load(d, split).map(Samples::from),
             (Self::Nmnist, Some(d)) => nmnist::load(d, split).map(Samples::from),
-            (other, None) => Err(Error::Mismatch(format!(
-                "dataset '{}' needs a data folder (--data-dir); only mnist has a built-in subset",
-                other.name()
+            (_, None) => Err(Error::Mismatch(format!(
+                "dataset '{}' needs a data folder (--data-dir): it has no Hub source",
+                self.name()
             ))),
         }
     }
