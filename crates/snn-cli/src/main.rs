@@ -14,6 +14,7 @@ use snn_train::{
     evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
 };
 
+mod hub;
 mod plots;
 mod stats;
 
@@ -32,6 +33,11 @@ enum Command {
     Eval(EvalArgs),
     /// Spikes per layer, synaptic operations and energy against the ANN of the same architecture.
     Stats(stats::StatsArgs),
+    /// Datasets from the Hugging Face Hub: fetch into the local cache, verify a cached copy.
+    #[command(subcommand)]
+    Data(hub::DataCommand),
+    /// Write a checkpoint with its config and a model card, laid out for a Hub model repository.
+    Export(hub::ExportArgs),
     /// List the built-in architectures.
     Models {
         /// Print JSON instead of a table.
@@ -54,13 +60,16 @@ pub(crate) enum DTypeArg {
 
 #[derive(Args)]
 pub(crate) struct Common {
-    /// Dataset: mnist, fashion-mnist, cifar10 or svhn (default: implied by the model's input shape).
+    /// Dataset: mnist, fashion-mnist, cifar10, svhn or nmnist (default: implied by the model's input shape).
     #[arg(long)]
     pub(crate) dataset: Option<String>,
-    /// Data folder (MNIST-style IDX files; CIFAR-10 binary batches, image tree or .tar.gz; SVHN .mat files).
-    /// Default for MNIST: the built-in real subset (6,000 training and 1,000 test images).
+    /// Data folder (MNIST-style IDX files; CIFAR-10 binary batches, image tree or .tar.gz; SVHN .mat files;
+    /// N-MNIST Train/Test folders). Default: the Hub cache filled by `snn-cli data fetch`; for MNIST, when
+    /// it is not cached, the built-in real subset (6,000 training and 1,000 test images).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) hub: hub::HubArgs,
     /// Use at most this many test images.
     #[arg(long, alias = "limit")]
     pub(crate) test_limit: Option<usize>,
@@ -179,7 +188,7 @@ fn dataset_for(common: &Common, spec: &NetworkSpec) -> Result<Dataset> {
 
 pub(crate) fn load_split(common: &Common, spec: &NetworkSpec, split: Split, limit: Option<usize>) -> Result<Samples> {
     let dataset = dataset_for(common, spec)?;
-    let mut data = dataset.load(common.data_dir.as_deref(), split)?;
+    let mut data = dataset.load_from(common.data_dir.as_deref(), &common.hub.options(false), split)?;
     if let Some(n) = limit {
         if n == 0 {
             bail!("limits must be at least 1");
@@ -453,6 +462,7 @@ pub(crate) fn load_network(
     timesteps: Option<usize>,
 ) -> Result<(SpikingNetwork, usize)> {
     let dev = device(common.device)?;
+    let checkpoint = &hub::resolve_checkpoint(checkpoint, &common.hub)?;
     let ckpt = load_checkpoint(checkpoint, &dev)?;
     let stored_t = ckpt.metadata.get("test_timesteps").and_then(|t| t.parse::<usize>().ok());
     let timesteps = timesteps.or(stored_t).unwrap_or(100);
@@ -531,6 +541,8 @@ fn main() -> ExitCode {
         Command::Train(a) => run_train(a),
         Command::Eval(a) => run_eval(a),
         Command::Stats(a) => stats::run(a),
+        Command::Data(c) => hub::run_data(c),
+        Command::Export(a) => hub::run_export(a),
         Command::Models { json } => run_models(json),
     };
     match result {

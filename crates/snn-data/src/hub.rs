@@ -154,12 +154,10 @@ impl HubOptions {
     }
 
     fn offline_error(&self, what: &str, fetch_hint: &str) -> Error {
+        let mode = if self.offline { " and offline mode is on (HF_HUB_OFFLINE)" } else { "" };
         Error::Hub {
             what: what.to_string(),
-            msg: format!(
-                "not in the cache at {} and offline mode is on (HF_HUB_OFFLINE); fetch it first with `{fetch_hint}`",
-                self.cache_dir.display()
-            ),
+            msg: format!("not in the cache at {}{mode}; fetch it with `{fetch_hint}`", self.cache_dir.display()),
         }
     }
 }
@@ -344,13 +342,12 @@ fn shard_total(path: &Path) -> Option<usize> {
     stem.rsplit_once("-of-")?.1.parse().ok()
 }
 
-/// Loads a split of a dataset from the Hub cache (no network): every shard decoded, in shard order.
+/// Loads a split of a dataset from the Hub cache (never the network): every shard decoded, in shard order.
 pub fn load_cached(dataset: Dataset, split: Split, opts: &HubOptions) -> Result<ImageDataset> {
     let hub = HubDataset::of(dataset)?;
-    let offline = HubOptions { offline: true, ..opts.clone() };
     let mut images = Vec::new();
     let mut labels = Vec::new();
-    for shard in cached_shards(hub, split, &offline)? {
+    for shard in cached_shards(hub, split, opts)? {
         read_parquet_images(&shard, hub, &mut images, &mut labels)?;
     }
     ImageDataset::new(images, labels, hub.shape, hub.classes)
@@ -378,10 +375,9 @@ pub struct VerifiedShard {
 /// undecodable row.
 pub fn verify_dataset(dataset: Dataset, opts: &HubOptions) -> Result<Vec<VerifiedShard>> {
     let hub = HubDataset::of(dataset)?;
-    let offline = HubOptions { offline: true, ..opts.clone() };
     let mut out = Vec::new();
     for split in [Split::Train, Split::Test] {
-        for path in cached_shards(hub, split, &offline)? {
+        for path in cached_shards(hub, split, opts)? {
             let sha256 = verify_cached_file(&path)?;
             let (mut images, mut labels) = (Vec::new(), Vec::new());
             read_parquet_images(&path, hub, &mut images, &mut labels)?;

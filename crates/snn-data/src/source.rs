@@ -58,7 +58,7 @@ impl Dataset {
     /// (never from the network; `snn-cli data fetch` fills it), and MNIST falls back to the built-in subset
     /// when it is not cached.
     pub fn load_from(self, dir: Option<&Path>, hub: &HubOptions, split: Split) -> Result<Samples> {
-        if dir.is_none() && self != Self::Nmnist && (self != Self::Mnist || hub::is_cached(self, hub)) {
+        if dir.is_none() && hub::is_cached(self, hub) {
             return hub::load_cached(self, split, hub).map(Samples::from);
         }
         match (self, dir) {
@@ -67,9 +67,14 @@ impl Dataset {
             (Self::Cifar10, Some(d)) => cifar::load(d, split).map(Samples::from),
             (Self::Svhn, Some(d)) => svhn::load(d, split).map(Samples::from),
             (Self::Nmnist, Some(d)) => nmnist::load(d, split).map(Samples::from),
+            (Self::Nmnist, None) => {
+                Err(Error::Mismatch("dataset 'nmnist' needs a data folder (--data-dir): it has no Hub source".into()))
+            }
             (_, None) => Err(Error::Mismatch(format!(
-                "dataset '{}' needs a data folder (--data-dir): it has no Hub source",
-                self.name()
+                "dataset '{name}' needs a data folder (--data-dir) or a cached copy from `snn-cli data fetch {name}` \
+                 (none in {})",
+                hub.cache_dir.display(),
+                name = self.name()
             ))),
         }
     }
