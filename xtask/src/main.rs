@@ -4,8 +4,12 @@
 //!   float64 and float32 through the project's model code and fails when any exceeds its tolerance.
 //! * `cargo xtask bench`: times a training step and an inference pass (median of repetitions), with the
 //!   throughput of a dense matrix product measured in the same run as the baseline.
+//! * `cargo xtask reproduce <experiment> [--quick]`: a paper experiment end to end (data, training,
+//!   evaluation, analysis) with a Markdown report; resumes when interrupted.
+//! * `cargo xtask ci`: what CI checks: formatting, clippy, the test suite and the golden cases.
 
 mod bench;
+mod reproduce;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +51,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
+    Reproduce {
+        /// mnist-lenet, cifar10-vgg9, cifar10-resnet11, svhn-vgg7, svhn-resnet7 or cifar10-resnet9.
+        experiment: String,
+        /// A short smoke version (one epoch on a subset at T = 20) instead of the paper's full recipe.
+        #[arg(long)]
+        quick: bool,
+        /// Output folder (default `runs/<experiment>` or `runs/<experiment>-quick`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Dataset folder; without it the dataset comes from the Hub cache (fetched when missing).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Hub cache folder (default `$HF_HOME/hub`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Run seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use at most this many training images.
+        #[arg(long)]
+        train_limit: Option<usize>,
+        /// Use at most this many test images.
+        #[arg(long)]
+        test_limit: Option<usize>,
+        /// Run this snn-cli binary instead of building the release one.
+        #[arg(long)]
+        cli: Option<PathBuf>,
+    },
+    /// Run what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, the test suite, the golden cases.
+    Ci,
 }
 
 fn workspace_root() -> PathBuf {
@@ -94,6 +129,24 @@ fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
+/// Formatting, lints, tests and golden cases, stopping at the first failure.
+fn ci() -> anyhow::Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = workspace_root();
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--", "--check"],
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &["test", "--workspace"],
+    ];
+    for args in steps {
+        eprintln!("$ cargo {}", args.join(" "));
+        let status = std::process::Command::new(&cargo).args(args).current_dir(&root).status()?;
+        anyhow::ensure!(status.success(), "`cargo {}` failed", args.join(" "));
+    }
+    eprintln!("$ cargo xtask golden");
+    golden(None)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -101,6 +154,21 @@ fn main() -> ExitCode {
         Command::Bench { model, batch, timesteps, reps, json } => {
             bench::run(bench::BenchArgs { model, batch, timesteps, reps, json }).map(|()| true)
         }
+        Command::Reproduce { experiment, quick, out, data_dir, cache_dir, seed, train_limit, test_limit, cli } => {
+            let args = reproduce::ReproduceArgs {
+                experiment,
+                quick,
+                out,
+                data_dir,
+                cache_dir,
+                seed,
+                train_limit,
+                test_limit,
+                cli,
+            };
+            reproduce::run(args, &workspace_root()).map(|()| true)
+        }
+        Command::Ci => ci(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

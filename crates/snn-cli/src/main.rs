@@ -281,6 +281,8 @@ struct SavedRun {
     recipe: Recipe,
     dataset: Option<String>,
     data_dir: Option<PathBuf>,
+    #[serde(default)]
+    cache_dir: Option<PathBuf>,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
 }
@@ -293,6 +295,7 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         let saved: SavedRun = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
         a.common.dataset = a.common.dataset.or(saved.dataset);
         a.common.data_dir = a.common.data_dir.or(saved.data_dir);
+        a.common.hub.cache_dir = a.common.hub.cache_dir.or(saved.cache_dir);
         a.train_limit = a.train_limit.or(saved.train_limit);
         a.common.test_limit = a.common.test_limit.or(saved.test_limit);
         a.out = dir;
@@ -390,6 +393,7 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
             recipe: recipe.clone(),
             dataset: a.common.dataset.clone(),
             data_dir: a.common.data_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
+            cache_dir: a.common.hub.cache_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
             train_limit: a.train_limit,
             test_limit: a.common.test_limit,
         };

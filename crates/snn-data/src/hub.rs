@@ -270,11 +270,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Downloads (or finds in the cache) every Parquet shard of both splits of a dataset, each checked against
-/// its content hash. Returns the local paths, train shards first.
+/// Downloads every Parquet shard of both splits of a dataset, each checked against its content hash, unless
+/// both splits are already complete in the cache (then no request is made). Returns the local paths, train
+/// shards first.
 pub fn fetch_dataset(dataset: Dataset, opts: &HubOptions) -> Result<Vec<PathBuf>> {
     let hub = HubDataset::of(dataset)?;
-    if opts.offline {
+    if opts.offline || is_cached(dataset, opts) {
         let mut all = cached_shards(hub, Split::Train, opts)?;
         all.extend(cached_shards(hub, Split::Test, opts)?);
         return Ok(all);
