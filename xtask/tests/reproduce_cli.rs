@@ -27,6 +27,8 @@ fn quick_mnist_reproduction_writes_a_report_and_resumes() {
             .arg(&cli)
             .env("HF_HOME", out.path().join("no-hub-cache"))
             .env_remove("HF_ENDPOINT")
+            // No network in tests: the Hub fetch fails at once and the built-in subset is used.
+            .env("HF_HUB_OFFLINE", "1")
             .output()
             .unwrap()
     };
