@@ -125,6 +125,10 @@ struct TrainArgs {
     /// Seed of all random streams.
     #[arg(long)]
     seed: Option<u64>,
+    /// Skip (and count) a batch whose loss or gradient is not finite instead of stopping the run; a
+    /// non-finite weight still stops it.
+    #[arg(long)]
+    skip_nonfinite_batches: bool,
     /// Use the first N training images.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -248,6 +252,12 @@ impl TrainObserver for Progress {
         if let Some(pb) = self.eval_bar.take() {
             pb.finish_and_clear();
         }
+        if m.skipped_batches > 0 {
+            eprintln!(
+                "warning: {} batch(es) of epoch {} skipped: non-finite loss or gradient",
+                m.skipped_batches, m.epoch
+            );
+        }
         for r in m.train_spikes.iter().filter(|r| r.spikes_per_neuron == 0.0) {
             tracing::warn!(layer = %r.layer, epoch = m.epoch, "layer never fired");
             eprintln!(
@@ -356,6 +366,9 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
     }
     if let Some(v) = a.seed {
         recipe.seed = v;
+    }
+    if a.skip_nonfinite_batches {
+        recipe.skip_nonfinite_batches = true;
     }
     recipe.validate()?;
     let model = a.model.clone();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, Length, SerializedFileReader};
 use parquet::record::{Field, Row};
 use sha2::{Digest, Sha256};
 
@@ -391,9 +391,44 @@ pub fn verify_dataset(dataset: Dataset, opts: &HubOptions) -> Result<Vec<Verifie
 /// Decodes the rows of one Parquet shard: each image (PNG or JPEG bytes) to `[C, H, W]` bytes appended to
 /// `images`, each label to `labels`.
 pub fn read_parquet_images(path: &Path, hub: &HubDataset, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
-    let format = |msg: String| Error::Format { path: path.to_path_buf(), msg };
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let reader = SerializedFileReader::new(file).map_err(|e| format(format!("not a readable Parquet file: {e}")))?;
+    decode_parquet_images(file, path, hub, images, labels)
+}
+
+/// Like [`read_parquet_images`], from the bytes of a shard; `path` names it in errors.
+pub fn parse_parquet_images(
+    bytes: &[u8],
+    path: &Path,
+    hub: &HubDataset,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    decode_parquet_images(bytes::Bytes::copy_from_slice(bytes), path, hub, images, labels)
+}
+
+fn decode_parquet_images<R: ChunkReader + 'static>(
+    source: R,
+    path: &Path,
+    hub: &HubDataset,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    let format = |msg: String| Error::Format { path: path.to_path_buf(), msg };
+    let file_len = source.len();
+    let reader = SerializedFileReader::new(source).map_err(|e| format(format!("not a readable Parquet file: {e}")))?;
+    // The Parquet reader trusts the footer's column-chunk ranges (it panics on negative ones): check every
+    // range against the file first.
+    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let start = chunk.dictionary_page_offset().unwrap_or(chunk.data_page_offset());
+            let size = chunk.compressed_size();
+            if start < 0 || size < 0 || (start as u64).saturating_add(size as u64) > file_len {
+                return Err(format(format!(
+                    "row group {g}, column {c}: byte range {start}+{size} lies outside the {file_len}-byte file"
+                )));
+            }
+        }
+    }
     let rows = reader.get_row_iter(None).map_err(|e| format(format!("cannot iterate rows: {e}")))?;
     let [c, h, w] = hub.shape;
     for (i, row) in rows.enumerate() {

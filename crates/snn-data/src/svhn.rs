@@ -173,7 +173,12 @@ pub fn parse_mat(buf: &[u8], path: &Path) -> Result<Vec<MatArray>> {
 /// Reads one SVHN `.mat` file into images `[3, 32, 32]` and labels 0..9.
 pub fn load_file(path: &Path) -> Result<ImageDataset> {
     let buf = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let arrays = parse_mat(&buf, path)?;
+    parse_file(&buf, path)
+}
+
+/// Decodes the bytes of an SVHN `.mat` file (see [`load_file`]); `path` names it in errors.
+pub fn parse_file(buf: &[u8], path: &Path) -> Result<ImageDataset> {
+    let arrays = parse_mat(buf, path)?;
     let err = |msg: String| Error::Format { path: path.to_path_buf(), msg };
     let find = |n: &str| arrays.iter().find(|a| a.name == n).ok_or_else(|| err(format!("no variable '{n}'")));
     let (x, y) = (find("X")?, find("y")?);

@@ -167,3 +167,15 @@ fn a_model_file_is_fetched_once_and_then_served_from_the_cache() {
     let missing = HubFile::parse_url("hf://someone/lenet-mnist/other.safetensors").unwrap();
     assert!(hub::fetch_file(&missing, &offline).unwrap_err().to_string().contains("other.safetensors"));
 }
+
+/// With `SNN_FUZZ_SEEDS_OUT=DIR`, writes valid shards as seeds for the `parquet_images` fuzz target.
+#[test]
+fn write_fuzz_seeds_when_asked() {
+    let Some(dir) = std::env::var_os("SNN_FUZZ_SEEDS_OUT") else { return };
+    let dir = Path::new(&dir).join("parquet_images");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gray = png(&[200u8; 784], [1, 28, 28]);
+    let rgb = png(&[50u8; 3072], [3, 32, 32]);
+    std::fs::write(dir.join("mnist.parquet"), image_parquet("image", &[(gray, 4)])).unwrap();
+    std::fs::write(dir.join("cifar.parquet"), image_parquet("img", &[(rgb, 2)])).unwrap();
+}

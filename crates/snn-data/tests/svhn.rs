@@ -159,3 +159,15 @@ fn malformed_files_are_errors_that_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     assert!(svhn::load(dir.path(), Split::Train).unwrap_err().to_string().contains("train_32x32.mat"));
 }
+
+/// With `SNN_FUZZ_SEEDS_OUT=DIR`, writes valid files of each flavour as seeds for the `svhn_mat` fuzz target.
+#[test]
+fn write_fuzz_seeds_when_asked() {
+    let Some(dir) = std::env::var_os("SNN_FUZZ_SEEDS_OUT") else { return };
+    let dir = std::path::Path::new(&dir).join("svhn_mat");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, (compress, double)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate()
+    {
+        std::fs::write(dir.join(format!("seed{i}.mat")), svhn_file(1, compress, double)).unwrap();
+    }
+}

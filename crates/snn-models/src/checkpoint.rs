@@ -91,9 +91,14 @@ pub fn save_checkpoint_with(
 /// Loads a checkpoint written by [`save_checkpoint`]. Truncated or foreign files give an error naming
 /// the file; the weights' shapes are checked when the network is built ([`Checkpoint::into_network`]).
 pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    parse_checkpoint(&bytes, path, device)
+}
+
+/// Decodes the bytes of a checkpoint file; `path` names it in errors. See [`load_checkpoint`].
+pub fn parse_checkpoint(bytes: &[u8], path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
     if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
@@ -102,6 +107,6 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     metadata.remove(FORMAT_KEY);
     let spec_json = metadata.remove(SPEC_KEY).ok_or_else(|| bad("no network spec in the metadata".into()))?;
     let spec = NetworkSpec::from_json(&spec_json).map_err(|e| bad(e.to_string()))?;
-    let weights = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    let weights = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(e.to_string()))?;
     Ok(Checkpoint { spec, weights, metadata })
 }

@@ -18,7 +18,9 @@ mod network;
 mod spec;
 pub mod zoo;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Checkpoint};
+pub use checkpoint::{
+    load_checkpoint, parse_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Checkpoint,
+};
 pub use error::{Error, Result};
 pub use network::{ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
 pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};

@@ -30,6 +30,11 @@ pub struct Recipe {
     /// Random crop (4-pixel zero padding) and horizontal flip of training images.
     #[serde(default)]
     pub augment: bool,
+    /// When a batch's loss or a gradient is not finite while every weight still is, skip that batch (no
+    /// update) and count it in the epoch's metrics instead of stopping the run. A non-finite weight always
+    /// stops the run.
+    #[serde(default)]
+    pub skip_nonfinite_batches: bool,
 }
 
 impl Recipe {
@@ -48,6 +53,7 @@ impl Recipe {
             test_timesteps: 100,
             seed: 1,
             augment: false,
+            skip_nonfinite_batches: false,
         }
     }
 
@@ -66,6 +72,7 @@ impl Recipe {
             test_timesteps: 100,
             seed: 3,
             augment: true,
+            skip_nonfinite_batches: false,
         }
     }
 

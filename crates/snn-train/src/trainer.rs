@@ -233,6 +233,10 @@ pub struct EpochMetrics {
     pub train_spikes: Vec<LayerRate>,
     /// Spikes per neuron per layer during the test.
     pub test_spikes: Vec<LayerRate>,
+    /// Batches skipped because their loss or a gradient was not finite
+    /// ([`Recipe::skip_nonfinite_batches`]).
+    #[serde(default)]
+    pub skipped_batches: usize,
     /// Wall time of the epoch, training and test.
     pub seconds: f64,
 }
@@ -472,7 +476,19 @@ pub fn train_run(
             let augment = recipe.augment.then_some(&mut augment_rng);
             let (x, labels) = encode_augmented(net, train, &idx, recipe.timesteps, &mut input_rng, augment)?;
             let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
-            let (out, loss) = train_step(net, &mut opt, &x, &labels, &masks).map_err(|e| locate(e, epoch, b))?;
+            let (out, loss) = match train_step(net, &mut opt, &x, &labels, &masks) {
+                Ok(step) => step,
+                Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
+                    for (name, var) in net.weights() {
+                        ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, b)?;
+                    }
+                    tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
+                    st.skipped += 1;
+                    st.batches_done = b + 1;
+                    continue;
+                }
+                Err(e) => return Err(locate(e, epoch, b)),
+            };
             st.loss_sum += loss;
             st.correct += count_correct(&out.output, &labels)?;
             tally.add(&out, idx.len(), recipe.timesteps)?;
@@ -507,15 +523,18 @@ pub fn train_run(
         let eval = evaluate(net, test, recipe.test_timesteps, recipe.test_batch_size, recipe.seed, &mut |d, t| {
             observer.on_eval(d, t)
         })?;
+        // Means over the samples actually trained on (all of them unless batches were skipped).
+        let trained = tally.samples.max(1) as f64;
         let metrics = EpochMetrics {
             epoch,
-            loss: st.loss_sum / train.len() as f64,
-            train_accuracy: st.correct as f64 / train.len() as f64,
+            loss: st.loss_sum / trained,
+            train_accuracy: st.correct as f64 / trained,
             test_accuracy: eval.accuracy,
             lr: opt.lr,
             images_per_sec: train.len() as f64 / train_seconds.max(1e-9),
             train_spikes: tally.rates(),
             test_spikes: eval.layers.clone(),
+            skipped_batches: st.skipped,
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
         tracing::info!(epoch, loss = metrics.loss, test_accuracy = metrics.test_accuracy, "epoch done");
@@ -528,6 +547,7 @@ pub fn train_run(
         st.batches_done = 0;
         st.loss_sum = 0.0;
         st.correct = 0;
+        st.skipped = 0;
         tally = ActivityTally::default();
         if let Some(files) = &files {
             let mut meta = HashMap::new();
@@ -584,6 +604,9 @@ struct RunState {
     augment_pos: u128,
     loss_sum: f64,
     correct: usize,
+    /// Batches of this epoch skipped as non-finite.
+    #[serde(default)]
+    skipped: usize,
     best: Option<(f64, usize)>,
     history: Vec<EpochMetrics>,
     tally_layers: Vec<String>,
@@ -603,6 +626,7 @@ impl RunState {
             augment_pos: 0,
             loss_sum: 0.0,
             correct: 0,
+            skipped: 0,
             best: None,
             history: Vec::new(),
             tally_layers: Vec::new(),

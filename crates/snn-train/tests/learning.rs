@@ -90,3 +90,32 @@ fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
     assert!(msg.contains("fc1.weight") && msg.contains("epoch 1, batch 0"), "{msg}");
     assert!(!dir.path().join("last.safetensors").exists(), "no checkpoint of a diverged network");
 }
+
+#[test]
+fn overflowing_batches_stop_the_run_or_are_skipped_and_counted_when_configured() {
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
+    train_set.truncate(16);
+    test_set.truncate(8);
+    let spec = builtin("lenet").unwrap();
+    let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu).unwrap();
+    let mut weights: std::collections::HashMap<String, candle_core::Tensor> =
+        net.weights().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    // Finite but enormous readout weights: the readout overflows f32 and the loss is infinite.
+    weights.insert("fc1.weight".into(), candle_core::Tensor::full(1e30f32, (10, 200), &Device::Cpu).unwrap());
+    let net = SpikingNetwork::from_weights(spec, weights, DType::F32, &Device::Cpu).unwrap();
+    let snapshot = |net: &SpikingNetwork| -> Vec<Vec<f32>> {
+        net.weights().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    };
+    let before = snapshot(&net);
+    let mut recipe = quick_recipe(20);
+    recipe.batch_size = 8;
+
+    let err = train(&net, &train_set, &test_set, &recipe, None, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("non-finite loss at epoch 1, batch 0"), "{err}");
+
+    recipe.skip_nonfinite_batches = true;
+    let summary = train(&net, &train_set, &test_set, &recipe, None, &mut Silent).unwrap();
+    assert_eq!(summary.history[0].skipped_batches, 2, "both batches skipped and counted");
+    assert_eq!(snapshot(&net), before, "a skipped batch changes no weight");
+}
