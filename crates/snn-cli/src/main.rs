@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use snn_data::mnist::Split;
 use snn_data::{Dataset, Samples};
-use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, NetworkSpec, SpikingNetwork};
+use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, Engine, NetworkSpec, SpikingNetwork};
 use snn_train::{
     evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
 };
@@ -50,6 +50,12 @@ enum Command {
 pub(crate) enum DeviceArg {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Sparse,
+    Dense,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -156,6 +162,10 @@ struct EvalArgs {
     /// Evaluation batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Synaptic layers: `sparse` adds weights only where spikes are (event-driven, faster), `dense` runs full
+    /// convolutions and matrix products. Predictions agree up to floating-point rounding.
+    #[arg(long, value_enum, default_value = "sparse")]
+    engine: EngineArg,
     /// Seed of the input spike draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -492,7 +502,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let (net, timesteps) = load_network(&a.common, &a.checkpoint, a.timesteps)?;
     let test_set = load_split(&a.common, net.spec(), Split::Test, a.common.test_limit)?;
     let pb = bar(test_set.len(), "  test [{bar:30}] {pos}/{len} ({elapsed}<{eta})", a.common.json);
-    let result = evaluate(&net, &test_set, timesteps, a.batch_size, a.seed, &mut |d, _| pb.set_position(d as u64))?;
+    let engine = match a.engine {
+        EngineArg::Sparse => Engine::Sparse,
+        EngineArg::Dense => Engine::Dense,
+    };
+    let result =
+        evaluate(&net, &test_set, timesteps, a.batch_size, a.seed, engine, &mut |d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
     if a.common.json {
         let mut v = serde_json::to_value(&result)?;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use parquet::file::reader::{ChunkReader, FileReader, Length, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use sha2::{Digest, Sha256};
 
@@ -406,7 +406,32 @@ pub fn parse_parquet_images(
     decode_parquet_images(bytes::Bytes::copy_from_slice(bytes), path, hub, images, labels)
 }
 
+/// Decodes a shard, turning a panic inside the Parquet crate (it still panics on some malformed pages
+/// instead of returning an error) into a format error naming the file.
 fn decode_parquet_images<R: ChunkReader + 'static>(
+    source: R,
+    path: &Path,
+    hub: &HubDataset,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    let (rows_before, bytes_before) = (labels.len(), images.len());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_parquet_unguarded(source, path, hub, images, labels)
+    }));
+    outcome.unwrap_or_else(|panic| {
+        labels.truncate(rows_before);
+        images.truncate(bytes_before);
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(Error::Format { path: path.to_path_buf(), msg: format!("malformed Parquet data ({what})") })
+    })
+}
+
+fn decode_parquet_unguarded<R: ChunkReader + 'static>(
     source: R,
     path: &Path,
     hub: &HubDataset,

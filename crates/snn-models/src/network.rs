@@ -8,11 +8,23 @@ use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
 use crate::conv::conv2d_frames;
+use crate::sparse::{conv2d_events, linear_events};
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
 use crate::{Error, Result};
 
 /// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape).
 pub type Masks = HashMap<String, Tensor>;
+
+/// How the synaptic layers (convolutions, fully connected, readout) compute their currents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// Dense convolutions and matrix products over every input, spiking or not.
+    #[default]
+    Dense,
+    /// Event-driven accumulation over the non-zero input spikes only ([`crate::sparse`]); inference on the
+    /// CPU (elsewhere, and when gradients are tracked, the dense layers run instead).
+    Sparse,
+}
 
 /// How [`SpikingNetwork::forward`] runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +34,8 @@ pub struct ForwardOptions {
     pub track_gradients: bool,
     /// Keep every spiking layer's spike window (before its mask) in the output.
     pub keep_spikes: bool,
+    /// Synaptic-layer engine.
+    pub engine: Engine,
 }
 
 /// What one spiking layer did during a forward pass.
@@ -194,6 +208,7 @@ impl SpikingNetwork {
         }
         let (steps, batch) = (dims[0], dims[1]);
         let track = opts.track_gradients;
+        let events = opts.engine == Engine::Sparse && !track && input.device().is_cpu();
         for (name, mask) in masks {
             let Some(shape) = self.shapes.get(name) else {
                 return Err(Error::Spec(format!("mask given for unknown layer '{name}'")));
@@ -231,12 +246,12 @@ impl SpikingNetwork {
             let (currents, neuron) = match layer {
                 LayerSpec::Conv(c) => {
                     let w = self.weight(&c.name, track)?;
-                    let mut cur = conv(&frames, &w, c.padding, c.stride, c.input != INPUT)?;
+                    let mut cur = conv(&frames, &w, c.padding, c.stride, c.input != INPUT, events)?;
                     if let Some(sc) = &c.shortcut {
                         let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
                         let term = match sc.kind {
                             ShortcutKind::Conv1x1 => {
-                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, sc.input != INPUT)?
+                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, sc.input != INPUT, events)?
                             }
                             ShortcutKind::Subsample => subsample(&src, sc.stride)?,
                         };
@@ -246,12 +261,12 @@ impl SpikingNetwork {
                 }
                 LayerSpec::Fc(f) => {
                     let w = self.weight(&f.name, track)?;
-                    (frames.flatten_from(1)?.matmul(&w.t()?)?, self.lif)
+                    (linear(&frames.flatten_from(1)?, &w, events)?, self.lif)
                 }
                 LayerSpec::Pool(p) => (frames.avg_pool2d(p.kernel)?, self.pool),
                 LayerSpec::Readout(r) => {
                     let w = self.weight(&r.name, track)?;
-                    let cur = frames.flatten_from(1)?.matmul(&w.t()?)?;
+                    let cur = linear(&frames.flatten_from(1)?, &w, events)?;
                     let cur = cur.reshape((steps, batch, r.out_features))?;
                     readout = Some(leaky_readout(&cur, self.spec.threshold, self.spec.leak)?);
                     break;
@@ -284,11 +299,22 @@ impl SpikingNetwork {
 
 /// A convolution over frames: Candle's own when no gradient is recorded (detached weights), else the op of
 /// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes).
-fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool) -> Result<Tensor> {
-    if w.is_variable() {
+fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool, events: bool) -> Result<Tensor> {
+    if events {
+        conv2d_events(frames, w, padding, stride)
+    } else if w.is_variable() {
         conv2d_frames(frames, w, padding, stride, input_grad)
     } else {
         Ok(frames.conv2d(w, padding, stride, 1, 1)?)
+    }
+}
+
+/// `inputs · wᵀ`, event-driven when asked.
+fn linear(inputs: &Tensor, w: &Tensor, events: bool) -> Result<Tensor> {
+    if events {
+        linear_events(inputs, w)
+    } else {
+        Ok(inputs.matmul(&w.t()?)?)
     }
 }
 

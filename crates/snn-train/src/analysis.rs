@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use snn_data::{Batches, Samples};
-use snn_models::{ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
+use snn_models::{Engine, ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
 use crate::loss::count_correct;
 use crate::trainer::{check_dataset, encode, stream_rng, ActivityTally, Stream};
@@ -267,7 +267,11 @@ pub fn analyse(
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         // Spike windows are kept only for the batch that supplies the raster.
         let keep_spikes = raster.is_none() && raster_layer.is_some();
-        let out = net.forward(&x, &Masks::new(), ForwardOptions { track_gradients: false, keep_spikes })?;
+        let out = net.forward(
+            &x,
+            &Masks::new(),
+            ForwardOptions { track_gradients: false, keep_spikes, engine: Engine::Sparse },
+        )?;
         correct += count_correct(&out.output, &labels)?;
         tally.add(&out, idx.len(), timesteps)?;
         let batch_counts = window_counts(&x)?;

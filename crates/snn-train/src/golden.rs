@@ -196,7 +196,7 @@ impl GoldenCase {
             .map(|l| u32::try_from(l).map_err(|_| bad(format!("negative label {l}"))))
             .collect::<Result<_>>()?;
 
-        let opts = ForwardOptions { track_gradients: true, keep_spikes: true };
+        let opts = ForwardOptions { track_gradients: true, keep_spikes: true, ..ForwardOptions::default() };
         let out = net.forward(&input, &masks, opts).map_err(|e| bad(e.to_string()))?;
         let loss = sum_squared_error(&out.output, &labels)?;
         let grads = loss.backward()?;

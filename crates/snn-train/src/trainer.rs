@@ -12,7 +12,7 @@ use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
-    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, ForwardOptions, ForwardOutput, Masks,
+    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Engine, ForwardOptions, ForwardOutput, Masks,
     SpikingNetwork,
 };
 
@@ -179,13 +179,15 @@ pub(crate) fn check_dataset(net: &SpikingNetwork, data: &Samples, role: &str) ->
 }
 
 /// Evaluates top-1 accuracy over `data` with `timesteps` steps per sample. Input spikes are drawn from the
-/// [`Stream::EvalInput`] stream of `seed`, restarted here, so the same checkpoint always gets the same score.
+/// [`Stream::EvalInput`] stream of `seed`, restarted here, so the same checkpoint always gets the same score;
+/// `engine` picks dense or event-driven synaptic layers (same predictions up to floating-point rounding).
 pub fn evaluate(
     net: &SpikingNetwork,
     data: &Samples,
     timesteps: usize,
     batch_size: usize,
     seed: u64,
+    engine: Engine,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalResult> {
     check_dataset(net, data, "test")?;
@@ -196,7 +198,7 @@ pub fn evaluate(
     let mut rng = stream_rng(seed, Stream::EvalInput);
     let mut correct = 0;
     let mut tally = ActivityTally::default();
-    let opts = ForwardOptions::default();
+    let opts = ForwardOptions { engine, ..ForwardOptions::default() };
     for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None) {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         let out = net.forward(&x, &Masks::new(), opts)?;
@@ -353,7 +355,7 @@ pub fn train_step(
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
-    let opts = ForwardOptions { track_gradients: true, keep_spikes: false };
+    let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
     let out = net.forward(x, masks, opts)?;
     let loss = sum_squared_error(&out.output, labels)?;
     let loss_value = match ensure_finite(&loss, "loss", 0, 0) {
@@ -520,9 +522,15 @@ pub fn train_run(
         for (name, var) in net.weights() {
             ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, 0)?;
         }
-        let eval = evaluate(net, test, recipe.test_timesteps, recipe.test_batch_size, recipe.seed, &mut |d, t| {
-            observer.on_eval(d, t)
-        })?;
+        let eval = evaluate(
+            net,
+            test,
+            recipe.test_timesteps,
+            recipe.test_batch_size,
+            recipe.seed,
+            Engine::Sparse,
+            &mut |d, t| observer.on_eval(d, t),
+        )?;
         // Means over the samples actually trained on (all of them unless batches were skipped).
         let trained = tally.samples.max(1) as f64;
         let metrics = EpochMetrics {

@@ -1,0 +1,233 @@
+//! Event-driven synaptic layers for inference.
+//!
+//! The inputs of every synaptic layer are spikes: `0` or `±1` (signed input coding), and only a few percent of
+//! them are non-zero at any step. Instead of a dense convolution or matrix product, these kernels visit the
+//! non-zero inputs only and add the weights they reach into the output:
+//!
+//! * fully connected: `out[n, :] += x[n, i] · Wᵀ[i, :]` for each `x[n, i] ≠ 0`;
+//! * convolution: an input event at `(c, y, x)` adds the kernel column `W[:, c, ky, kx]` to every output
+//!   position `(oy, ox)` with `oy·s + ky = y + p` and `ox·s + kx = x + p` (stride `s`, padding `p`).
+//!
+//! Work is proportional to the number of events times the fan-out, instead of to the number of connections.
+//! The weights are transposed once per call so that each event adds one contiguous row. Frames run in
+//! parallel. The sums are the dense sums taken in another order, so values agree with the dense layers up to
+//! floating-point rounding. These ops have no backward pass (inference only) and run on the CPU; on other
+//! devices the callers fall back to the dense layers.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use snn_core::kernels::Real;
+
+use crate::{Error, Result};
+
+/// Event-driven 2-D convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias),
+/// visiting only the non-zero inputs. Same result as `frames.conv2d(kernel, padding, stride, 1, 1)` up to
+/// rounding.
+pub fn conv2d_events(frames: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (_, c, _, _) = frames.dims4()?;
+    let (_, kc, kh, kw) = kernel.dims4()?;
+    if kc != c || kh != kw || stride == 0 {
+        return Err(Error::Spec(format!(
+            "event convolution needs a square kernel over the input's {c} channels and a positive stride, got \
+             kernel {:?}, stride {stride}",
+            kernel.dims()
+        )));
+    }
+    let op = EventConv { padding, stride };
+    Ok(frames.contiguous()?.apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
+}
+
+/// Event-driven product of `inputs` `[N, In]` with `weight` `[Out, In]`: `inputs · weightᵀ`, visiting only
+/// the non-zero inputs.
+pub fn linear_events(inputs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, features) = inputs.dims2()?;
+    let (_, w_in) = weight.dims2()?;
+    if features != w_in {
+        return Err(Error::Spec(format!(
+            "event product of {features} inputs with a weight of shape {:?}",
+            weight.dims()
+        )));
+    }
+    Ok(inputs.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &EventLinear)?)
+}
+
+struct EventConv {
+    padding: usize,
+    stride: usize,
+}
+
+/// Geometry of one event convolution.
+#[derive(Clone, Copy)]
+struct ConvGeometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    outputs: usize,
+    kernel: usize,
+    padding: usize,
+    stride: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+/// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`.
+fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
+    let taps = g.channels * g.kernel * g.kernel;
+    let mut out = vec![F::zero(); taps * g.outputs];
+    for o in 0..g.outputs {
+        for t in 0..taps {
+            out[t * g.outputs + o] = w[o * taps + t];
+        }
+    }
+    out
+}
+
+fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
+    let rows = kernel_rows(w, g);
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    let mut out = vec![F::zero(); n * g.outputs * plane_out];
+    out.par_chunks_mut(g.outputs * plane_out).zip(x.par_chunks(g.channels * plane_in)).for_each(|(dst, frame)| {
+        // Channel-last accumulator: one contiguous row of `outputs` per output position.
+        let mut acc = vec![F::zero(); plane_out * g.outputs];
+        for (i, &v) in frame.iter().enumerate() {
+            if v == F::zero() {
+                continue;
+            }
+            let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+            for ky in 0..g.kernel {
+                let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
+                for kx in 0..g.kernel {
+                    let Some(ox) = output_index(xx, kx, g.padding, g.stride, g.out_w) else { continue };
+                    let row = &rows[((c * g.kernel + ky) * g.kernel + kx) * g.outputs..][..g.outputs];
+                    let cell = &mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs];
+                    add_scaled(cell, row, v);
+                }
+            }
+        }
+        for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
+            for (o, &value) in cell.iter().enumerate() {
+                dst[o * plane_out + p] = value;
+            }
+        }
+    });
+    out
+}
+
+/// The output index `o` with `o·stride + k = i + padding`, if it exists and is below `len`.
+fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -> Option<usize> {
+    let shifted = (i + padding).checked_sub(k)?;
+    (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
+}
+
+/// `dst += v · row`, with the multiplication skipped for the common `v = 1`.
+fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
+    if v == F::one() {
+        for (d, &w) in dst.iter_mut().zip(row) {
+            *d += w;
+        }
+    } else {
+        for (d, &w) in dst.iter_mut().zip(row) {
+            *d += v * w;
+        }
+    }
+}
+
+fn linear_events_cpu<F: Real>(x: &[F], w: &[F], n: usize, inputs: usize, outputs: usize) -> Vec<F> {
+    // W[out, in] → W[in, out]: each event adds one contiguous row.
+    let mut rows = vec![F::zero(); inputs * outputs];
+    for o in 0..outputs {
+        for i in 0..inputs {
+            rows[i * outputs + o] = w[o * inputs + i];
+        }
+    }
+    let mut out = vec![F::zero(); n * outputs];
+    out.par_chunks_mut(outputs).zip(x.par_chunks(inputs)).for_each(|(dst, frame)| {
+        for (i, &v) in frame.iter().enumerate() {
+            if v != F::zero() {
+                add_scaled(dst, &rows[i * outputs..][..outputs], v);
+            }
+        }
+    });
+    out
+}
+
+fn slices<'a, F: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [F]> {
+    let data = s.as_slice::<F>()?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("event layers need contiguous operands".into()))?;
+    Ok(&data[start..end])
+}
+
+impl CustomOp2 for EventConv {
+    fn name(&self) -> &'static str {
+        "conv2d-events"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (o, _, k, _) = l2.shape().dims4()?;
+        let span = |len: usize| (len + 2 * self.padding).checked_sub(k).map(|d| d / self.stride + 1);
+        let (Some(out_h), Some(out_w)) = (span(h), span(w)) else {
+            return Err(candle_core::Error::Msg(format!("kernel {k} larger than the padded {h}×{w} input")));
+        };
+        let g = ConvGeometry {
+            channels: c,
+            height: h,
+            width: w,
+            outputs: o,
+            kernel: k,
+            padding: self.padding,
+            stride: self.stride,
+            out_h,
+            out_w,
+        };
+        let shape = Shape::from((n, o, out_h, out_w));
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(conv_events(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, n, g))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(conv_events(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, n, g))
+            }
+            _ => return Err(candle_core::Error::Msg(format!("event convolution: unsupported dtype {:?}", s1.dtype()))),
+        };
+        Ok((storage, shape))
+    }
+}
+
+struct EventLinear;
+
+impl CustomOp2 for EventLinear {
+    fn name(&self) -> &'static str {
+        "linear-events"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, inputs) = l1.shape().dims2()?;
+        let (outputs, _) = l2.shape().dims2()?;
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(linear_events_cpu(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, n, inputs, outputs))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(linear_events_cpu(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, n, inputs, outputs))
+            }
+            _ => return Err(candle_core::Error::Msg(format!("event product: unsupported dtype {:?}", s1.dtype()))),
+        };
+        Ok((storage, Shape::from((n, outputs))))
+    }
+}
