@@ -3,6 +3,8 @@
 //! Every figure is a median over repetitions, and the speed is also given as a ratio to a baseline measured
 //! in the same run on the same machine: the throughput of a large dense f32 matrix product in Candle (the
 //! practical ceiling of dense arithmetic here).
+//! For `infer-sparse` (the event-driven engine) GFLOP/s is the dense-equivalent rate: the dense work divided by
+//! the time, so it shows how much the event-driven path saves.
 
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use rand::Rng;
 use serde::Serialize;
 use snn_core::RateEncoder;
 use snn_data::mnist::{builtin_subset, Split};
-use snn_models::{builtin, ForwardOptions, Masks, SpikingNetwork};
+use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
 use snn_train::{stream_rng, train_step, Sgd, Stream};
 
 /// Options of the benchmark.
@@ -22,7 +24,11 @@ pub struct BenchArgs {
     pub timesteps: Vec<usize>,
     pub reps: usize,
     pub json: bool,
+    pub modes: Vec<String>,
 }
+
+/// What can be timed.
+pub const MODES: [&str; 3] = ["train", "infer", "infer-sparse"];
 
 #[derive(Serialize)]
 struct Row {
@@ -82,6 +88,9 @@ fn matmul_gflops(reps: usize) -> Result<f64> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let spec = builtin(&args.model)?;
     anyhow::ensure!(args.reps >= 1 && args.batch >= 1, "--reps and --batch must be at least 1");
+    if let Some(bad) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+        anyhow::bail!("unknown mode '{bad}' (available: {})", MODES.join(", "));
+    }
     let macs_per_step: u64 = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
     // MNIST models get real digits; other input shapes get seeded uniform pixels (speed depends on the image
     // content only through the spike rates it causes).
@@ -107,7 +116,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let mut rng = stream_rng(1, Stream::TrainInput);
         let encoder = RateEncoder::new(spec.input_gain)?;
-        for mode in ["train", "infer"] {
+        for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
             let (_, rss_before) = rss_mb();
             let mut times = Vec::new();
             for rep in 0..=args.reps {
@@ -117,7 +126,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     let masks = net.draw_masks(idx.len(), &mut rng)?;
                     train_step(&net, &mut opt, &x, &labels, &masks)?;
                 } else {
-                    net.forward(&x, &Masks::new(), ForwardOptions::default())?;
+                    let engine = if mode == "infer" { Engine::Dense } else { Engine::Sparse };
+                    net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() })?;
                 }
                 if rep > 0 {
                     times.push(start.elapsed().as_secs_f64()); // rep 0 is a warm-up
@@ -154,12 +164,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             report.matmul_gflops, report.threads
         );
         println!(
-            "{:<7} {:<6} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+            "{:<7} {:<12} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
             "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
         );
         for r in &report.rows {
             println!(
-                "{:<7} {:<6} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
+                "{:<7} {:<12} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
                 r.model,
                 r.mode,
                 r.batch,

@@ -50,6 +50,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// What to time (comma-separated): train, infer (dense layers), infer-sparse (event-driven layers).
+        #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
+        modes: Vec<String>,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce {
@@ -151,8 +154,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir } => golden(dir),
-        Command::Bench { model, batch, timesteps, reps, json } => {
-            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json }).map(|()| true)
+        Command::Bench { model, batch, timesteps, reps, json, modes } => {
+            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes }).map(|()| true)
         }
         Command::Reproduce { experiment, quick, out, data_dir, cache_dir, seed, train_limit, test_limit, cli } => {
             let args = reproduce::ReproduceArgs {

@@ -276,8 +276,7 @@ impl SpikingNetwork {
             let mut shape = vec![steps, batch];
             shape.extend_from_slice(&self.shapes[name]);
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
-            // Per-step sums are exact in f32 (at most T per neuron); accumulate over the batch in f64.
-            let neuron_counts = spikes.detach().sum(0)?.to_dtype(DType::F64)?.sum(0)?;
+            let neuron_counts = spike_counts(&spikes.detach(), &self.shapes[name])?;
             let out = match masks.get(name) {
                 Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                 None => spikes.clone(),
@@ -307,6 +306,16 @@ fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: 
     } else {
         Ok(frames.conv2d(w, padding, stride, 1, 1)?)
     }
+}
+
+/// Spikes per neuron position summed over the window and the batch, as f64: one row-vector product
+/// `1ᵀ · S` over the `T·B` frames (Candle's reduction over a leading dimension walks memory with a stride and
+/// costs more than the layer itself). Exact: the counts are integers far below 2²⁴.
+fn spike_counts(spikes: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let frames = spikes.dims()[0] * spikes.dims()[1];
+    let flat = spikes.reshape((frames, ()))?;
+    let ones = Tensor::ones((1, frames), flat.dtype(), flat.device())?;
+    Ok(ones.matmul(&flat)?.to_dtype(DType::F64)?.reshape(shape)?)
 }
 
 /// `inputs · wᵀ`, event-driven when asked.

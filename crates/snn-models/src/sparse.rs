@@ -95,13 +95,27 @@ fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
                 continue;
             }
             let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+            let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
+            if g.stride == 1 {
+                // Output (oy, ox) = (y + p - ky, x + p - kx): the valid taps form one rectangle.
+                let (ky_range, kx_range) =
+                    (tap_range(y, g.padding, g.kernel, g.out_h), tap_range(xx, g.padding, g.kernel, g.out_w));
+                for ky in ky_range {
+                    let oy = y + g.padding - ky;
+                    for kx in kx_range.clone() {
+                        let ox = xx + g.padding - kx;
+                        let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
+                        add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
+                    }
+                }
+                continue;
+            }
             for ky in 0..g.kernel {
                 let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
                 for kx in 0..g.kernel {
                     let Some(ox) = output_index(xx, kx, g.padding, g.stride, g.out_w) else { continue };
-                    let row = &rows[((c * g.kernel + ky) * g.kernel + kx) * g.outputs..][..g.outputs];
-                    let cell = &mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs];
-                    add_scaled(cell, row, v);
+                    let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
+                    add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
                 }
             }
         }
@@ -112,6 +126,14 @@ fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
         }
     });
     out
+}
+
+/// For stride 1: the taps `k` of an input at `i` whose output `i + padding - k` lies in `0..len`.
+fn tap_range(i: usize, padding: usize, kernel: usize, len: usize) -> std::ops::Range<usize> {
+    let shifted = i + padding;
+    let first = (shifted + 1).saturating_sub(len);
+    let last = shifted.min(kernel - 1);
+    first..(last + 1).max(first)
 }
 
 /// The output index `o` with `o·stride + k = i + padding`, if it exists and is below `len`.
