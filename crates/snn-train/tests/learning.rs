@@ -69,8 +69,9 @@ fn identical_seeds_give_identical_weights() {
     assert_ne!(a, c, "different seeds, same weights");
 }
 
-#[test]
-fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
+/// 16 training and 8 test digits, and a seeded LeNet whose readout weights `fc1.weight` `[10, 200]` are
+/// replaced by `readout(original values)`.
+fn tiny_run_with_readout(readout: impl FnOnce(Vec<f32>) -> Vec<f32>) -> (Samples, Samples, SpikingNetwork) {
     let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
     let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
     train_set.truncate(16);
@@ -79,11 +80,18 @@ fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
     let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu).unwrap();
     let mut weights: std::collections::HashMap<String, candle_core::Tensor> =
         net.weights().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    let w = weights["fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut poisoned = w.clone();
-    poisoned[3] = f32::NAN;
-    weights.insert("fc1.weight".into(), candle_core::Tensor::from_vec(poisoned, (10, 200), &Device::Cpu).unwrap());
+    let w = readout(weights["fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    weights.insert("fc1.weight".into(), candle_core::Tensor::from_vec(w, (10, 200), &Device::Cpu).unwrap());
     let net = SpikingNetwork::from_weights(spec, weights, DType::F32, &Device::Cpu).unwrap();
+    (train_set, test_set, net)
+}
+
+#[test]
+fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
+    let (train_set, test_set, net) = tiny_run_with_readout(|mut w| {
+        w[3] = f32::NAN;
+        w
+    });
     let dir = tempfile::tempdir().unwrap();
     let err = train(&net, &train_set, &test_set, &quick_recipe(4), Some(dir.path()), &mut Silent).unwrap_err();
     let msg = err.to_string();
@@ -93,17 +101,8 @@ fn a_poisoned_weight_stops_training_with_a_message_naming_it() {
 
 #[test]
 fn overflowing_batches_stop_the_run_or_are_skipped_and_counted_when_configured() {
-    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
-    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
-    train_set.truncate(16);
-    test_set.truncate(8);
-    let spec = builtin("lenet").unwrap();
-    let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu).unwrap();
-    let mut weights: std::collections::HashMap<String, candle_core::Tensor> =
-        net.weights().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     // Finite but enormous readout weights: the readout overflows f32 and the loss is infinite.
-    weights.insert("fc1.weight".into(), candle_core::Tensor::full(1e30f32, (10, 200), &Device::Cpu).unwrap());
-    let net = SpikingNetwork::from_weights(spec, weights, DType::F32, &Device::Cpu).unwrap();
+    let (train_set, test_set, net) = tiny_run_with_readout(|w| vec![1e30; w.len()]);
     let snapshot = |net: &SpikingNetwork| -> Vec<Vec<f32>> {
         net.weights().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
     };
