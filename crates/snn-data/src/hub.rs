@@ -467,10 +467,15 @@ fn decode_parquet_unguarded<R: ChunkReader + 'static>(
         if !(0..hub.classes as i64).contains(&label) {
             return Err(format(format!("row {i}: label {label} is not below {} classes", hub.classes)));
         }
-        let img = image::load_from_memory(bytes).map_err(|e| format(format!("row {i}: undecodable image: {e}")))?;
-        if (img.height() as usize, img.width() as usize) != (h, w) {
-            return Err(format(format!("row {i}: image is {}×{}, expected {h}×{w}", img.width(), img.height())));
+        // Check the size in the image header before decoding, so a header claiming a huge image costs nothing.
+        let undecodable = |e: image::ImageError| format(format!("row {i}: undecodable image: {e}"));
+        let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format();
+        let (width, height) =
+            reader().map_err(|e| format(format!("row {i}: {e}")))?.into_dimensions().map_err(undecodable)?;
+        if (height as usize, width as usize) != (h, w) {
+            return Err(format(format!("row {i}: image is {width}×{height}, expected {h}×{w}")));
         }
+        let img = reader().map_err(|e| format(format!("row {i}: {e}")))?.decode().map_err(undecodable)?;
         if c == 1 {
             images.extend_from_slice(img.to_luma8().as_raw());
         } else {
