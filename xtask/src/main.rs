@@ -11,6 +11,11 @@
 mod bench;
 mod reproduce;
 
+/// Large tensors are allocated and freed on every layer; mimalloc keeps their pages mapped where the system
+/// allocator returns them to the OS and faults them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

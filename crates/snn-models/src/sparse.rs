@@ -87,45 +87,55 @@ fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
     let rows = kernel_rows(w, g);
     let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
     let mut out = vec![F::zero(); n * g.outputs * plane_out];
-    out.par_chunks_mut(g.outputs * plane_out).zip(x.par_chunks(g.channels * plane_in)).for_each(|(dst, frame)| {
-        // Channel-last accumulator: one contiguous row of `outputs` per output position.
-        let mut acc = vec![F::zero(); plane_out * g.outputs];
-        for (i, &v) in frame.iter().enumerate() {
-            if v == F::zero() {
-                continue;
-            }
-            let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-            let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
-            if g.stride == 1 {
-                // Output (oy, ox) = (y + p - ky, x + p - kx): the valid taps form one rectangle.
-                let (ky_range, kx_range) =
-                    (tap_range(y, g.padding, g.kernel, g.out_h), tap_range(xx, g.padding, g.kernel, g.out_w));
-                for ky in ky_range {
-                    let oy = y + g.padding - ky;
-                    for kx in kx_range.clone() {
-                        let ox = xx + g.padding - kx;
-                        let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
-                        add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
-                    }
-                }
-                continue;
-            }
-            for ky in 0..g.kernel {
-                let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
-                for kx in 0..g.kernel {
-                    let Some(ox) = output_index(xx, kx, g.padding, g.stride, g.out_w) else { continue };
+    out.par_chunks_mut(g.outputs * plane_out).zip(x.par_chunks(g.channels * plane_in)).for_each_init(
+        // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
+        || vec![F::zero(); plane_out * g.outputs],
+        |acc, (dst, frame)| conv_frame(frame, &rows, g, acc, dst),
+    );
+    out
+}
+
+/// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
+/// here), then writes it to `dst` as `[O, Ho, Wo]`.
+#[inline(never)]
+fn conv_frame<F: Real>(frame: &[F], rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
+    let plane_in = g.height * g.width;
+    let plane_out = g.out_h * g.out_w;
+    acc.fill(F::zero());
+    for (i, &v) in frame.iter().enumerate() {
+        if v == F::zero() {
+            continue;
+        }
+        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+        let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
+        if g.stride == 1 {
+            // Output (oy, ox) = (y + p - ky, x + p - kx): the valid taps form one rectangle.
+            let (ky_range, kx_range) =
+                (tap_range(y, g.padding, g.kernel, g.out_h), tap_range(xx, g.padding, g.kernel, g.out_w));
+            for ky in ky_range {
+                let oy = y + g.padding - ky;
+                for kx in kx_range.clone() {
+                    let ox = xx + g.padding - kx;
                     let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
                     add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
                 }
             }
+            continue;
         }
-        for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
-            for (o, &value) in cell.iter().enumerate() {
-                dst[o * plane_out + p] = value;
+        for ky in 0..g.kernel {
+            let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
+            for kx in 0..g.kernel {
+                let Some(ox) = output_index(xx, kx, g.padding, g.stride, g.out_w) else { continue };
+                let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
+                add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
             }
         }
-    });
-    out
+    }
+    for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
+        for (o, &value) in cell.iter().enumerate() {
+            dst[o * plane_out + p] = value;
+        }
+    }
 }
 
 /// For stride 1: the taps `k` of an input at `i` whose output `i + padding - k` lies in `0..len`.
