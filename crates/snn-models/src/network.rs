@@ -8,7 +8,7 @@ use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
 use crate::conv::conv2d_frames;
-use crate::sparse::{conv2d_events, linear_events};
+use crate::sparse::{conv2d_events, linear_events, sparse_enough};
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
 use crate::{Error, Result};
 
@@ -299,7 +299,7 @@ impl SpikingNetwork {
 /// A convolution over frames: Candle's own when no gradient is recorded (detached weights), else the op of
 /// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes).
 fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool, events: bool) -> Result<Tensor> {
-    if events {
+    if events && sparse_enough(frames)? {
         conv2d_events(frames, w, padding, stride)
     } else if w.is_variable() {
         conv2d_frames(frames, w, padding, stride, input_grad)
@@ -318,9 +318,9 @@ fn spike_counts(spikes: &Tensor, shape: &[usize]) -> Result<Tensor> {
     Ok(ones.matmul(&flat)?.to_dtype(DType::F64)?.reshape(shape)?)
 }
 
-/// `inputs · wᵀ`, event-driven when asked.
+/// `inputs · wᵀ`, event-driven when asked and the inputs are sparse enough.
 fn linear(inputs: &Tensor, w: &Tensor, events: bool) -> Result<Tensor> {
-    if events {
+    if events && sparse_enough(inputs)? {
         linear_events(inputs, w)
     } else {
         Ok(inputs.matmul(&w.t()?)?)

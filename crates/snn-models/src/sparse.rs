@@ -21,6 +21,17 @@ use snn_core::kernels::Real;
 
 use crate::{Error, Result};
 
+/// Above this share of non-zero inputs the dense layers are faster than the event-driven ones on the CPU
+/// (measured on LeNet and VGG9 layers; see `docs/PERFORMANCE.md`).
+pub const EVENT_DENSITY_LIMIT: f64 = 0.3;
+
+/// Whether a window of spikes `[N, ...]` (values 0 or ±1) is sparse enough for the event-driven layers:
+/// its share of non-zero entries is at most [`EVENT_DENSITY_LIMIT`].
+pub fn sparse_enough(spikes: &Tensor) -> Result<bool> {
+    let events = spikes.abs()?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(events <= EVENT_DENSITY_LIMIT * spikes.elem_count() as f64)
+}
+
 /// Event-driven 2-D convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias),
 /// visiting only the non-zero inputs. Same result as `frames.conv2d(kernel, padding, stride, 1, 1)` up to
 /// rounding.

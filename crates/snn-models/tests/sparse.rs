@@ -104,14 +104,14 @@ fn event_product_matches_the_definition() {
     assert!(linear_events(&xt, &wt.t().unwrap()).is_err(), "mismatched shapes are an error");
 }
 
-/// Dense and event-driven forward passes of a network in f64: same spikes in every layer, same readout up to
+/// Dense and event-driven forward passes of a network in f64 (input spikes of the given density): same spikes in every layer, same readout up to
 /// rounding.
-fn engines_agree(model: &str, input_shape: [usize; 3], steps: usize, batch: usize) {
+fn engines_agree(model: &str, input_shape: [usize; 3], steps: usize, batch: usize, density: f64) {
     let spec = builtin(model).unwrap();
     let net = SpikingNetwork::new(spec, &mut ChaCha8Rng::seed_from_u64(2), DType::F64, &Device::Cpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let [c, h, w] = input_shape;
-    let x = spikes(steps * batch * c * h * w, 0.3, &mut rng);
+    let x = spikes(steps * batch * c * h * w, density, &mut rng);
     let x = Tensor::from_vec(x, (steps, batch, c, h, w), &Device::Cpu).unwrap();
     let run = |engine| net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() }).unwrap();
     let (dense, sparse) = (run(Engine::Dense), run(Engine::Sparse));
@@ -126,7 +126,9 @@ fn engines_agree(model: &str, input_shape: [usize; 3], steps: usize, batch: usiz
 
 #[test]
 fn the_event_engine_reproduces_the_dense_network() {
-    engines_agree("lenet", [1, 28, 28], 6, 2);
-    // Shortcuts of both kinds (1×1 convolution and identity subsampling) and signed input.
-    engines_agree("resnet7", [3, 32, 32], 4, 1);
+    // Dense input (the first layer stays dense) and sparse input (every layer event-driven).
+    engines_agree("lenet", [1, 28, 28], 6, 2, 0.5);
+    engines_agree("lenet", [1, 28, 28], 6, 2, 0.1);
+    // 1×1 convolution shortcuts and signed input.
+    engines_agree("resnet7", [3, 32, 32], 4, 1, 0.1);
 }
