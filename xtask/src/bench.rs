@@ -17,6 +17,8 @@ use snn_data::mnist::{builtin_subset, Split};
 use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
 use snn_train::{stream_rng, train_step, Sgd, Stream};
 
+use crate::peers::{PeerRow, Peers, IMPLS};
+
 /// Options of the benchmark.
 pub struct BenchArgs {
     pub model: String,
@@ -25,6 +27,8 @@ pub struct BenchArgs {
     pub reps: usize,
     pub json: bool,
     pub modes: Vec<String>,
+    /// Peer implementations to time in the same run.
+    pub peers: Option<Peers>,
 }
 
 /// What can be timed.
@@ -50,6 +54,48 @@ struct Report {
     threads: usize,
     matmul_gflops: f64,
     rows: Vec<Row>,
+    peers: Vec<PeerRow>,
+}
+
+/// Peer rows and, per T and mode, how many times faster our fastest path is than the fastest peer.
+fn print_peers(report: &Report) {
+    if report.peers.is_empty() {
+        return;
+    }
+    println!("\n{:<13} {:<6} {:>4} {:>10} {:>10} {:>9}", "peer", "mode", "T", "median s", "min s", "step MB");
+    for p in &report.peers {
+        println!(
+            "{:<13} {:<6} {:>4} {:>10.3} {:>10.3} {:>9.0}",
+            p.implementation, p.mode, p.timesteps, p.median_s, p.min_s, p.step_mb
+        );
+    }
+    println!("\nspeed-up over the fastest peer (its median ÷ ours):");
+    for p in &report.peers {
+        let fastest = report
+            .peers
+            .iter()
+            .filter(|q| q.mode == p.mode && q.timesteps == p.timesteps)
+            .min_by(|a, b| a.median_s.total_cmp(&b.median_s));
+        let ours = report
+            .rows
+            .iter()
+            .filter(|r| r.timesteps == p.timesteps && r.mode.starts_with(p.mode.as_str()))
+            .min_by(|a, b| a.median_s.total_cmp(&b.median_s));
+        if let (Some(f), Some(o)) = (fastest, ours) {
+            if std::ptr::eq(f, p) {
+                println!(
+                    "  {} T = {}: ours ({}) {:.3} s vs {} {:.3} s → {:.2}×",
+                    p.mode,
+                    p.timesteps,
+                    o.mode,
+                    o.median_s,
+                    f.implementation,
+                    f.median_s,
+                    f.median_s / o.median_s
+                );
+            }
+        }
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -110,7 +156,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut shape = vec![batch];
     shape.extend_from_slice(&spec.input_shape);
     let baseline = matmul_gflops(args.reps)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
+    let mut peer_rows = Vec::new();
     for &t in &args.timesteps {
         let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
@@ -153,9 +201,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 rss_before_mb: rss_before,
             });
         }
+        if let Some(peers) = &args.peers {
+            // Interleaved with ours: the same T right after our own rows, for the modes timed here.
+            for mode in ["train", "infer"]
+                .into_iter()
+                .filter(|m| rows.iter().any(|r| r.timesteps == t && r.mode.starts_with(m)))
+            {
+                for implementation in IMPLS {
+                    peer_rows.push(peers.run(implementation, &args.model, batch, t, mode, args.reps, threads)?);
+                }
+            }
+        }
     }
-    let report =
-        Report { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), matmul_gflops: baseline, rows };
+    let report = Report { threads, matmul_gflops: baseline, rows, peers: peer_rows };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -185,6 +243,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak RSS so far."
         );
+        print_peers(&report);
     }
     Ok(())
 }

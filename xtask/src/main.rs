@@ -9,6 +9,7 @@
 //! * `cargo xtask ci`: what CI checks: formatting, clippy, the test suite and the golden cases.
 
 mod bench;
+mod peers;
 mod reproduce;
 
 /// Large tensors are allocated and freed on every layer; mimalloc keeps their pages mapped where the system
@@ -58,6 +59,13 @@ enum Command {
         /// What to time (comma-separated): train, infer (dense layers), infer-sparse (event-driven layers).
         #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
         modes: Vec<String>,
+        /// Also time the peer implementations (plain PyTorch, snnTorch, SpikingJelly) with this Python, in the
+        /// same run, and print the speed-ups; needs --peers-script.
+        #[arg(long, requires = "peers_script")]
+        peers: Option<PathBuf>,
+        /// The peers' benchmark script (`snn_step.py`).
+        #[arg(long, requires = "peers")]
+        peers_script: Option<PathBuf>,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce {
@@ -159,8 +167,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir } => golden(dir),
-        Command::Bench { model, batch, timesteps, reps, json, modes } => {
-            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes }).map(|()| true)
+        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script } => {
+            let peers = peers.zip(peers_script).map(|(python, script)| peers::Peers { python, script });
+            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers }).map(|()| true)
         }
         Command::Reproduce { experiment, quick, out, data_dir, cache_dir, seed, train_limit, test_limit, cli } => {
             let args = reproduce::ReproduceArgs {
