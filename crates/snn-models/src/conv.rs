@@ -8,12 +8,16 @@
 //! * skips the input gradient when the input needs none,
 //! * computes it for stride 1 as a convolution of the output gradient with the flipped, transposed kernel,
 //! * and the kernel gradient as Candle does (a convolution of the input with the output gradient).
+//!
+//! When the input is sparse spikes (at most [`crate::sparse::EVENT_DENSITY_LIMIT`] non-zero) on the CPU, the
+//! forward value and the kernel gradient are computed event-driven instead ([`crate::sparse`]).
 
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use crate::sparse::{conv2d_events, conv2d_weight_grad_events, sparse_enough};
 use crate::Result;
 
 /// Convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias, dilation 1).
@@ -26,8 +30,14 @@ pub fn conv2d_frames(
     stride: usize,
     input_needs_grad: bool,
 ) -> Result<Tensor> {
-    let value = frames.detach().conv2d(&kernel.detach(), padding, stride, 1, 1)?;
-    let op = ConvOp { padding, stride, input_needs_grad, value: Mutex::new(Some(value)) };
+    // Spike inputs sparse enough for it take the event-driven path, forward and kernel gradient.
+    let events = frames.device().is_cpu() && sparse_enough(frames)?;
+    let value = if events {
+        conv2d_events(&frames.detach(), &kernel.detach(), padding, stride)?
+    } else {
+        frames.detach().conv2d(&kernel.detach(), padding, stride, 1, 1)?
+    };
+    let op = ConvOp { padding, stride, input_needs_grad, events, value: Mutex::new(Some(value)) };
     Ok(frames.apply_op2(kernel, op)?)
 }
 
@@ -35,6 +45,8 @@ struct ConvOp {
     padding: usize,
     stride: usize,
     input_needs_grad: bool,
+    /// Whether the input is sparse spikes (event-driven forward and kernel gradient).
+    events: bool,
     /// The forward value, computed by Candle before the op runs and handed over once.
     value: Mutex<Option<Tensor>>,
 }
@@ -77,9 +89,15 @@ impl CustomOp2 for ConvOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, kw) = w.dims4()?;
-        // Kernel gradient: correlate the input with the output gradient (batch and channel axes swapped).
-        let gw = x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?.transpose(0, 1)?;
-        let gw = gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?;
+        let gw = if self.events {
+            conv2d_weight_grad_events(x, grad, kh, self.padding, self.stride)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        } else {
+            // Correlate the input with the output gradient (batch and channel axes swapped).
+            let gw =
+                x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?.transpose(0, 1)?;
+            gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?
+        };
         if !self.input_needs_grad {
             return Ok((None, Some(gw)));
         }
@@ -108,8 +126,16 @@ mod tests {
     #[test]
     fn gradients_match_candle_for_strides_and_paddings() -> Result<()> {
         let dev = Device::Cpu;
-        for (k, pad, stride) in [(3, 1, 1), (5, 2, 1), (3, 1, 2), (1, 0, 2), (1, 0, 1)] {
-            let xv: Vec<f64> = (0..2 * 3 * 8 * 8).map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0).collect();
+        // Dense real-valued inputs (Candle's convolutions) and sparse ±1 spikes (the event-driven path).
+        let dense = |i: usize| ((i * 37 % 17) as f64 - 8.0) / 7.0;
+        let spikes = |i: usize| match i * 37 % 23 {
+            0 | 1 => 1.0,
+            2 => -1.0,
+            _ => 0.0,
+        };
+        let cases = [(3, 1, 1), (5, 2, 1), (3, 1, 2), (1, 0, 2), (1, 0, 1)];
+        for (input, (k, pad, stride)) in cases.iter().flat_map(|&c| [(dense as fn(usize) -> f64, c), (spikes, c)]) {
+            let xv: Vec<f64> = (0..2 * 3 * 8 * 8).map(input).collect();
             let wv: Vec<f64> = (0..4 * 3 * k * k).map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0).collect();
             let x = Var::from_vec(xv, (2, 3, 8, 8), &dev)?;
             let w = Var::from_vec(wv, (4, 3, k, k), &dev)?;

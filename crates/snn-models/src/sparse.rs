@@ -63,6 +63,119 @@ pub fn linear_events(inputs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     Ok(inputs.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &EventLinear)?)
 }
 
+/// Gradient of a convolution's kernel `[O, C, k, k]` from its input `frames` `[N, C, H, W]` (spikes) and the
+/// gradient of its output `grad` `[N, O, Ho, Wo]`: `Σ_n Σ_(oy,ox) grad[n, :, oy, ox] ⊗ x[n, c, oy·s + ky − p,
+/// ox·s + kx − p]`, visiting only the non-zero inputs. Same result as the dense correlation up to rounding.
+pub fn conv2d_weight_grad_events(
+    frames: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let op = EventWeightGrad { kernel, padding, stride };
+    Ok(frames.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?)
+}
+
+struct EventWeightGrad {
+    kernel: usize,
+    padding: usize,
+    stride: usize,
+}
+
+fn weight_grad_events<F: Real>(x: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    let taps = g.channels * g.kernel * g.kernel;
+    let zero = || (vec![F::zero(); taps * g.outputs], vec![F::zero(); plane_out * g.outputs]);
+    let (acc, _) = x
+        .par_chunks(g.channels * plane_in)
+        .zip(grad.par_chunks(g.outputs * plane_out))
+        .fold(zero, |(mut acc, mut channel_last), (frame, frame_grad)| {
+            weight_grad_frame(frame, frame_grad, g, &mut acc, &mut channel_last);
+            (acc, channel_last)
+        })
+        .reduce(zero, |(mut a, t), (b, _)| {
+            a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
+            (a, t)
+        });
+    // [C, k, k, O] → [O, C, k, k]
+    let mut out = vec![F::zero(); taps * g.outputs];
+    for t in 0..taps {
+        for o in 0..g.outputs {
+            out[o * taps + t] = acc[t * g.outputs + o];
+        }
+    }
+    out
+}
+
+/// One frame of [`weight_grad_events`]: `acc[c, ky, kx, :] += v · grad[:, oy, ox]` for every event.
+#[inline(never)]
+fn weight_grad_frame<F: Real>(frame: &[F], frame_grad: &[F], g: ConvGeometry, acc: &mut [F], channel_last: &mut [F]) {
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    for (o, plane) in frame_grad.chunks_exact(plane_out).enumerate() {
+        for (p, &value) in plane.iter().enumerate() {
+            channel_last[p * g.outputs + o] = value;
+        }
+    }
+    for (i, &v) in frame.iter().enumerate() {
+        if v == F::zero() {
+            continue;
+        }
+        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+        let acc_c = &mut acc[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
+        for_each_tap(y, xx, g, |tap, out| {
+            add_scaled(&mut acc_c[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs], v);
+        });
+    }
+}
+
+impl CustomOp2 for EventWeightGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-grad-events"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (gn, o, out_h, out_w) = l2.shape().dims4()?;
+        if gn != n {
+            return Err(candle_core::Error::Msg(format!("{n} input frames but {gn} gradient frames")));
+        }
+        let g = ConvGeometry {
+            channels: c,
+            height: h,
+            width: w,
+            outputs: o,
+            kernel: self.kernel,
+            padding: self.padding,
+            stride: self.stride,
+            out_h,
+            out_w,
+        };
+        let shape = Shape::from((o, c, self.kernel, self.kernel));
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(weight_grad_events(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, g))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(weight_grad_events(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, g))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "event weight gradient: unsupported dtype {:?}",
+                    s1.dtype()
+                )))
+            }
+        };
+        Ok((storage, shape))
+    }
+}
+
 struct EventConv {
     padding: usize,
     stride: usize,
@@ -119,32 +232,37 @@ fn conv_frame<F: Real>(frame: &[F], rows: &[F], g: ConvGeometry, acc: &mut [F], 
         }
         let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
         let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
-        if g.stride == 1 {
-            // Output (oy, ox) = (y + p - ky, x + p - kx): the valid taps form one rectangle.
-            let (ky_range, kx_range) =
-                (tap_range(y, g.padding, g.kernel, g.out_h), tap_range(xx, g.padding, g.kernel, g.out_w));
-            for ky in ky_range {
-                let oy = y + g.padding - ky;
-                for kx in kx_range.clone() {
-                    let ox = xx + g.padding - kx;
-                    let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
-                    add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
-                }
-            }
-            continue;
-        }
-        for ky in 0..g.kernel {
-            let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
-            for kx in 0..g.kernel {
-                let Some(ox) = output_index(xx, kx, g.padding, g.stride, g.out_w) else { continue };
-                let row = &taps[(ky * g.kernel + kx) * g.outputs..][..g.outputs];
-                add_scaled(&mut acc[(oy * g.out_w + ox) * g.outputs..][..g.outputs], row, v);
-            }
-        }
+        for_each_tap(y, xx, g, |tap, out| {
+            add_scaled(&mut acc[out * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
+        });
     }
     for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
         for (o, &value) in cell.iter().enumerate() {
             dst[o * plane_out + p] = value;
+        }
+    }
+}
+
+/// Calls `f(tap, output)` for every kernel tap `ky·k + kx` through which the input at `(y, x)` reaches an
+/// output position `oy·Wo + ox` (`oy·s + ky = y + p`, `ox·s + kx = x + p`).
+#[inline(always)]
+fn for_each_tap(y: usize, x: usize, g: ConvGeometry, mut f: impl FnMut(usize, usize)) {
+    if g.stride == 1 {
+        // Output (oy, ox) = (y + p - ky, x + p - kx): the valid taps form one rectangle.
+        let kx_range = tap_range(x, g.padding, g.kernel, g.out_w);
+        for ky in tap_range(y, g.padding, g.kernel, g.out_h) {
+            let oy = y + g.padding - ky;
+            for kx in kx_range.clone() {
+                f(ky * g.kernel + kx, oy * g.out_w + x + g.padding - kx);
+            }
+        }
+        return;
+    }
+    for ky in 0..g.kernel {
+        let Some(oy) = output_index(y, ky, g.padding, g.stride, g.out_h) else { continue };
+        for kx in 0..g.kernel {
+            let Some(ox) = output_index(x, kx, g.padding, g.stride, g.out_w) else { continue };
+            f(ky * g.kernel + kx, oy * g.out_w + ox);
         }
     }
 }
