@@ -5,7 +5,8 @@
 //! network's input spikes). Here the forward value comes from Candle's `conv2d` on detached operands; a
 //! custom op then ties it to the operands with a backward pass that
 //!
-//! * skips the input gradient when the input needs none,
+//! * skips the input gradient when the input needs none, or computes it only at the input spikes when that
+//!   is all the neuron upstream reads ([`InputGrad::AtSpikes`]),
 //! * computes it for stride 1 as a convolution of the output gradient with the flipped, transposed kernel,
 //! * and the kernel gradient as Candle does (a convolution of the input with the output gradient).
 //!
@@ -17,18 +18,30 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use crate::sparse::{conv2d_events, conv2d_weight_grad_events, sparse_enough};
+use crate::sparse::{conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, sparse_enough};
 use crate::Result;
 
-/// Convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias, dilation 1).
-///
-/// `input_needs_grad = false` drops the gradient with respect to `frames` (use it for data).
+/// Which gradient with respect to its input a convolution computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputGrad {
+    /// None: the input is data (the network's input spikes).
+    None,
+    /// The full gradient.
+    Full,
+    /// Only at the input's non-zero entries (zero elsewhere), when the input is a spike train whose neuron
+    /// backward reads the gradient only at spike times ([`crate::sparse::conv2d_input_grad_at_events`]); on
+    /// a dense input the full gradient is computed.
+    AtSpikes,
+}
+
+/// Convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias, dilation 1), with
+/// the input gradient chosen by `input_grad`.
 pub fn conv2d_frames(
     frames: &Tensor,
     kernel: &Tensor,
     padding: usize,
     stride: usize,
-    input_needs_grad: bool,
+    input_grad: InputGrad,
 ) -> Result<Tensor> {
     // Spike inputs sparse enough for it take the event-driven path, forward and kernel gradient.
     let events = frames.device().is_cpu() && sparse_enough(frames)?;
@@ -37,14 +50,14 @@ pub fn conv2d_frames(
     } else {
         frames.detach().conv2d(&kernel.detach(), padding, stride, 1, 1)?
     };
-    let op = ConvOp { padding, stride, input_needs_grad, events, value: Mutex::new(Some(value)) };
+    let op = ConvOp { padding, stride, input_grad, events, value: Mutex::new(Some(value)) };
     Ok(frames.apply_op2(kernel, op)?)
 }
 
 struct ConvOp {
     padding: usize,
     stride: usize,
-    input_needs_grad: bool,
+    input_grad: InputGrad,
     /// Whether the input is sparse spikes (event-driven forward and kernel gradient).
     events: bool,
     /// The forward value, computed by Candle before the op runs and handed over once.
@@ -98,10 +111,13 @@ impl CustomOp2 for ConvOp {
                 x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?.transpose(0, 1)?;
             gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?
         };
-        if !self.input_needs_grad {
+        if self.input_grad == InputGrad::None {
             return Ok((None, Some(gw)));
         }
-        let gx = if self.stride == 1 && self.padding < kh && kh == kw {
+        let gx = if self.events && self.input_grad == InputGrad::AtSpikes {
+            conv2d_input_grad_at_events(x, w, grad, self.padding, self.stride)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        } else if self.stride == 1 && self.padding < kh && kh == kw {
             // Full correlation of the output gradient with the spatially flipped, transposed kernel.
             let rev: Vec<u32> = (0..kh as u32).rev().collect();
             let rev = Tensor::new(rev.as_slice(), w.device())?;
@@ -134,8 +150,8 @@ mod tests {
             _ => 0.0,
         };
         let cases = [(3, 1, 1), (5, 2, 1), (3, 1, 2), (1, 0, 2), (1, 0, 1)];
-        for (input, (k, pad, stride)) in cases.iter().flat_map(|&c| [(dense as fn(usize) -> f64, c), (spikes, c)]) {
-            let xv: Vec<f64> = (0..2 * 3 * 8 * 8).map(input).collect();
+        for (is_spikes, (k, pad, stride)) in cases.iter().flat_map(|&c| [(false, c), (true, c)]) {
+            let xv: Vec<f64> = (0..2 * 3 * 8 * 8).map(|i| if is_spikes { spikes(i) } else { dense(i) }).collect();
             let wv: Vec<f64> = (0..4 * 3 * k * k).map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0).collect();
             let x = Var::from_vec(xv, (2, 3, 8, 8), &dev)?;
             let w = Var::from_vec(wv, (4, 3, k, k), &dev)?;
@@ -143,7 +159,7 @@ mod tests {
                 let p: Vec<f64> = (0..y.elem_count()).map(|i| ((i * 7 % 5) as f64) - 2.0).collect();
                 (y * Tensor::from_vec(p, y.shape(), &dev)?)?.sum_all()
             };
-            let ours = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, true)?;
+            let ours = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, InputGrad::Full)?;
             let reference = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1)?;
             let diff = (&ours - &reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
             assert!(diff < 1e-12, "forward k{k} p{pad} s{stride}: {diff}");
@@ -153,7 +169,19 @@ mod tests {
                 let d = (g1.get(v).unwrap() - g2.get(v).unwrap())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
                 assert!(d < 1e-10, "gradient k{k} p{pad} s{stride}: {d}");
             }
-            let no_input = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, false)?;
+            // At spikes: the full gradient where the input spikes, zero elsewhere; the kernel gradient unchanged.
+            let at_spikes = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, InputGrad::AtSpikes)?;
+            let g4 = probe(&at_spikes)?.backward()?;
+            let full = g2.get(&x).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let partial = g4.get(&x).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            for ((f, p), xi) in full.iter().zip(&partial).zip(x.as_tensor().flatten_all()?.to_vec1::<f64>()?) {
+                // Dense inputs take the full gradient; sparse spikes keep it at their events only.
+                let expected = if is_spikes && xi == 0.0 { 0.0 } else { *f };
+                assert!((p - expected).abs() < 1e-10, "input gradient at spikes k{k} p{pad} s{stride}");
+            }
+            let dw = (g4.get(&w).unwrap() - g2.get(&w).unwrap())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(dw < 1e-10);
+            let no_input = conv2d_frames(x.as_tensor(), w.as_tensor(), pad, stride, InputGrad::None)?;
             let g3 = probe(&no_input)?.backward()?;
             assert!(g3.get(&x).is_none());
             assert!(g3.get(&w).is_some());

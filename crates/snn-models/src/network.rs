@@ -7,7 +7,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
-use crate::conv::conv2d_frames;
+use crate::conv::{conv2d_frames, InputGrad};
 use crate::sparse::{conv2d_events, linear_events, sparse_enough};
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
 use crate::{Error, Result};
@@ -297,11 +297,13 @@ impl SpikingNetwork {
 }
 
 /// A convolution over frames: Candle's own when no gradient is recorded (detached weights), else the op of
-/// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes).
+/// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes) and
+/// otherwise needs it only at the input's spikes (every other layer input is a neuron's spike train).
 fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool, events: bool) -> Result<Tensor> {
     if events && sparse_enough(frames)? {
         conv2d_events(frames, w, padding, stride)
     } else if w.is_variable() {
+        let input_grad = if input_grad { InputGrad::AtSpikes } else { InputGrad::None };
         conv2d_frames(frames, w, padding, stride, input_grad)
     } else {
         Ok(frames.conv2d(w, padding, stride, 1, 1)?)

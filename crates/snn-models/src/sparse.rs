@@ -77,6 +77,101 @@ pub fn conv2d_weight_grad_events(
     Ok(frames.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?)
 }
 
+/// Gradient of a convolution's input `frames` `[N, C, H, W]` (spikes), **at the non-zero inputs only**,
+/// from the kernel `[O, C, k, k]` and the output gradient `grad` `[N, O, Ho, Wo]`; zero elsewhere.
+///
+/// This is the whole gradient that matters when the input is a spike train `s` (possibly masked): the
+/// neuron's backward recurrence `δ(t) = s(t)·NG·g(t)/θ + (1 − s(t))·δ(t+1)` reads the incoming gradient `g`
+/// only where `s(t) = 1`, and a dropout mask zeroes it where the mask dropped the spike.
+pub fn conv2d_input_grad_at_events(
+    frames: &Tensor,
+    kernel: &Tensor,
+    grad: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = frames.dims4()?;
+    let (o, kc, k, _) = kernel.dims4()?;
+    let (gn, go, out_h, out_w) = grad.dims4()?;
+    if kc != c || gn != n || go != o {
+        return Err(Error::Spec(format!(
+            "input gradient of frames {:?}, kernel {:?}, output gradient {:?}",
+            frames.dims(),
+            kernel.dims(),
+            grad.dims()
+        )));
+    }
+    let g = ConvGeometry { channels: c, height: h, width: w, outputs: o, kernel: k, padding, stride, out_h, out_w };
+    let (x, w_, gr) = (frames.contiguous()?, kernel.contiguous()?, grad.contiguous()?);
+    let out = match frames.dtype() {
+        candle_core::DType::F32 => {
+            let v = input_grad_events(
+                &x.flatten_all()?.to_vec1::<f32>()?,
+                &w_.flatten_all()?.to_vec1()?,
+                &gr.flatten_all()?.to_vec1()?,
+                g,
+            );
+            Tensor::from_vec(v, (n, c, h, w), frames.device())?
+        }
+        candle_core::DType::F64 => {
+            let v = input_grad_events(
+                &x.flatten_all()?.to_vec1::<f64>()?,
+                &w_.flatten_all()?.to_vec1()?,
+                &gr.flatten_all()?.to_vec1()?,
+                g,
+            );
+            Tensor::from_vec(v, (n, c, h, w), frames.device())?
+        }
+        other => return Err(Error::Spec(format!("event input gradient: unsupported dtype {other:?}"))),
+    };
+    Ok(out)
+}
+
+fn input_grad_events<F: Real>(x: &[F], w: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
+    let rows = kernel_rows(w, g);
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    let mut out = vec![F::zero(); x.len()];
+    out.par_chunks_mut(g.channels * plane_in)
+        .zip(x.par_chunks(g.channels * plane_in))
+        .zip(grad.par_chunks(g.outputs * plane_out))
+        .for_each_init(
+            || vec![F::zero(); plane_out * g.outputs],
+            |channel_last, ((dst, frame), frame_grad)| input_grad_frame(frame, frame_grad, &rows, g, channel_last, dst),
+        );
+    out
+}
+
+/// One frame of [`input_grad_events`]: `dst[c, y, x] = Σ_taps W[:, c, ky, kx] · grad[:, oy, ox]` at events.
+#[inline(never)]
+fn input_grad_frame<F: Real>(
+    frame: &[F],
+    frame_grad: &[F],
+    rows: &[F],
+    g: ConvGeometry,
+    channel_last: &mut [F],
+    dst: &mut [F],
+) {
+    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+    for (o, plane) in frame_grad.chunks_exact(plane_out).enumerate() {
+        for (p, &value) in plane.iter().enumerate() {
+            channel_last[p * g.outputs + o] = value;
+        }
+    }
+    for (i, &v) in frame.iter().enumerate() {
+        if v == F::zero() {
+            continue;
+        }
+        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+        let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
+        let mut sum = F::zero();
+        for_each_tap(y, xx, g, |tap, out| {
+            let (wr, gr) = (&taps[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs]);
+            sum += wr.iter().zip(gr).fold(F::zero(), |acc, (&a, &b)| acc + a * b);
+        });
+        dst[i] = sum;
+    }
+}
+
 struct EventWeightGrad {
     kernel: usize,
     padding: usize,
