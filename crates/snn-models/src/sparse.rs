@@ -15,7 +15,7 @@
 //! devices the callers fall back to the dense layers.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use snn_core::kernels::Real;
 
@@ -102,29 +102,47 @@ pub fn conv2d_input_grad_at_events(
         )));
     }
     let g = ConvGeometry { channels: c, height: h, width: w, outputs: o, kernel: k, padding, stride, out_h, out_w };
-    let (x, w_, gr) = (frames.contiguous()?, kernel.contiguous()?, grad.contiguous()?);
-    let out = match frames.dtype() {
-        candle_core::DType::F32 => {
-            let v = input_grad_events(
-                &x.flatten_all()?.to_vec1::<f32>()?,
-                &w_.flatten_all()?.to_vec1()?,
-                &gr.flatten_all()?.to_vec1()?,
-                g,
-            );
-            Tensor::from_vec(v, (n, c, h, w), frames.device())?
-        }
-        candle_core::DType::F64 => {
-            let v = input_grad_events(
-                &x.flatten_all()?.to_vec1::<f64>()?,
-                &w_.flatten_all()?.to_vec1()?,
-                &gr.flatten_all()?.to_vec1()?,
-                g,
-            );
-            Tensor::from_vec(v, (n, c, h, w), frames.device())?
-        }
-        other => return Err(Error::Spec(format!("event input gradient: unsupported dtype {other:?}"))),
-    };
-    Ok(out)
+    Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
+}
+
+struct EventInputGrad(ConvGeometry);
+
+impl CustomOp3 for EventInputGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-input-grad-at-events"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(input_grad_events(
+                slices::<f32>(s1, l1)?,
+                slices::<f32>(s2, l2)?,
+                slices::<f32>(s3, l3)?,
+                self.0,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(input_grad_events(
+                slices::<f64>(s1, l1)?,
+                slices::<f64>(s2, l2)?,
+                slices::<f64>(s3, l3)?,
+                self.0,
+            )),
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "event input gradient: unsupported dtype {:?}",
+                    s1.dtype()
+                )))
+            }
+        };
+        Ok((storage, l1.shape().clone()))
+    }
 }
 
 fn input_grad_events<F: Real>(x: &[F], w: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
