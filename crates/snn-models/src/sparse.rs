@@ -184,7 +184,7 @@ fn input_grad_frame<F: Real>(
         let mut sum = F::zero();
         for_each_tap(y, xx, g, |tap, out| {
             let (wr, gr) = (&taps[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs]);
-            sum += wr.iter().zip(gr).fold(F::zero(), |acc, (&a, &b)| acc + a * b);
+            sum += dot(wr, gr);
         });
         dst[i] = sum;
     }
@@ -392,6 +392,25 @@ fn tap_range(i: usize, padding: usize, kernel: usize, len: usize) -> std::ops::R
 fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -> Option<usize> {
     let shifted = (i + padding).checked_sub(k)?;
     (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
+}
+
+/// `Σ a·b` with eight independent partial sums, which the compiler turns into SIMD lanes (a single running
+/// sum would serialise every addition).
+#[inline(always)]
+fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+    let mut lanes = [F::zero(); 8];
+    let (head_a, head_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
+    for (ca, cb) in head_a.zip(head_b) {
+        for k in 0..8 {
+            lanes[k] += ca[k] * cb[k];
+        }
+    }
+    let mut sum = lanes.iter().fold(F::zero(), |s, &l| s + l);
+    for (&x, &y) in tail_a.iter().zip(tail_b) {
+        sum += x * y;
+    }
+    sum
 }
 
 /// `dst += v · row`, with the multiplication skipped for the common `v = 1`.
