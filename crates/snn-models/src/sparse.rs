@@ -169,25 +169,16 @@ fn input_grad_frame<F: Real>(
     channel_last: &mut [F],
     dst: &mut [F],
 ) {
-    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
-    for (o, plane) in frame_grad.chunks_exact(plane_out).enumerate() {
-        for (p, &value) in plane.iter().enumerate() {
-            channel_last[p * g.outputs + o] = value;
-        }
-    }
-    for (i, &v) in frame.iter().enumerate() {
-        if v == F::zero() {
-            continue;
-        }
-        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-        let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
+    planes_to_channel_last(frame_grad, g, channel_last);
+    let per_channel = g.kernel * g.kernel * g.outputs;
+    for_each_event(frame, g, |i, c, y, x, _| {
+        let taps = &rows[c * per_channel..][..per_channel];
         let mut sum = F::zero();
-        for_each_tap(y, xx, g, |tap, out| {
-            let (wr, gr) = (&taps[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs]);
-            sum += dot(wr, gr);
+        for_each_tap(y, x, g, |tap, out| {
+            sum += dot(&taps[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs]);
         });
         dst[i] = sum;
-    }
+    });
 }
 
 struct EventWeightGrad {
@@ -212,34 +203,20 @@ fn weight_grad_events<F: Real>(x: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
             (a, t)
         });
     // [C, k, k, O] → [O, C, k, k]
-    let mut out = vec![F::zero(); taps * g.outputs];
-    for t in 0..taps {
-        for o in 0..g.outputs {
-            out[o * taps + t] = acc[t * g.outputs + o];
-        }
-    }
-    out
+    transpose(&acc, taps, g.outputs)
 }
 
 /// One frame of [`weight_grad_events`]: `acc[c, ky, kx, :] += v · grad[:, oy, ox]` for every event.
 #[inline(never)]
 fn weight_grad_frame<F: Real>(frame: &[F], frame_grad: &[F], g: ConvGeometry, acc: &mut [F], channel_last: &mut [F]) {
-    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
-    for (o, plane) in frame_grad.chunks_exact(plane_out).enumerate() {
-        for (p, &value) in plane.iter().enumerate() {
-            channel_last[p * g.outputs + o] = value;
-        }
-    }
-    for (i, &v) in frame.iter().enumerate() {
-        if v == F::zero() {
-            continue;
-        }
-        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-        let acc_c = &mut acc[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
-        for_each_tap(y, xx, g, |tap, out| {
+    planes_to_channel_last(frame_grad, g, channel_last);
+    let per_channel = g.kernel * g.kernel * g.outputs;
+    for_each_event(frame, g, |_, c, y, x, v| {
+        let acc_c = &mut acc[c * per_channel..][..per_channel];
+        for_each_tap(y, x, g, |tap, out| {
             add_scaled(&mut acc_c[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs], v);
         });
-    }
+    });
 }
 
 impl CustomOp2 for EventWeightGrad {
@@ -308,16 +285,41 @@ struct ConvGeometry {
     out_w: usize,
 }
 
-/// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`.
-fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
-    let taps = g.channels * g.kernel * g.kernel;
-    let mut out = vec![F::zero(); taps * g.outputs];
-    for o in 0..g.outputs {
-        for t in 0..taps {
-            out[t * g.outputs + o] = w[o * taps + t];
+/// `src` as a `rows × cols` row-major matrix, transposed.
+fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
+    let mut out = vec![F::zero(); rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = src[r * cols + c];
         }
     }
     out
+}
+
+/// Writes a frame's output planes `[O, P]` into `dst` as channel-last rows `[P, O]`.
+fn planes_to_channel_last<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
+    let plane = g.out_h * g.out_w;
+    for (o, values) in planes.chunks_exact(plane).enumerate() {
+        for (p, &value) in values.iter().enumerate() {
+            dst[p * g.outputs + o] = value;
+        }
+    }
+}
+
+/// Calls `f(index, channel, y, x, value)` for every non-zero entry of a frame `[C, H, W]`.
+#[inline(always)]
+fn for_each_event<F: Real>(frame: &[F], g: ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, F)) {
+    let plane = g.height * g.width;
+    for (i, &v) in frame.iter().enumerate() {
+        if v != F::zero() {
+            f(i, i / plane, (i % plane) / g.width, i % g.width, v);
+        }
+    }
+}
+
+/// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`.
+fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
+    transpose(w, g.outputs, g.channels * g.kernel * g.kernel)
 }
 
 fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
@@ -336,19 +338,15 @@ fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
 #[inline(never)]
 fn conv_frame<F: Real>(frame: &[F], rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
-    let plane_in = g.height * g.width;
     let plane_out = g.out_h * g.out_w;
+    let per_channel = g.kernel * g.kernel * g.outputs;
     acc.fill(F::zero());
-    for (i, &v) in frame.iter().enumerate() {
-        if v == F::zero() {
-            continue;
-        }
-        let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-        let taps = &rows[c * g.kernel * g.kernel * g.outputs..][..g.kernel * g.kernel * g.outputs];
-        for_each_tap(y, xx, g, |tap, out| {
+    for_each_event(frame, g, |_, c, y, x, v| {
+        let taps = &rows[c * per_channel..][..per_channel];
+        for_each_tap(y, x, g, |tap, out| {
             add_scaled(&mut acc[out * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
         });
-    }
+    });
     for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
         for (o, &value) in cell.iter().enumerate() {
             dst[o * plane_out + p] = value;
@@ -428,12 +426,7 @@ fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
 
 fn linear_events_cpu<F: Real>(x: &[F], w: &[F], n: usize, inputs: usize, outputs: usize) -> Vec<F> {
     // W[out, in] → W[in, out]: each event adds one contiguous row.
-    let mut rows = vec![F::zero(); inputs * outputs];
-    for o in 0..outputs {
-        for i in 0..inputs {
-            rows[i * outputs + o] = w[o * inputs + i];
-        }
-    }
+    let rows = transpose(w, outputs, inputs);
     let mut out = vec![F::zero(); n * outputs];
     out.par_chunks_mut(outputs).zip(x.par_chunks(inputs)).for_each(|(dst, frame)| {
         for (i, &v) in frame.iter().enumerate() {
