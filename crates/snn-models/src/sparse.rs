@@ -11,8 +11,10 @@
 //! Work is proportional to the number of events times the fan-out, instead of to the number of connections.
 //! The weights are transposed once per call so that each event adds one contiguous row. Frames run in
 //! parallel. The sums are the dense sums taken in another order, so values agree with the dense layers up to
-//! floating-point rounding. These ops have no backward pass (inference only) and run on the CPU; on other
-//! devices the callers fall back to the dense layers.
+//! floating-point rounding; every sum is taken in an order fixed by the data's shape, so results are the same
+//! bits whatever the thread count. The ops themselves are not differentiable: inference calls them directly, and
+//! training reaches them through the convolution of [`crate::conv`], whose backward uses the kernel- and
+//! input-gradient kernels here. They run on the CPU; on other devices the callers use the dense layers.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -187,21 +189,31 @@ struct EventWeightGrad {
     stride: usize,
 }
 
+/// Frames per partial sum of [`weight_grad_events`]'s reduction. The partition depends only on the number of
+/// frames, never on the thread count or on scheduling, so the sum is the same bits on every run.
+const FRAMES_PER_PARTIAL: usize = 16;
+
 fn weight_grad_events<F: Real>(x: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
     let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
     let taps = g.channels * g.kernel * g.kernel;
-    let zero = || (vec![F::zero(); taps * g.outputs], vec![F::zero(); plane_out * g.outputs]);
-    let (acc, _) = x
-        .par_chunks(g.channels * plane_in)
-        .zip(grad.par_chunks(g.outputs * plane_out))
-        .fold(zero, |(mut acc, mut channel_last), (frame, frame_grad)| {
-            weight_grad_frame(frame, frame_grad, g, &mut acc, &mut channel_last);
-            (acc, channel_last)
+    let (frame_in, frame_out) = (g.channels * plane_in, g.outputs * plane_out);
+    let partials: Vec<Vec<F>> = x
+        .par_chunks(frame_in * FRAMES_PER_PARTIAL)
+        .zip(grad.par_chunks(frame_out * FRAMES_PER_PARTIAL))
+        .map(|(frames, grads)| {
+            let mut acc = vec![F::zero(); taps * g.outputs];
+            let mut channel_last = vec![F::zero(); plane_out * g.outputs];
+            for (frame, frame_grad) in frames.chunks_exact(frame_in).zip(grads.chunks_exact(frame_out)) {
+                weight_grad_frame(frame, frame_grad, g, &mut acc, &mut channel_last);
+            }
+            acc
         })
-        .reduce(zero, |(mut a, t), (b, _)| {
-            a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
-            (a, t)
-        });
+        .collect();
+    // Partial sums added in frame order.
+    let mut acc = vec![F::zero(); taps * g.outputs];
+    for partial in &partials {
+        acc.iter_mut().zip(partial).for_each(|(a, &p)| *a += p);
+    }
     // [C, k, k, O] → [O, C, k, k]
     transpose(&acc, taps, g.outputs)
 }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_models::sparse::{conv2d_events, linear_events};
+use snn_models::sparse::{conv2d_events, conv2d_weight_grad_events, linear_events};
 use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
 
 /// Spike-like values: 0 mostly, else +1 or -1.
@@ -131,4 +131,27 @@ fn the_event_engine_reproduces_the_dense_network() {
     engines_agree("lenet", [1, 28, 28], 6, 2, 0.1);
     // 1×1 convolution shortcuts and signed input.
     engines_agree("resnet7", [3, 32, 32], 4, 1, 0.1);
+}
+
+#[test]
+fn event_gradients_are_the_same_bits_with_one_or_two_threads() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (n, c, h, o, k) = (40, 3, 10, 6, 3);
+    let x = Tensor::from_vec(spikes(n * c * h * h, 0.15, &mut rng), (n, c, h, h), &Device::Cpu).unwrap();
+    let grad: Vec<f64> = (0..n * o * h * h).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let grad = Tensor::from_vec(grad, (n, o, h, h), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let x = x.to_dtype(DType::F32).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| conv2d_weight_grad_events(&x, &grad, k, 1, 1).unwrap())
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let one = run(1);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for _ in 0..3 {
+        assert_eq!(bits(&run(2)), bits(&one));
+    }
 }
