@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use snn_data::mnist::Split;
 use snn_data::{Dataset, Samples};
-use snn_models::{builtin, builtin_names, is_verified, load_checkpoint, Engine, NetworkSpec, SpikingNetwork};
+use snn_models::{
+    builtin, builtin_names, is_verified, load_checkpoint, provenance, Engine, NetworkSpec, SpikingNetwork,
+};
 use snn_train::{
     evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
 };
@@ -542,7 +544,7 @@ fn run_models(json: bool) -> Result<()> {
         rows.push(serde_json::json!({
             "name": name,
             "verified": is_verified(name),
-            "note": if is_verified(name) { "as in the authors' code" } else { "derived, not verified against the paper" },
+            "note": provenance(name),
             "family": spec.family,
             "parameters": spec.parameter_count()?,
             "input_shape": spec.input_shape,
@@ -553,10 +555,10 @@ fn run_models(json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<10} {:<8} {:>12}  {:<12} note", "model", "family", "parameters", "input");
+        println!("{:<13} {:<8} {:>12}  {:<12} note", "model", "family", "parameters", "input");
         for r in &rows {
             println!(
-                "{:<10} {:<8} {:>12}  {:<12} {}",
+                "{:<13} {:<8} {:>12}  {:<12} {}",
                 r["name"].as_str().unwrap_or(""),
                 r["family"].as_str().unwrap_or(""),
                 r["parameters"].to_string(),

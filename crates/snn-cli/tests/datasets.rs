@@ -80,6 +80,10 @@ fn models_json_marks_derived_networks() {
         assert!(m["note"].as_str().unwrap().contains("derived"));
         assert!(m["parameters"].as_u64().unwrap() > 1_000_000);
     }
+    // 2·20·25 + 20·50·25 + 50·8·8·200 + 200·10 weights.
+    let nmnist = get("lenet-nmnist");
+    assert_eq!(nmnist["parameters"], 668_000);
+    assert!(nmnist["note"].as_str().unwrap().contains("beyond the paper"));
 }
 
 #[test]

@@ -25,4 +25,4 @@ pub use checkpoint::{
 pub use error::{Error, Result};
 pub use network::{Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
 pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
-pub use zoo::{builtin, builtin_names, is_verified};
+pub use zoo::{builtin, builtin_names, is_verified, provenance};

@@ -15,6 +15,16 @@ pub fn is_verified(name: &str) -> bool {
     matches!(name, "lenet" | "vgg9" | "resnet11")
 }
 
+/// Where a built-in architecture comes from, in words: the authors' code, this project's derivation of the
+/// paper's templates, or beyond the paper.
+pub fn provenance(name: &str) -> &'static str {
+    match name {
+        _ if is_verified(name) => "as in the authors' code",
+        "lenet-nmnist" => "beyond the paper: LeNet on N-MNIST event frames",
+        _ => "derived, not verified against the paper",
+    }
+}
+
 /// The built-in architecture called `name`.
 pub fn builtin(name: &str) -> Result<NetworkSpec> {
     match name {
