@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a network (with no options: LeNet on the built-in MNIST subset, a few minutes on 2 cores).
+    /// Train a network (with no options: LeNet on the built-in MNIST subset, under a minute on 2 cores).
     Train(TrainArgs),
     /// Evaluate a checkpoint's test accuracy.
     Eval(EvalArgs),
