@@ -15,11 +15,13 @@
 //! * [`WindowStats`]: per-neuron spike counts and the leak-correction factor.
 //!
 //! The pure kernels live in [`kernels`]; they operate on slices and are usable without Candle tensors.
+//! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this and the other crates.
 //!
 //! Every random draw takes an explicit `rand::Rng`, so runs are reproducible from their seed.
 
 #![warn(missing_docs)]
 
+pub mod cpu;
 pub mod dropout;
 pub mod encode;
 mod error;

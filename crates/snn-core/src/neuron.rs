@@ -1,8 +1,8 @@
 //! Spiking neuron layers as window-level differentiable Candle ops.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use crate::cpu::{run_cpu, CpuKernel};
 use crate::kernels::{self, BackwardRule, Real};
 use crate::{Error, Result};
 
@@ -100,19 +100,6 @@ fn neurons_per_step(shape: &Shape) -> usize {
     }
 }
 
-/// Borrows the contiguous slice a layout points at.
-pub(crate) fn contiguous_slice<'a, F: candle_core::WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &'static str,
-) -> candle_core::Result<&'a [F]> {
-    let data = storage.as_slice::<F>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 /// A kernel over one contiguous window buffer, generic over the float type.
 pub(crate) trait WindowKernel {
     /// Name used in error messages.
@@ -132,12 +119,19 @@ pub(crate) fn cpu_apply<K: WindowKernel>(
     layout: &Layout,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
     let shape = layout.shape();
-    let out = match storage {
-        CpuStorage::F32(_) => CpuStorage::F32(kernel.run(contiguous_slice::<f32>(storage, layout, K::NAME)?, shape)),
-        CpuStorage::F64(_) => CpuStorage::F64(kernel.run(contiguous_slice::<f64>(storage, layout, K::NAME)?, shape)),
-        other => candle_core::bail!("{}: unsupported dtype {:?}", K::NAME, other.dtype()),
-    };
+    let out = run_cpu(&OnWindow(kernel, shape), &[(storage, layout)])?;
     Ok((out, kernel.output_shape(shape)))
+}
+
+/// A [`WindowKernel`] with its window's shape, as a [`CpuKernel`].
+struct OnWindow<'a, K>(&'a K, &'a Shape);
+
+impl<K: WindowKernel> CpuKernel for OnWindow<'_, K> {
+    const NAME: &'static str = K::NAME;
+
+    fn run<F: Real + candle_core::WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        self.0.run(operands[0], self.1)
+    }
 }
 
 struct WindowOp(Neuron);
@@ -176,28 +170,27 @@ impl CustomOp1 for WindowOp {
 /// Backward of [`WindowOp`]: (spikes, ∂L/∂spikes) → ∂L/∂currents.
 struct WindowBackwardOp(Neuron);
 
-impl WindowBackwardOp {
-    fn run<F: Real + candle_core::WithDType>(
-        &self,
-        s: &CpuStorage,
-        ls: &Layout,
-        g: &CpuStorage,
-        lg: &Layout,
-    ) -> candle_core::Result<Vec<F>> {
-        let spikes = contiguous_slice::<F>(s, ls, self.name())?;
-        let grad = contiguous_slice::<F>(g, lg, self.name())?;
-        if spikes.len() != grad.len() {
-            candle_core::bail!("{}: spikes and gradient differ in size", self.name());
-        }
+/// The kernel of [`WindowBackwardOp`] for a window of `per_step` neurons per time step.
+struct SpikeBackward {
+    neuron: Neuron,
+    per_step: usize,
+}
+
+impl CpuKernel for SpikeBackward {
+    const NAME: &'static str = "spike-window-backward";
+
+    /// Operands: the spikes and the gradient with respect to them, of the same window shape.
+    fn run<F: Real + candle_core::WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        let (spikes, grad) = (operands[0], operands[1]);
         let mut out = vec![F::zero(); spikes.len()];
-        kernels::spike_backward(spikes, grad, neurons_per_step(ls.shape()), self.0.backward_rule(), &mut out);
-        Ok(out)
+        kernels::spike_backward(spikes, grad, self.per_step, self.neuron.backward_rule(), &mut out);
+        out
     }
 }
 
 impl CustomOp2 for WindowBackwardOp {
     fn name(&self) -> &'static str {
-        "spike-window-backward"
+        SpikeBackward::NAME
     }
 
     fn cpu_fwd(
@@ -207,12 +200,11 @@ impl CustomOp2 for WindowBackwardOp {
         g: &CpuStorage,
         lg: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match (s, g) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run::<f32>(s, ls, g, lg)?),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run::<f64>(s, ls, g, lg)?),
-            _ => candle_core::bail!("{}: unsupported or mismatched dtypes", self.name()),
-        };
-        Ok((out, ls.shape().clone()))
+        if ls.shape().elem_count() != lg.shape().elem_count() {
+            candle_core::bail!("{}: spikes and gradient differ in size", self.name());
+        }
+        let kernel = SpikeBackward { neuron: self.0, per_step: neurons_per_step(ls.shape()) };
+        Ok((run_cpu(&kernel, &[(s, ls), (g, lg)])?, ls.shape().clone()))
     }
 }
 

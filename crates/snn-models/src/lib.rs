@@ -23,6 +23,6 @@ pub use checkpoint::{
     load_checkpoint, parse_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Checkpoint,
 };
 pub use error::{Error, Result};
-pub use network::{Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
+pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
 pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
 pub use zoo::{builtin, builtin_names, is_verified, provenance};

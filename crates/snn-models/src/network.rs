@@ -21,8 +21,9 @@ pub enum Engine {
     /// Dense convolutions and matrix products over every input, spiking or not.
     #[default]
     Dense,
-    /// Event-driven accumulation over the non-zero input spikes only ([`crate::sparse`]); inference on the
-    /// CPU (elsewhere, and when gradients are tracked, the dense layers run instead).
+    /// Event-driven accumulation over the non-zero input spikes only ([`crate::sparse`]), for inference on the
+    /// CPU (on other devices the dense layers run). When gradients are tracked the engine is not consulted:
+    /// the differentiable convolution of [`crate::conv`] takes the event path for sparse spike input itself.
     Sparse,
 }
 
@@ -276,7 +277,7 @@ impl SpikingNetwork {
             let mut shape = vec![steps, batch];
             shape.extend_from_slice(&self.shapes[name]);
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
-            let neuron_counts = spike_counts(&spikes.detach(), &self.shapes[name])?;
+            let neuron_counts = spike_counts(&spikes.detach())?;
             let out = match masks.get(name) {
                 Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                 None => spikes.clone(),
@@ -310,14 +311,18 @@ fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: 
     }
 }
 
-/// Spikes per neuron position summed over the window and the batch, as f64: one row-vector product
-/// `1ᵀ · S` over the `T·B` frames (Candle's reduction over a leading dimension walks memory with a stride and
-/// costs more than the layer itself). Exact: the counts are integers far below 2²⁴.
-fn spike_counts(spikes: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    let frames = spikes.dims()[0] * spikes.dims()[1];
-    let flat = spikes.reshape((frames, ()))?;
-    let ones = Tensor::ones((1, frames), flat.dtype(), flat.device())?;
-    Ok(ones.matmul(&flat)?.to_dtype(DType::F64)?.reshape(shape)?)
+/// Spikes of every neuron position of a window `[T, B, ...]` summed over the steps and the batch: an f64 tensor
+/// of the per-sample shape. One row-vector product `1ᵀ · S` over the `T·B` frames (Candle's reduction over a
+/// leading dimension walks memory with a stride and costs more than a layer). Exact for spike windows: the
+/// counts are integers far below 2²⁴. Signed windows (±1 input spikes) need `abs` first to count by magnitude.
+pub fn spike_counts(window: &Tensor) -> Result<Tensor> {
+    let dims = window.dims();
+    if dims.len() < 3 {
+        return Err(Error::Spec(format!("a spike window is [T, B, ...], got {dims:?}")));
+    }
+    let flat = window.reshape((dims[0] * dims[1], ()))?;
+    let ones = Tensor::ones((1, flat.dim(0)?), flat.dtype(), flat.device())?;
+    Ok(ones.matmul(&flat)?.to_dtype(DType::F64)?.reshape(&dims[2..])?)
 }
 
 /// `inputs · wᵀ`, event-driven when asked and the inputs are sparse enough.

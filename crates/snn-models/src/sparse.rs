@@ -1,4 +1,4 @@
-//! Event-driven synaptic layers for inference.
+//! Event-driven synaptic layers: forward values and gradients computed from the input spikes alone.
 //!
 //! The inputs of every synaptic layer are spikes: `0` or `±1` (signed input coding), and only a few percent of
 //! them are non-zero at any step. Instead of a dense convolution or matrix product, these kernels visit the
@@ -16,9 +16,9 @@
 //! training reaches them through the convolution of [`crate::conv`], whose backward uses the kernel- and
 //! input-gradient kernels here. They run on the CPU; on other devices the callers use the dense layers.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use snn_core::cpu::{run_cpu, CpuKernel};
 use snn_core::kernels::Real;
 
 use crate::{Error, Result};
@@ -28,11 +28,39 @@ use crate::{Error, Result};
 /// several times more useful work per instruction than scattered row additions.
 pub const EVENT_DENSITY_LIMIT: f64 = 0.3;
 
-/// Whether a window of spikes `[N, ...]` (values 0 or ±1) is sparse enough for the event-driven layers:
-/// its share of non-zero entries is at most [`EVENT_DENSITY_LIMIT`].
+/// Whether a window of spikes `[N, ...]` (values 0 or ±1, dropout-masked spikes by their mask value) on the CPU
+/// is sparse enough for the event-driven layers: its summed magnitude, the number of spikes, is at most
+/// [`EVENT_DENSITY_LIMIT`] times its number of entries. One pass over the buffer, no temporaries.
 pub fn sparse_enough(spikes: &Tensor) -> Result<bool> {
-    let events = spikes.abs()?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let partial_sums = spikes.contiguous()?.apply_op1_no_bwd(&MagnitudeSums)?;
+    let events = partial_sums.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     Ok(events <= EVENT_DENSITY_LIMIT * spikes.elem_count() as f64)
+}
+
+/// Entries per partial sum of [`MagnitudeSums`]: small enough that a partial sum of spike magnitudes is exact
+/// in `f32`.
+const MAGNITUDE_CHUNK: usize = 1 << 20;
+
+/// `Σ |x|` over consecutive chunks of [`MAGNITUDE_CHUNK`] entries.
+struct MagnitudeSums;
+
+impl CpuKernel for MagnitudeSums {
+    const NAME: &'static str = "magnitude-sums";
+
+    fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        operands[0].par_chunks(MAGNITUDE_CHUNK).map(|c| c.iter().fold(F::zero(), |s, v| s + v.abs())).collect()
+    }
+}
+
+impl CustomOp1 for MagnitudeSums {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let sums = run_cpu(self, &[(s, l)])?;
+        Ok((sums, Shape::from(l.shape().elem_count().div_ceil(MAGNITUDE_CHUNK))))
+    }
 }
 
 /// Event-driven 2-D convolution of `frames` `[N, C, H, W]` with `kernel` `[O, C, k, k]` (square, no bias),
@@ -108,11 +136,20 @@ pub fn conv2d_input_grad_at_events(
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
 }
 
+/// [`conv2d_input_grad_at_events`] on operands (frames, kernel, output gradient).
 struct EventInputGrad(ConvGeometry);
+
+impl CpuKernel for EventInputGrad {
+    const NAME: &'static str = "conv2d-input-grad-at-events";
+
+    fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        input_grad_events(operands[0], operands[1], operands[2], self.0)
+    }
+}
 
 impl CustomOp3 for EventInputGrad {
     fn name(&self) -> &'static str {
-        "conv2d-input-grad-at-events"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -124,27 +161,7 @@ impl CustomOp3 for EventInputGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let storage = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(input_grad_events(
-                slices::<f32>(s1, l1)?,
-                slices::<f32>(s2, l2)?,
-                slices::<f32>(s3, l3)?,
-                self.0,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(input_grad_events(
-                slices::<f64>(s1, l1)?,
-                slices::<f64>(s2, l2)?,
-                slices::<f64>(s3, l3)?,
-                self.0,
-            )),
-            _ => {
-                return Err(candle_core::Error::Msg(format!(
-                    "event input gradient: unsupported dtype {:?}",
-                    s1.dtype()
-                )))
-            }
-        };
-        Ok((storage, l1.shape().clone()))
+        Ok((run_cpu(self, &[(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
     }
 }
 
@@ -232,9 +249,20 @@ fn weight_grad_frame<F: Real>(frame: &[F], frame_grad: &[F], g: ConvGeometry, ac
     });
 }
 
+/// [`EventWeightGrad`] with the geometry read from its operands' shapes.
+struct KernelGrad(ConvGeometry);
+
+impl CpuKernel for KernelGrad {
+    const NAME: &'static str = "conv2d-weight-grad-events";
+
+    fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        weight_grad_events(operands[0], operands[1], self.0)
+    }
+}
+
 impl CustomOp2 for EventWeightGrad {
     fn name(&self) -> &'static str {
-        "conv2d-weight-grad-events"
+        KernelGrad::NAME
     }
 
     fn cpu_fwd(
@@ -260,22 +288,8 @@ impl CustomOp2 for EventWeightGrad {
             out_h,
             out_w,
         };
-        let shape = Shape::from((o, c, self.kernel, self.kernel));
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(weight_grad_events(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(weight_grad_events(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, g))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(format!(
-                    "event weight gradient: unsupported dtype {:?}",
-                    s1.dtype()
-                )))
-            }
-        };
-        Ok((storage, shape))
+        let storage = run_cpu(&KernelGrad(g), &[(s1, l1), (s2, l2)])?;
+        Ok((storage, Shape::from((o, c, self.kernel, self.kernel))))
     }
 }
 
@@ -437,10 +451,10 @@ fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
     }
 }
 
-fn linear_events_cpu<F: Real>(x: &[F], w: &[F], n: usize, inputs: usize, outputs: usize) -> Vec<F> {
+fn linear_events_cpu<F: Real>(x: &[F], w: &[F], inputs: usize, outputs: usize) -> Vec<F> {
     // W[out, in] → W[in, out]: each event adds one contiguous row.
     let rows = transpose(w, outputs, inputs);
-    let mut out = vec![F::zero(); n * outputs];
+    let mut out = vec![F::zero(); x.len() / inputs * outputs];
     out.par_chunks_mut(outputs).zip(x.par_chunks(inputs)).for_each(|(dst, frame)| {
         for (i, &v) in frame.iter().enumerate() {
             if v != F::zero() {
@@ -451,17 +465,23 @@ fn linear_events_cpu<F: Real>(x: &[F], w: &[F], n: usize, inputs: usize, outputs
     out
 }
 
-fn slices<'a, F: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [F]> {
-    let data = s.as_slice::<F>()?;
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("event layers need contiguous operands".into()))?;
-    Ok(&data[start..end])
+/// [`EventConv`] on `frames` frames of the given geometry.
+struct ConvForward {
+    frames: usize,
+    g: ConvGeometry,
+}
+
+impl CpuKernel for ConvForward {
+    const NAME: &'static str = "conv2d-events";
+
+    fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        conv_events(operands[0], operands[1], self.frames, self.g)
+    }
 }
 
 impl CustomOp2 for EventConv {
     fn name(&self) -> &'static str {
-        "conv2d-events"
+        ConvForward::NAME
     }
 
     fn cpu_fwd(
@@ -488,25 +508,31 @@ impl CustomOp2 for EventConv {
             out_h,
             out_w,
         };
-        let shape = Shape::from((n, o, out_h, out_w));
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(conv_events(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, n, g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(conv_events(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, n, g))
-            }
-            _ => return Err(candle_core::Error::Msg(format!("event convolution: unsupported dtype {:?}", s1.dtype()))),
-        };
-        Ok((storage, shape))
+        let storage = run_cpu(&ConvForward { frames: n, g }, &[(s1, l1), (s2, l2)])?;
+        Ok((storage, Shape::from((n, o, out_h, out_w))))
     }
 }
 
+/// [`linear_events`] as an op on (inputs `[N, In]`, weight `[Out, In]`).
 struct EventLinear;
+
+/// [`EventLinear`]'s kernel for the given sizes.
+struct Product {
+    inputs: usize,
+    outputs: usize,
+}
+
+impl CpuKernel for Product {
+    const NAME: &'static str = "linear-events";
+
+    fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
+        linear_events_cpu(operands[0], operands[1], self.inputs, self.outputs)
+    }
+}
 
 impl CustomOp2 for EventLinear {
     fn name(&self) -> &'static str {
-        "linear-events"
+        Product::NAME
     }
 
     fn cpu_fwd(
@@ -518,15 +544,7 @@ impl CustomOp2 for EventLinear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, inputs) = l1.shape().dims2()?;
         let (outputs, _) = l2.shape().dims2()?;
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(linear_events_cpu(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?, n, inputs, outputs))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(linear_events_cpu(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?, n, inputs, outputs))
-            }
-            _ => return Err(candle_core::Error::Msg(format!("event product: unsupported dtype {:?}", s1.dtype()))),
-        };
+        let storage = run_cpu(&Product { inputs, outputs }, &[(s1, l1), (s2, l2)])?;
         Ok((storage, Shape::from((n, outputs))))
     }
 }

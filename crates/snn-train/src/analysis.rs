@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use snn_data::{Batches, Samples};
-use snn_models::{Engine, ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
+use snn_models::{spike_counts, Engine, ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
 use crate::loss::count_correct;
 use crate::trainer::{check_dataset, encode, stream_rng, ActivityTally, Stream};
@@ -201,7 +201,7 @@ fn projections(net: &SpikingNetwork, layer: &LayerSpec) -> Result<Vec<Projection
 /// Spikes of every neuron position of a window `[T, B, ...]`, counted by magnitude (signed input spikes
 /// count once each) and summed over the steps and the batch.
 pub fn window_counts(window: &Tensor) -> Result<Vec<f64>> {
-    Ok(window.abs()?.sum(0)?.to_dtype(DType::F64)?.sum(0)?.flatten_all()?.to_vec1::<f64>()?)
+    Ok(spike_counts(&window.abs()?)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// Input spikes received and synaptic operations (ACs) of every layer of `net`, in spec order, given the
