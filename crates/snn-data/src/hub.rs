@@ -267,7 +267,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex(&hasher.finalize()))
 }
 
 /// Downloads every Parquet shard of both splits of a dataset, each checked against its content hash, unless
@@ -275,10 +275,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// shards first.
 pub fn fetch_dataset(dataset: Dataset, opts: &HubOptions) -> Result<Vec<PathBuf>> {
     let hub = HubDataset::of(dataset)?;
-    if opts.offline || is_cached(dataset, opts) {
-        let mut all = cached_shards(hub, Split::Train, opts)?;
-        all.extend(cached_shards(hub, Split::Test, opts)?);
-        return Ok(all);
+    match cached_dataset(hub, opts) {
+        Ok(all) => return Ok(all),
+        Err(e) if opts.offline => return Err(e),
+        Err(_) => {}
     }
     let info = opts.api()?.repo(hub.repo_handle()).info().map_err(|e| hub_error(hub.repo, &e))?;
     let mut paths = Vec::new();
@@ -356,9 +356,14 @@ pub fn load_cached(dataset: Dataset, split: Split, opts: &HubOptions) -> Result<
 
 /// Whether both splits of a dataset are complete in the cache.
 pub fn is_cached(dataset: Dataset, opts: &HubOptions) -> bool {
-    HubDataset::of(dataset).is_ok_and(|hub| {
-        cached_shards(hub, Split::Train, opts).is_ok() && cached_shards(hub, Split::Test, opts).is_ok()
-    })
+    HubDataset::of(dataset).is_ok_and(|hub| cached_dataset(hub, opts).is_ok())
+}
+
+/// The cached shards of both splits, train first, or the error naming the first incomplete split.
+fn cached_dataset(hub: &HubDataset, opts: &HubOptions) -> Result<Vec<PathBuf>> {
+    let mut all = cached_shards(hub, Split::Train, opts)?;
+    all.extend(cached_shards(hub, Split::Test, opts)?);
+    Ok(all)
 }
 
 /// Result of re-checking a cached dataset.
@@ -376,16 +381,15 @@ pub struct VerifiedShard {
 /// undecodable row.
 pub fn verify_dataset(dataset: Dataset, opts: &HubOptions) -> Result<Vec<VerifiedShard>> {
     let hub = HubDataset::of(dataset)?;
-    let mut out = Vec::new();
-    for split in [Split::Train, Split::Test] {
-        for path in cached_shards(hub, split, opts)? {
+    cached_dataset(hub, opts)?
+        .into_iter()
+        .map(|path| {
             let sha256 = verify_cached_file(&path)?;
             let (mut images, mut labels) = (Vec::new(), Vec::new());
             read_parquet_images(&path, hub, &mut images, &mut labels)?;
-            out.push(VerifiedShard { path, sha256, rows: labels.len() });
-        }
-    }
-    Ok(out)
+            Ok(VerifiedShard { path, sha256, rows: labels.len() })
+        })
+        .collect()
 }
 
 /// Decodes the rows of one Parquet shard: each image (PNG or JPEG bytes) to `[C, H, W]` bytes appended to
