@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use snn_data::hub::{self, HubDataset, HubFile, HubOptions};
 use snn_data::Dataset;
-use snn_models::{load_checkpoint, write_atomic, LayerSpec};
+use snn_models::{parse_checkpoint, write_atomic, LayerSpec};
 use snn_train::{EpochMetrics, Recipe};
 
 /// Options shared by every command that reads from the Hub.
@@ -114,11 +114,12 @@ pub(crate) struct ExportArgs {
 
 pub(crate) fn run_export(a: ExportArgs) -> Result<()> {
     let source = resolve_checkpoint(&a.checkpoint, &a.hub)?;
-    let ckpt = load_checkpoint(&source, &candle_core::Device::Cpu)?;
+    // Read once: the same bytes are checked and then copied into the layout.
+    let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+    let ckpt = parse_checkpoint(&bytes, &source, &candle_core::Device::Cpu)?;
     let (spec, meta) = (ckpt.spec.clone(), ckpt.metadata.clone());
     // Building the network checks that every weight has its layer's shape before anything is written.
     let net = ckpt.into_network(candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
     let history = read_history(&source);
 
     std::fs::create_dir_all(&a.hub_layout).with_context(|| format!("creating {}", a.hub_layout.display()))?;

@@ -422,8 +422,8 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
             spec: net.spec().clone(),
             recipe: recipe.clone(),
             dataset: a.common.dataset.clone(),
-            data_dir: a.common.data_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
-            cache_dir: a.common.hub.cache_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
+            data_dir: a.common.data_dir.as_deref().map(absolute),
+            cache_dir: a.common.hub.cache_dir.as_deref().map(absolute),
             train_limit: a.train_limit,
             test_limit: a.common.test_limit,
         };
@@ -470,6 +470,11 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
         );
     }
     Ok(())
+}
+
+/// `path` made absolute (unchanged if that fails), so a saved run resumes from any working directory.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Overrides recipe fields with the keys of a TOML experiment file; unknown keys and wrong types are errors.
