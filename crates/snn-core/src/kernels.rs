@@ -9,7 +9,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 4096;
 
 /// Floating-point element types the kernels run on.
-pub trait Real: num_traits::Float + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static {
+pub trait Real: num_traits::Float + Spike + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static {
     /// Converts an `f64` constant to this type (rounding to nearest for `f32`).
     fn lit(x: f64) -> Self;
 }
@@ -26,6 +26,30 @@ impl Real for f64 {
     }
 }
 
+/// A spike as a window buffer stores it: 0 or 1, as a float or as a byte (the compact form training keeps
+/// for the backward pass).
+pub trait Spike: Copy + Send + Sync + PartialEq + 'static {
+    /// No spike.
+    const SILENT: Self;
+    /// A spike.
+    const FIRED: Self;
+}
+
+impl Spike for u8 {
+    const SILENT: Self = 0;
+    const FIRED: Self = 1;
+}
+
+impl Spike for f32 {
+    const SILENT: Self = 0.0;
+    const FIRED: Self = 1.0;
+}
+
+impl Spike for f64 {
+    const SILENT: Self = 0.0;
+    const FIRED: Self = 1.0;
+}
+
 /// Forward recurrence of a window of spiking neurons with hard reset to zero.
 ///
 /// For every neuron, starting from `V(0) = 0`:
@@ -37,22 +61,35 @@ impl Real for f64 {
 /// ```
 ///
 /// `currents` and `spikes` hold `T · n` values; `spikes` receives `s(t)` as 0 or 1.
-pub fn spike_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F, spikes: &mut [F]) {
+pub fn spike_forward<F: Real, S: Spike>(currents: &[F], n: usize, threshold: F, leak: F, spikes: &mut [S]) {
+    let mut membrane = vec![F::zero(); n];
+    spike_forward_from(currents, threshold, leak, &mut membrane, spikes);
+}
+
+/// [`spike_forward`] continued from the membranes `V` of the step before the window (`membrane`, one per
+/// neuron, updated in place to the window's last step), so that a long window can run in consecutive parts.
+pub fn spike_forward_from<F: Real, S: Spike>(
+    currents: &[F],
+    threshold: F,
+    leak: F,
+    membrane: &mut [F],
+    spikes: &mut [S],
+) {
     debug_assert_eq!(currents.len(), spikes.len());
+    let n = membrane.len();
     if n == 0 {
         return;
     }
-    let mut membrane = vec![F::zero(); n];
     for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
         membrane.par_chunks_mut(CHUNK).zip(i_row.par_chunks(CHUNK)).zip(s_row.par_chunks_mut(CHUNK)).for_each(
             |((v, i), s)| {
                 for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
                     let u = *v + i;
                     if u > threshold {
-                        *s = F::one();
+                        *s = S::FIRED;
                         *v = F::zero();
                     } else {
-                        *s = F::zero();
+                        *s = S::SILENT;
                         *v = leak * u;
                     }
                 }
@@ -96,42 +133,63 @@ pub struct BackwardRule<F> {
 ///
 /// The error reaches the input only at the neuron's own spike times, is cut at every reset, and is not
 /// attenuated by the leak (the authors detach it). `NG` is 1 when `rule.leak_correction` is `None`.
-pub fn spike_backward<F: Real>(
-    spikes: &[F],
+pub fn spike_backward<F: Real, S: Spike>(
+    spikes: &[S],
     grad_spikes: &[F],
     n: usize,
     rule: BackwardRule<F>,
     grad_currents: &mut [F],
 ) {
-    debug_assert_eq!(spikes.len(), grad_spikes.len());
-    debug_assert_eq!(spikes.len(), grad_currents.len());
-    if n == 0 {
-        return;
-    }
-    // Per-neuron gain applied at spike times: scale · NG.
+    let gain = spike_gains(spikes, n, rule);
+    let mut delta = vec![F::zero(); n];
+    spike_backward_from(spikes, grad_spikes, &gain, &mut delta, grad_currents);
+}
+
+/// The per-neuron factor `scale · NG` that [`spike_backward`] applies at spike times, from the spikes of the
+/// whole window (`T · n` values).
+pub fn spike_gains<F: Real, S: Spike>(spikes: &[S], n: usize, rule: BackwardRule<F>) -> Vec<F> {
     let mut gain = vec![rule.scale; n];
-    if let Some(leak) = rule.leak_correction {
-        let mut leaky = vec![F::zero(); n];
-        let mut count = vec![F::zero(); n];
-        for s_row in spikes.chunks_exact(n) {
-            leaky.par_chunks_mut(CHUNK).zip(count.par_chunks_mut(CHUNK)).zip(s_row.par_chunks(CHUNK)).for_each(
-                |((lf, tot), s)| {
-                    for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
-                        *lf = leak * *lf + s;
-                        *tot += s;
-                    }
-                },
-            );
-        }
-        gain.par_chunks_mut(CHUNK).zip(leaky.par_chunks(CHUNK)).zip(count.par_chunks(CHUNK)).for_each(
-            |((g, lf), tot)| {
-                for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
-                    *g = *g * leak_correction(lf, tot, leak);
+    let Some(leak) = rule.leak_correction else { return gain };
+    if n == 0 {
+        return gain;
+    }
+    let mut leaky = vec![F::zero(); n];
+    let mut count = vec![F::zero(); n];
+    for s_row in spikes.chunks_exact(n) {
+        leaky.par_chunks_mut(CHUNK).zip(count.par_chunks_mut(CHUNK)).zip(s_row.par_chunks(CHUNK)).for_each(
+            |((lf, tot), s)| {
+                for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
+                    let s = if s == S::FIRED { F::one() } else { F::zero() };
+                    *lf = leak * *lf + s;
+                    *tot += s;
                 }
             },
         );
     }
-    let mut delta = vec![F::zero(); n];
+    gain.par_chunks_mut(CHUNK).zip(leaky.par_chunks(CHUNK)).zip(count.par_chunks(CHUNK)).for_each(|((g, lf), tot)| {
+        for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
+            *g = *g * leak_correction(lf, tot, leak);
+        }
+    });
+    gain
+}
+
+/// [`spike_backward`] over a part of the window, run after the parts that follow it: `delta` holds
+/// `δ(t+1)` of the step after the part (zero after the window's last step) and is updated in place to the
+/// part's first step; `gain` comes from [`spike_gains`] over the whole window.
+pub fn spike_backward_from<F: Real, S: Spike>(
+    spikes: &[S],
+    grad_spikes: &[F],
+    gain: &[F],
+    delta: &mut [F],
+    grad_currents: &mut [F],
+) {
+    debug_assert_eq!(spikes.len(), grad_spikes.len());
+    debug_assert_eq!(spikes.len(), grad_currents.len());
+    let n = delta.len();
+    if n == 0 {
+        return;
+    }
     for ((s_row, g_row), d_row) in
         spikes.chunks_exact(n).zip(grad_spikes.chunks_exact(n)).zip(grad_currents.chunks_exact_mut(n)).rev()
     {
@@ -143,7 +201,7 @@ pub fn spike_backward<F: Real>(
             .zip(d_row.par_chunks_mut(CHUNK))
             .for_each(|((((d, k), s), g), out)| {
                 for ((((d, &k), &s), &g), out) in d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut()) {
-                    if s > F::zero() {
+                    if s == S::FIRED {
                         *d = k * g;
                     }
                     *out = *d;

@@ -80,7 +80,9 @@ impl Neuron {
         Ok(currents.contiguous()?.apply_op1(WindowOp(*self))?)
     }
 
-    fn backward_rule<F: Real>(&self) -> BackwardRule<F> {
+    /// The rule the backward pass applies at spike times: `1/θ` with the leak correction for
+    /// [`PseudoDerivative::LeakCorrected`], a unit factor for [`PseudoDerivative::Unit`].
+    pub fn backward_rule<F: Real>(&self) -> BackwardRule<F> {
         match self.pseudo_derivative {
             PseudoDerivative::LeakCorrected => {
                 BackwardRule { scale: F::lit(1.0 / self.threshold), leak_correction: Some(F::lit(self.leak)) }

@@ -101,15 +101,12 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, kh, kw) = w.dims4()?;
+        let (_, _, kh, _) = w.dims4()?;
         let gw = if self.events {
             conv2d_weight_grad_events(x, grad, kh, self.padding, self.stride)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?
         } else {
-            // Correlate the input with the output gradient (batch and channel axes swapped).
-            let gw =
-                x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, self.padding, 1, self.stride, 1)?.transpose(0, 1)?;
-            gw.narrow(2, 0, kh)?.narrow(3, 0, kw)?.contiguous()?
+            dense_kernel_grad(x, grad, kh, self.padding, self.stride)?
         };
         if self.input_grad == InputGrad::None {
             return Ok((None, Some(gw)));
@@ -117,19 +114,47 @@ impl CustomOp2 for ConvOp {
         let gx = if self.events && self.input_grad == InputGrad::AtSpikes {
             conv2d_input_grad_at_events(x, w, grad, self.padding, self.stride)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-        } else if self.stride == 1 && self.padding < kh && kh == kw {
-            // Full correlation of the output gradient with the spatially flipped, transposed kernel.
-            let rev: Vec<u32> = (0..kh as u32).rev().collect();
-            let rev = Tensor::new(rev.as_slice(), w.device())?;
-            let flipped = w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3)?;
-            grad.conv2d(&flipped, kh - 1 - self.padding, 1, 1, 1)?
         } else {
-            let (_, _, gh, _) = grad.dims4()?;
-            let out_size = (gh - 1) * self.stride + kh - 2 * self.padding;
-            let out_padding = x.dim(2)? - out_size;
-            grad.conv_transpose2d(w, self.padding, out_padding, self.stride, 1)?
+            dense_input_grad(w, grad, self.padding, self.stride, x.dim(2)?)?
         };
         Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// The kernel gradient `[O, C, k, k]` of a convolution from its dense input `x` `[N, C, H, W]` and output
+/// gradient `grad` `[N, O, Ho, Wo]`: the input correlated with the output gradient, batch and channel axes
+/// swapped.
+pub(crate) fn dense_kernel_grad(
+    x: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    let gw = x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, padding, 1, stride, 1)?.transpose(0, 1)?;
+    gw.narrow(2, 0, kernel)?.narrow(3, 0, kernel)?.contiguous()
+}
+
+/// The full input gradient `[N, C, H, H]` of a convolution with kernel `w` `[O, C, k, k]` from its output
+/// gradient `grad`: for stride 1 a full correlation with the spatially flipped, transposed kernel, otherwise
+/// Candle's transposed convolution.
+pub(crate) fn dense_input_grad(
+    w: &Tensor,
+    grad: &Tensor,
+    padding: usize,
+    stride: usize,
+    input_size: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, _, kh, kw) = w.dims4()?;
+    if stride == 1 && padding < kh && kh == kw {
+        let rev: Vec<u32> = (0..kh as u32).rev().collect();
+        let rev = Tensor::new(rev.as_slice(), w.device())?;
+        let flipped = w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3)?;
+        grad.conv2d(&flipped, kh - 1 - padding, 1, 1, 1)
+    } else {
+        let (_, _, gh, _) = grad.dims4()?;
+        let out_size = (gh - 1) * stride + kh - 2 * padding;
+        grad.conv_transpose2d(w, padding, input_size - out_size, stride, 1)
     }
 }
 

@@ -17,6 +17,7 @@ mod error;
 mod network;
 pub mod sparse;
 mod spec;
+mod tape;
 pub mod zoo;
 
 pub use checkpoint::{
@@ -25,4 +26,5 @@ pub use checkpoint::{
 pub use error::{Error, Result};
 pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
 pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
+pub use tape::{Gradients, Tape, PART_FRAMES};
 pub use zoo::{builtin, builtin_names, is_verified, provenance};

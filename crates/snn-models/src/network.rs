@@ -68,11 +68,11 @@ pub struct ForwardOutput {
 #[derive(Debug)]
 pub struct SpikingNetwork {
     spec: NetworkSpec,
-    shapes: HashMap<String, Vec<usize>>,
+    pub(crate) shapes: HashMap<String, Vec<usize>>,
     weights: Vec<(String, Var)>,
     index: HashMap<String, usize>,
-    lif: Neuron,
-    pool: Neuron,
+    pub(crate) lif: Neuron,
+    pub(crate) pool: Neuron,
     device: Device,
     dtype: DType,
 }
@@ -186,20 +186,15 @@ impl SpikingNetwork {
         Ok(masks)
     }
 
-    fn weight(&self, name: &str, track: bool) -> Result<Tensor> {
+    pub(crate) fn weight(&self, name: &str, track: bool) -> Result<Tensor> {
         let key = format!("{name}.weight");
         let i = self.index.get(&key).ok_or_else(|| Error::Weights(format!("missing tensor '{key}'")))?;
         let t = self.weights[*i].1.as_tensor();
         Ok(if track { t.clone() } else { t.detach() })
     }
 
-    /// Runs the network over a window of input spikes `[T, B, C, H, W]` and returns the readout and the
-    /// activity of every spiking layer.
-    ///
-    /// Execution is layer-major: each layer maps the whole window of its input at once (one convolution or
-    /// matrix product over all `T·B` frames), then its neurons run the window's recurrence in one op.
-    /// `masks` holds the dropout masks (see [`Self::draw_masks`]); pass an empty map for inference.
-    pub fn forward(&self, input: &Tensor, masks: &Masks, opts: ForwardOptions) -> Result<ForwardOutput> {
+    /// Checks an input window `[T, B, ...]` and its dropout masks against the spec; returns `(T, B)`.
+    pub(crate) fn check_input(&self, input: &Tensor, masks: &Masks) -> Result<(usize, usize)> {
         let dims = input.dims();
         if dims.len() != 5 || dims[2..] != self.spec.input_shape[..] || dims[0] == 0 || dims[1] == 0 {
             return Err(Error::Spec(format!(
@@ -207,9 +202,7 @@ impl SpikingNetwork {
                 self.spec.input_shape
             )));
         }
-        let (steps, batch) = (dims[0], dims[1]);
-        let track = opts.track_gradients;
-        let events = opts.engine == Engine::Sparse && !track && input.device().is_cpu();
+        let batch = dims[1];
         for (name, mask) in masks {
             let Some(shape) = self.shapes.get(name) else {
                 return Err(Error::Spec(format!("mask given for unknown layer '{name}'")));
@@ -221,6 +214,19 @@ impl SpikingNetwork {
                 )));
             }
         }
+        Ok((dims[0], batch))
+    }
+
+    /// Runs the network over a window of input spikes `[T, B, C, H, W]` and returns the readout and the
+    /// activity of every spiking layer.
+    ///
+    /// Execution is layer-major: each layer maps the whole window of its input at once (one convolution or
+    /// matrix product over all `T·B` frames), then its neurons run the window's recurrence in one op.
+    /// `masks` holds the dropout masks (see [`Self::draw_masks`]); pass an empty map for inference.
+    pub fn forward(&self, input: &Tensor, masks: &Masks, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let (steps, batch) = self.check_input(input, masks)?;
+        let track = opts.track_gradients;
+        let events = opts.engine == Engine::Sparse && !track && input.device().is_cpu();
 
         // Index of the last layer that reads each output, so windows are freed as soon as possible.
         let mut last_use: HashMap<&str, usize> = HashMap::new();

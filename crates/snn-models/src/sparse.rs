@@ -136,6 +136,91 @@ pub fn conv2d_input_grad_at_events(
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
 }
 
+/// A window of input frames whose non-zero entries the event-driven kernels visit, frame by frame.
+pub(crate) trait EventFrames<F: Real>: Sync {
+    /// Entries per frame.
+    fn frame_len(&self) -> usize;
+    /// Number of frames.
+    fn frames(&self) -> usize;
+    /// Calls `f(index, value)` for every non-zero entry of frame `frame`, in index order.
+    fn for_each_event(&self, frame: usize, f: impl FnMut(usize, F));
+}
+
+/// Frames stored densely, zeros included.
+pub(crate) struct DenseFrames<'a, F> {
+    /// `frames · frame_len` values.
+    pub data: &'a [F],
+    /// Entries per frame.
+    pub frame_len: usize,
+}
+
+impl<F: Real> EventFrames<F> for DenseFrames<'_, F> {
+    fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    fn frames(&self) -> usize {
+        self.data.len().checked_div(self.frame_len).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn for_each_event(&self, frame: usize, mut f: impl FnMut(usize, F)) {
+        for (i, &v) in self.data[frame * self.frame_len..][..self.frame_len].iter().enumerate() {
+            if v != F::zero() {
+                f(i, v);
+            }
+        }
+    }
+}
+
+/// Frames of a `[T, B, ...]` spike window stored as bytes (0 or 1), each spike weighted by its sample's
+/// dropout mask when there is one (frame `f` belongs to sample `f mod B`).
+pub(crate) struct SpikeFrames<'a, F> {
+    /// `frames · frame_len` bytes.
+    pub spikes: &'a [u8],
+    /// Entries per frame.
+    pub frame_len: usize,
+    /// Samples per time step `B`.
+    pub batch: usize,
+    /// Mask `[B, frame_len]`, when the layer has dropout.
+    pub mask: Option<&'a [F]>,
+}
+
+impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
+    fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    fn frames(&self) -> usize {
+        self.spikes.len().checked_div(self.frame_len).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn for_each_event(&self, frame: usize, mut f: impl FnMut(usize, F)) {
+        let bytes = &self.spikes[frame * self.frame_len..][..self.frame_len];
+        let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][..self.frame_len]);
+        let mut base = 0;
+        // Eight silent neurons are skipped with one comparison.
+        for word in bytes.chunks(8) {
+            if word.len() == 8 && u64::from_ne_bytes(word.try_into().unwrap_or([0; 8])) == 0 {
+                base += 8;
+                continue;
+            }
+            for (j, &b) in word.iter().enumerate() {
+                if b != 0 {
+                    let i = base + j;
+                    match mask {
+                        Some(m) if m[i] != F::zero() => f(i, m[i]),
+                        Some(_) => {}
+                        None => f(i, F::one()),
+                    }
+                }
+            }
+            base += word.len();
+        }
+    }
+}
+
 /// [`conv2d_input_grad_at_events`] on operands (frames, kernel, output gradient).
 struct EventInputGrad(ConvGeometry);
 
@@ -143,7 +228,10 @@ impl CpuKernel for EventInputGrad {
     const NAME: &'static str = "conv2d-input-grad-at-events";
 
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
-        input_grad_events(operands[0], operands[1], operands[2], self.0)
+        let x = DenseFrames { data: operands[0], frame_len: self.0.frame_in() };
+        let mut out = vec![F::zero(); operands[0].len()];
+        input_grad_events(&x, &kernel_rows(operands[1], self.0), operands[2], self.0, &mut out);
+        out
     }
 }
 
@@ -165,40 +253,33 @@ impl CustomOp3 for EventInputGrad {
     }
 }
 
-fn input_grad_events<F: Real>(x: &[F], w: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
-    let rows = kernel_rows(w, g);
-    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
-    let mut out = vec![F::zero(); x.len()];
-    out.par_chunks_mut(g.channels * plane_in)
-        .zip(x.par_chunks(g.channels * plane_in))
-        .zip(grad.par_chunks(g.outputs * plane_out))
-        .for_each_init(
-            || vec![F::zero(); plane_out * g.outputs],
-            |channel_last, ((dst, frame), frame_grad)| input_grad_frame(frame, frame_grad, &rows, g, channel_last, dst),
-        );
-    out
-}
-
-/// One frame of [`input_grad_events`]: `dst[c, y, x] = Σ_taps W[:, c, ky, kx] · grad[:, oy, ox]` at events.
-#[inline(never)]
-fn input_grad_frame<F: Real>(
-    frame: &[F],
-    frame_grad: &[F],
+/// Adds to `out` (laid out like the frames) the gradient of a convolution's input at the input's events:
+/// `out[f, c, y, x] += Σ_taps W[:, c, ky, kx] · grad[f, :, oy, ox]`, from the transposed kernel `rows`
+/// ([`kernel_rows`]) and the output gradient `grad` `[N, O, Ho, Wo]`.
+pub(crate) fn input_grad_events<F: Real, X: EventFrames<F>>(
+    x: &X,
     rows: &[F],
+    grad: &[F],
     g: ConvGeometry,
-    channel_last: &mut [F],
-    dst: &mut [F],
+    out: &mut [F],
 ) {
-    planes_to_channel_last(frame_grad, g, channel_last);
     let per_channel = g.kernel * g.kernel * g.outputs;
-    for_each_event(frame, g, |i, c, y, x, _| {
-        let taps = &rows[c * per_channel..][..per_channel];
-        let mut sum = F::zero();
-        for_each_tap(y, x, g, |tap, out| {
-            sum += dot(&taps[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs]);
-        });
-        dst[i] = sum;
-    });
+    let plane_in = g.height * g.width;
+    out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each_init(
+        || vec![F::zero(); g.frame_out()],
+        |channel_last, (f, (dst, frame_grad))| {
+            planes_to_channel_last(frame_grad, g, channel_last);
+            x.for_each_event(f, |i, _| {
+                let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+                let taps = &rows[c * per_channel..][..per_channel];
+                let mut sum = F::zero();
+                for_each_tap(y, xx, g, |tap, o| {
+                    sum += dot(&taps[tap * g.outputs..][..g.outputs], &channel_last[o * g.outputs..][..g.outputs]);
+                });
+                dst[i] += sum;
+            });
+        },
+    );
 }
 
 struct EventWeightGrad {
@@ -211,18 +292,31 @@ struct EventWeightGrad {
 /// frames, never on the thread count or on scheduling, so the sum is the same bits on every run.
 const FRAMES_PER_PARTIAL: usize = 16;
 
-fn weight_grad_events<F: Real>(x: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
-    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
+/// The kernel gradient `[O, C, k, k]` of a convolution from its input events and output gradient `grad`
+/// `[N, O, Ho, Wo]`: `Σ_f Σ_events v · grad[f, :, oy, ox]` into the tap `(c, ky, kx)`.
+pub(crate) fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry) -> Vec<F> {
     let taps = g.channels * g.kernel * g.kernel;
-    let (frame_in, frame_out) = (g.channels * plane_in, g.outputs * plane_out);
-    let partials: Vec<Vec<F>> = x
-        .par_chunks(frame_in * FRAMES_PER_PARTIAL)
-        .zip(grad.par_chunks(frame_out * FRAMES_PER_PARTIAL))
-        .map(|(frames, grads)| {
+    let per_channel = g.kernel * g.kernel * g.outputs;
+    let plane_in = g.height * g.width;
+    let partials: Vec<Vec<F>> = grad
+        .par_chunks(g.frame_out() * FRAMES_PER_PARTIAL)
+        .enumerate()
+        .map(|(part, grads)| {
             let mut acc = vec![F::zero(); taps * g.outputs];
-            let mut channel_last = vec![F::zero(); plane_out * g.outputs];
-            for (frame, frame_grad) in frames.chunks_exact(frame_in).zip(grads.chunks_exact(frame_out)) {
-                weight_grad_frame(frame, frame_grad, g, &mut acc, &mut channel_last);
+            let mut channel_last = vec![F::zero(); g.frame_out()];
+            for (j, frame_grad) in grads.chunks_exact(g.frame_out()).enumerate() {
+                planes_to_channel_last(frame_grad, g, &mut channel_last);
+                x.for_each_event(part * FRAMES_PER_PARTIAL + j, |i, v| {
+                    let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+                    let acc_c = &mut acc[c * per_channel..][..per_channel];
+                    for_each_tap(y, xx, g, |tap, o| {
+                        add_scaled(
+                            &mut acc_c[tap * g.outputs..][..g.outputs],
+                            &channel_last[o * g.outputs..][..g.outputs],
+                            v,
+                        );
+                    });
+                });
             }
             acc
         })
@@ -236,19 +330,6 @@ fn weight_grad_events<F: Real>(x: &[F], grad: &[F], g: ConvGeometry) -> Vec<F> {
     transpose(&acc, taps, g.outputs)
 }
 
-/// One frame of [`weight_grad_events`]: `acc[c, ky, kx, :] += v · grad[:, oy, ox]` for every event.
-#[inline(never)]
-fn weight_grad_frame<F: Real>(frame: &[F], frame_grad: &[F], g: ConvGeometry, acc: &mut [F], channel_last: &mut [F]) {
-    planes_to_channel_last(frame_grad, g, channel_last);
-    let per_channel = g.kernel * g.kernel * g.outputs;
-    for_each_event(frame, g, |_, c, y, x, v| {
-        let acc_c = &mut acc[c * per_channel..][..per_channel];
-        for_each_tap(y, x, g, |tap, out| {
-            add_scaled(&mut acc_c[tap * g.outputs..][..g.outputs], &channel_last[out * g.outputs..][..g.outputs], v);
-        });
-    });
-}
-
 /// [`EventWeightGrad`] with the geometry read from its operands' shapes.
 struct KernelGrad(ConvGeometry);
 
@@ -256,7 +337,7 @@ impl CpuKernel for KernelGrad {
     const NAME: &'static str = "conv2d-weight-grad-events";
 
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
-        weight_grad_events(operands[0], operands[1], self.0)
+        weight_grad_events(&DenseFrames { data: operands[0], frame_len: self.0.frame_in() }, operands[1], self.0)
     }
 }
 
@@ -298,22 +379,60 @@ struct EventConv {
     stride: usize,
 }
 
-/// Geometry of one event convolution.
-#[derive(Clone, Copy)]
-struct ConvGeometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    outputs: usize,
-    kernel: usize,
-    padding: usize,
-    stride: usize,
-    out_h: usize,
-    out_w: usize,
+/// Geometry of one convolution: input `[C, H, W]`, kernel `[O, C, k, k]`, output `[O, Ho, Wo]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvGeometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub outputs: usize,
+    pub kernel: usize,
+    pub padding: usize,
+    pub stride: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl ConvGeometry {
+    /// The geometry of a `kernel`×`kernel` convolution of `[channels, height, width]` frames into `outputs`
+    /// channels; `None` when the kernel is larger than the padded input or the stride is 0.
+    pub fn new(
+        [channels, height, width]: [usize; 3],
+        outputs: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+    ) -> Option<Self> {
+        if stride == 0 {
+            return None;
+        }
+        let span = |len: usize| (len + 2 * padding).checked_sub(kernel).map(|d| d / stride + 1);
+        Some(Self {
+            channels,
+            height,
+            width,
+            outputs,
+            kernel,
+            padding,
+            stride,
+            out_h: span(height)?,
+            out_w: span(width)?,
+        })
+    }
+
+    /// Entries of one input frame.
+    pub fn frame_in(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Entries of one output frame.
+    pub fn frame_out(&self) -> usize {
+        self.outputs * self.out_h * self.out_w
+    }
 }
 
 /// `src` as a `rows × cols` row-major matrix, transposed.
-fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
+pub(crate) fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
     for r in 0..rows {
         for c in 0..cols {
@@ -333,54 +452,37 @@ fn planes_to_channel_last<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F])
     }
 }
 
-/// Calls `f(index, channel, y, x, value)` for every non-zero entry of a frame `[C, H, W]`.
-#[inline(always)]
-fn for_each_event<F: Real>(frame: &[F], g: ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, F)) {
-    let plane = g.height * g.width;
-    for (i, &v) in frame.iter().enumerate() {
-        if v != F::zero() {
-            f(i, i / plane, (i % plane) / g.width, i % g.width, v);
-        }
-    }
-}
-
-/// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`.
-fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
+/// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`: one contiguous row of output weights per input tap.
+pub(crate) fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
     transpose(w, g.outputs, g.channels * g.kernel * g.kernel)
 }
 
-fn conv_events<F: Real>(x: &[F], w: &[F], n: usize, g: ConvGeometry) -> Vec<F> {
-    let rows = kernel_rows(w, g);
-    let (plane_in, plane_out) = (g.height * g.width, g.out_h * g.out_w);
-    let mut out = vec![F::zero(); n * g.outputs * plane_out];
-    out.par_chunks_mut(g.outputs * plane_out).zip(x.par_chunks(g.channels * plane_in)).for_each_init(
-        // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
-        || vec![F::zero(); plane_out * g.outputs],
-        |acc, (dst, frame)| conv_frame(frame, &rows, g, acc, dst),
-    );
-    out
-}
-
-/// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
-/// here), then writes it to `dst` as `[O, Ho, Wo]`.
-#[inline(never)]
-fn conv_frame<F: Real>(frame: &[F], rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
+/// Event-driven convolution into `out` `[N, O, Ho, Wo]` (overwritten) from the input events and the
+/// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
+pub(crate) fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
     let plane_out = g.out_h * g.out_w;
     let per_channel = g.kernel * g.kernel * g.outputs;
-    acc.fill(F::zero());
-    for_each_event(frame, g, |_, c, y, x, v| {
-        let taps = &rows[c * per_channel..][..per_channel];
-        for_each_tap(y, x, g, |tap, out| {
-            add_scaled(&mut acc[out * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
-        });
-    });
-    for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
-        for (o, &value) in cell.iter().enumerate() {
-            dst[o * plane_out + p] = value;
-        }
-    }
+    let plane_in = g.height * g.width;
+    out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
+        // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
+        || vec![F::zero(); g.frame_out()],
+        |acc, (f, dst)| {
+            acc.fill(F::zero());
+            x.for_each_event(f, |i, v| {
+                let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+                let taps = &rows[c * per_channel..][..per_channel];
+                for_each_tap(y, xx, g, |tap, o| {
+                    add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
+                });
+            });
+            for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
+                for (o, &value) in cell.iter().enumerate() {
+                    dst[o * plane_out + p] = value;
+                }
+            }
+        },
+    );
 }
-
 /// Calls `f(tap, output)` for every kernel tap `ky·k + kx` through which the input at `(y, x)` reaches an
 /// output position `oy·Wo + ox` (`oy·s + ky = y + p`, `ox·s + kx = x + p`).
 #[inline(always)]
@@ -451,31 +553,64 @@ fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
     }
 }
 
-fn linear_events_cpu<F: Real>(x: &[F], w: &[F], inputs: usize, outputs: usize) -> Vec<F> {
-    // W[out, in] → W[in, out]: each event adds one contiguous row.
-    let rows = transpose(w, outputs, inputs);
-    let mut out = vec![F::zero(); x.len() / inputs * outputs];
-    out.par_chunks_mut(outputs).zip(x.par_chunks(inputs)).for_each(|(dst, frame)| {
-        for (i, &v) in frame.iter().enumerate() {
-            if v != F::zero() {
-                add_scaled(dst, &rows[i * outputs..][..outputs], v);
-            }
-        }
+/// Event-driven product into `out` `[N, Out]` (overwritten): each input event adds its row of the transposed
+/// weight `rows` `[In, Out]`.
+pub(crate) fn linear_events_into<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], outputs: usize, out: &mut [F]) {
+    out.par_chunks_mut(outputs).enumerate().for_each(|(f, dst)| {
+        dst.fill(F::zero());
+        x.for_each_event(f, |i, v| add_scaled(dst, &rows[i * outputs..][..outputs], v));
     });
-    out
+}
+
+/// The weight gradient `[Out, In]` of a fully connected layer from its input events and output gradient
+/// `grad` `[N, Out]`: `Σ_f Σ_events v · grad[f, :]` into column `i`.
+pub(crate) fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], outputs: usize) -> Vec<F> {
+    let inputs = x.frame_len();
+    let partials: Vec<Vec<F>> = grad
+        .par_chunks(outputs * FRAMES_PER_PARTIAL)
+        .enumerate()
+        .map(|(part, grads)| {
+            let mut acc = vec![F::zero(); inputs * outputs];
+            for (j, row) in grads.chunks_exact(outputs).enumerate() {
+                x.for_each_event(part * FRAMES_PER_PARTIAL + j, |i, v| {
+                    add_scaled(&mut acc[i * outputs..][..outputs], row, v);
+                });
+            }
+            acc
+        })
+        .collect();
+    let mut acc = vec![F::zero(); inputs * outputs];
+    for partial in &partials {
+        acc.iter_mut().zip(partial).for_each(|(a, &p)| *a += p);
+    }
+    transpose(&acc, inputs, outputs)
+}
+
+/// Adds to `out` `[N, In]` the input gradient of a fully connected layer at the input's events:
+/// `out[f, i] += rows[i, :] · grad[f, :]`, with `rows` the transposed weight `[In, Out]`.
+pub(crate) fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
+    x: &X,
+    rows: &[F],
+    grad: &[F],
+    outputs: usize,
+    out: &mut [F],
+) {
+    out.par_chunks_mut(x.frame_len()).zip(grad.par_chunks(outputs)).enumerate().for_each(|(f, (dst, row))| {
+        x.for_each_event(f, |i, _| dst[i] += dot(&rows[i * outputs..][..outputs], row));
+    });
 }
 
 /// [`EventConv`] on `frames` frames of the given geometry.
-struct ConvForward {
-    frames: usize,
-    g: ConvGeometry,
-}
+struct ConvForward(ConvGeometry);
 
 impl CpuKernel for ConvForward {
     const NAME: &'static str = "conv2d-events";
 
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
-        conv_events(operands[0], operands[1], self.frames, self.g)
+        let x = DenseFrames { data: operands[0], frame_len: self.0.frame_in() };
+        let mut out = vec![F::zero(); x.frames() * self.0.frame_out()];
+        conv_events(&x, &kernel_rows(operands[1], self.0), self.0, &mut out);
+        out
     }
 }
 
@@ -493,23 +628,11 @@ impl CustomOp2 for EventConv {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (o, _, k, _) = l2.shape().dims4()?;
-        let span = |len: usize| (len + 2 * self.padding).checked_sub(k).map(|d| d / self.stride + 1);
-        let (Some(out_h), Some(out_w)) = (span(h), span(w)) else {
+        let Some(g) = ConvGeometry::new([c, h, w], o, k, self.padding, self.stride) else {
             return Err(candle_core::Error::Msg(format!("kernel {k} larger than the padded {h}×{w} input")));
         };
-        let g = ConvGeometry {
-            channels: c,
-            height: h,
-            width: w,
-            outputs: o,
-            kernel: k,
-            padding: self.padding,
-            stride: self.stride,
-            out_h,
-            out_w,
-        };
-        let storage = run_cpu(&ConvForward { frames: n, g }, &[(s1, l1), (s2, l2)])?;
-        Ok((storage, Shape::from((n, o, out_h, out_w))))
+        let storage = run_cpu(&ConvForward(g), &[(s1, l1), (s2, l2)])?;
+        Ok((storage, Shape::from((n, o, g.out_h, g.out_w))))
     }
 }
 
@@ -526,7 +649,10 @@ impl CpuKernel for Product {
     const NAME: &'static str = "linear-events";
 
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
-        linear_events_cpu(operands[0], operands[1], self.inputs, self.outputs)
+        let x = DenseFrames { data: operands[0], frame_len: self.inputs };
+        let mut out = vec![F::zero(); x.frames() * self.outputs];
+        linear_events_into(&x, &transpose(operands[1], self.outputs, self.inputs), self.outputs, &mut out);
+        out
     }
 }
 

@@ -1,0 +1,737 @@
+//! The lean training pass on the CPU: a forward pass that keeps only a compact tape, and the spike-based
+//! backward pass written out by hand.
+//!
+//! Candle's autograd keeps every intermediate window of the graph in full precision: each layer's input, its
+//! currents and its spikes, `[T, B, ...]` floats each. The backward pass of Lee et al. needs far less:
+//!
+//! * a spiking layer's backward recurrence reads only its own spikes (and the leak correction computed from
+//!   them), never its currents or membranes;
+//! * a synaptic layer's kernel gradient `Σ_t δ(t) ⊗ x(t)` and its input gradient at the input's spikes read
+//!   only the input spikes, which are the previous layer's spikes times its dropout mask;
+//! * the readout's backward is constant over the window (`∂y/∂I(t) = 1/(θT)`), so its kernel gradient needs
+//!   only the input spike counts.
+//!
+//! So the tape holds each spiking layer's spikes as one byte per neuron and step, the dropout masks, the
+//! readout's input counts and the caller's input window; everything else lives for one part of the window.
+//!
+//! The window runs in **parts** of a few time steps ([`PART_FRAMES`] frames of `T·B`): forward, every layer
+//! maps one part (one convolution over its frames, then the neuron recurrence continued from the membranes
+//! the previous part left); backward, parts run in reverse time, every layer continuing its error `δ(t+1)`
+//! from the part after. Transient buffers are therefore sized by the part, not by `T`; only the byte tape grows
+//! with the window. The values are those of [`SpikingNetwork::forward`] with gradients tracked: the same
+//! event-driven or dense convolutions per frame, the same recurrences; kernel gradients sum the parts in a
+//! fixed order, so they can differ from the whole-window sum in the last bits.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, WithDType};
+use snn_core::kernels::{self, Real};
+
+use crate::conv::{dense_input_grad, dense_kernel_grad};
+use crate::network::{LayerActivity, Masks};
+use crate::sparse::{
+    conv_events, input_grad_events, linear_events_into, linear_input_grad_events, linear_weight_grad_events, transpose,
+    weight_grad_events, ConvGeometry, DenseFrames, EventFrames, SpikeFrames, EVENT_DENSITY_LIMIT,
+};
+use crate::spec::{LayerSpec, ShortcutKind, INPUT};
+use crate::{Error, ForwardOutput, Result, SpikingNetwork};
+
+/// Frames (`steps · batch`) per part of the window: the part's steps are `max(1, PART_FRAMES / B)`.
+pub const PART_FRAMES: usize = 64;
+
+/// What a training forward pass keeps for [`SpikingNetwork::backward`]: the spikes of every spiking layer as
+/// bytes, the dropout masks, the readout's input spike counts and the input window.
+#[derive(Debug)]
+pub struct Tape {
+    steps: usize,
+    batch: usize,
+    input: Tensor,
+    masks: Masks,
+    spikes: HashMap<String, Vec<u8>>,
+    readout_counts: Vec<f64>,
+}
+
+impl Tape {
+    /// Time steps of the window.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Bytes the tape holds beyond the caller's input window and masks: one per spiking neuron and step,
+    /// plus the readout's input counts.
+    pub fn bytes(&self) -> usize {
+        self.spikes.values().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
+    }
+
+    /// The spike window `[T, B, ...]` of a spiking layer (before its mask) as 0/1 in `dtype`, if the layer
+    /// exists.
+    pub fn spike_window(&self, net: &SpikingNetwork, layer: &str, dtype: DType) -> Result<Option<Tensor>> {
+        let (Some(bytes), Some(shape)) = (self.spikes.get(layer), net.layer_shape(layer)) else { return Ok(None) };
+        let mut dims = vec![self.steps, self.batch];
+        dims.extend_from_slice(shape);
+        Ok(Some(Tensor::from_slice(bytes.as_slice(), dims, &Device::Cpu)?.to_dtype(dtype)?))
+    }
+}
+
+/// Weight gradients of one backward pass, by weight name (`<layer>.weight`), in the network's weight order.
+#[derive(Debug, Clone, Default)]
+pub struct Gradients(Vec<(String, Tensor)>);
+
+impl Gradients {
+    /// Collects named gradients.
+    pub fn new(grads: Vec<(String, Tensor)>) -> Self {
+        Self(grads)
+    }
+
+    /// The gradients of the network's weights from a Candle autograd pass (weights without one are left out).
+    pub fn from_grad_store(store: &candle_core::backprop::GradStore, net: &SpikingNetwork) -> Self {
+        Self(
+            net.weights()
+                .iter()
+                .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+                .collect(),
+        )
+    }
+
+    /// The gradient of weight `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, g)| g)
+    }
+
+    /// All gradients in weight order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.0.iter().map(|(n, g)| (n.as_str(), g))
+    }
+}
+
+impl SpikingNetwork {
+    /// The forward pass of training on the CPU: the readout and layer activity of
+    /// [`Self::forward`], plus the compact [`Tape`] that [`Self::backward`] needs (no autograd graph).
+    ///
+    /// The output tensor is not connected to the weights: form the loss on it, take its gradient with respect
+    /// to the output, and pass that to [`Self::backward`].
+    pub fn forward_taped(&self, input: &Tensor, masks: &Masks) -> Result<(ForwardOutput, Tape)> {
+        if !self.device().is_cpu() {
+            return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
+        }
+        match self.dtype() {
+            DType::F32 => Pass::<f32>::new(self, input, masks)?.forward(),
+            DType::F64 => Pass::<f64>::new(self, input, masks)?.forward(),
+            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
+        }
+    }
+
+    /// The spike-based backward pass from a [`Tape`] and the gradient of the loss with respect to the readout
+    /// `[B, classes]`: the gradient of every weight, as Candle's autograd computes it through
+    /// [`Self::forward`] (up to summation order).
+    pub fn backward(&self, tape: Tape, grad_output: &Tensor) -> Result<Gradients> {
+        match self.dtype() {
+            DType::F32 => Pass::<f32>::new(self, &tape.input, &tape.masks)?.backward(&tape, grad_output),
+            DType::F64 => Pass::<f64>::new(self, &tape.input, &tape.masks)?.backward(&tape, grad_output),
+            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
+        }
+    }
+}
+
+/// One layer's weights as slices: the tensor (for the dense layers) and its transposed rows (for the
+/// event-driven ones).
+struct Weights<F> {
+    tensor: Tensor,
+    values: Vec<F>,
+    rows: Vec<F>,
+}
+
+/// Where a synaptic layer's input frames of the current part come from.
+enum Source<'a, F> {
+    /// The caller's input window (any values).
+    Input(DenseFrames<'a, F>),
+    /// A spiking layer's byte tape, masked.
+    Spikes(SpikeFrames<'a, F>),
+}
+
+impl<F: Real + WithDType> Source<'_, F> {
+    fn frame_len(&self) -> usize {
+        match self {
+            Source::Input(x) => x.frame_len(),
+            Source::Spikes(x) => x.frame_len(),
+        }
+    }
+
+    fn frames(&self) -> usize {
+        match self {
+            Source::Input(x) => x.frames(),
+            Source::Spikes(x) => x.frames(),
+        }
+    }
+
+    /// Whether few enough entries are non-zero for the event-driven kernels.
+    fn sparse(&self) -> bool {
+        let (nonzero, len) = match self {
+            Source::Input(x) => (x.data.iter().filter(|v| **v != F::zero()).count(), x.data.len()),
+            Source::Spikes(x) => (x.spikes.iter().filter(|&&b| b != 0).count(), x.spikes.len()),
+        };
+        nonzero as f64 <= EVENT_DENSITY_LIMIT * len as f64
+    }
+
+    /// The frames as a dense tensor `[N, ...frame]`.
+    fn dense(&self, frame: &[usize]) -> Result<Tensor> {
+        let mut dims = vec![self.frames()];
+        dims.extend_from_slice(frame);
+        let values = match self {
+            Source::Input(x) => x.data.to_vec(),
+            Source::Spikes(x) => {
+                let mut v = vec![F::zero(); x.spikes.len()];
+                for f in 0..x.frames() {
+                    let dst = &mut v[f * x.frame_len..][..x.frame_len];
+                    x.for_each_event(f, |i, value| dst[i] = value);
+                }
+                v
+            }
+        };
+        Ok(Tensor::from_vec(values, dims, &Device::Cpu)?)
+    }
+}
+
+/// The state of one taped pass over a network, for one float type.
+struct Pass<'a, F> {
+    net: &'a SpikingNetwork,
+    input: &'a Tensor,
+    steps: usize,
+    batch: usize,
+    /// Steps per part.
+    part: usize,
+    masks: HashMap<String, Vec<F>>,
+    weights: HashMap<String, Weights<F>>,
+}
+
+impl<'a, F: Real + WithDType> Pass<'a, F> {
+    fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks) -> Result<Self> {
+        let (steps, batch) = net.check_input(input, masks)?;
+        let masks = masks
+            .iter()
+            .map(|(k, m)| Ok((k.clone(), m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)))
+            .collect::<Result<_>>()?;
+        let mut weights = HashMap::new();
+        for (name, var) in net.weights() {
+            let tensor = var.as_tensor().detach();
+            let values = tensor.flatten_all()?.to_vec1::<F>()?;
+            let dims = tensor.dims();
+            let (outputs, fan_in) = (dims[0], values.len() / dims[0]);
+            let rows = transpose(&values, outputs, fan_in);
+            let layer = name.strip_suffix(".weight").unwrap_or(name).to_string();
+            weights.insert(layer, Weights { tensor, values, rows });
+        }
+        let part = (PART_FRAMES / batch).clamp(1, steps);
+        Ok(Self { net, input, steps, batch, part, masks, weights })
+    }
+
+    fn weights(&self, layer: &str) -> Result<&Weights<F>> {
+        self.weights.get(layer).ok_or_else(|| Error::Weights(format!("missing tensor '{layer}.weight'")))
+    }
+
+    fn neurons(&self, layer: &str) -> usize {
+        self.net.shapes.get(layer).map_or(0, |s| s.iter().product())
+    }
+
+    /// Per-sample shape of a layer's output, or of the input.
+    fn shape(&self, layer: &str) -> Vec<usize> {
+        if layer == INPUT {
+            self.net.spec().input_shape.clone()
+        } else {
+            self.net.shapes.get(layer).cloned().unwrap_or_default()
+        }
+    }
+
+    /// The input frames of part `[t0, t0 + steps)` of `layer`'s output (or of the input window).
+    fn source<'s>(
+        &'s self,
+        layer: &str,
+        t0: usize,
+        steps: usize,
+        input: &'s [F],
+        spikes: &'s HashMap<String, Vec<u8>>,
+    ) -> Result<Source<'s, F>> {
+        if layer == INPUT {
+            let frame_len = self.net.spec().input_shape.iter().product();
+            return Ok(Source::Input(DenseFrames { data: input, frame_len }));
+        }
+        let n = self.neurons(layer);
+        let bytes = spikes.get(layer).ok_or_else(|| Error::Spec(format!("layer '{layer}' has no output")))?;
+        let span = self.batch * n;
+        Ok(Source::Spikes(SpikeFrames {
+            spikes: &bytes[t0 * span..(t0 + steps) * span],
+            frame_len: n,
+            batch: self.batch,
+            mask: self.masks.get(layer).map(Vec::as_slice),
+        }))
+    }
+
+    /// The input window's part `[t0, t0 + steps)`.
+    fn input_part(&self, t0: usize, steps: usize) -> Result<Vec<F>> {
+        Ok(self.input.narrow(0, t0, steps)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
+    }
+
+    fn geometry(
+        &self,
+        input: &str,
+        outputs: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+    ) -> Result<ConvGeometry> {
+        let shape = self.shape(input);
+        let [c, h, w] = shape[..] else {
+            return Err(Error::Spec(format!("convolution input '{input}' is not [C, H, W]: {shape:?}")));
+        };
+        ConvGeometry::new([c, h, w], outputs, kernel, padding, stride)
+            .ok_or_else(|| Error::Spec(format!("kernel {kernel} does not fit input '{input}' {shape:?}")))
+    }
+
+    /// Currents of a convolution over the part's frames, event-driven when the input is sparse.
+    fn conv_forward(&self, x: &Source<F>, w: &Weights<F>, g: ConvGeometry, out: &mut [F]) -> Result<()> {
+        if x.sparse() {
+            match x {
+                Source::Input(x) => conv_events(x, &w.rows, g, out),
+                Source::Spikes(x) => conv_events(x, &w.rows, g, out),
+            }
+        } else {
+            let y = x.dense(&[g.channels, g.height, g.width])?.conv2d(&w.tensor, g.padding, g.stride, 1, 1)?;
+            out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
+        }
+        Ok(())
+    }
+
+    fn forward(self) -> Result<(ForwardOutput, Tape)> {
+        let spec = self.net.spec();
+        let (steps, batch) = (self.steps, self.batch);
+        let mut spikes: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut membranes: HashMap<String, Vec<F>> = HashMap::new();
+        for layer in &spec.layers {
+            if !matches!(layer, LayerSpec::Readout(_)) {
+                let n = self.neurons(layer.name());
+                spikes.insert(layer.name().to_string(), vec![0; steps * batch * n]);
+                membranes.insert(layer.name().to_string(), vec![F::zero(); batch * n]);
+            }
+        }
+        let mut readout = Vec::new();
+        let mut readout_counts = Vec::new();
+
+        for t0 in (0..steps).step_by(self.part) {
+            let len = self.part.min(steps - t0);
+            let frames = len * batch;
+            let input = self.input_part(t0, len)?;
+            for layer in &spec.layers {
+                let name = layer.name();
+                let x = self.source(layer.input(), t0, len, &input, &spikes)?;
+                let (currents, neuron) = match layer {
+                    LayerSpec::Conv(c) => {
+                        let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
+                        let mut currents = vec![F::zero(); frames * g.frame_out()];
+                        self.conv_forward(&x, self.weights(name)?, g, &mut currents)?;
+                        if let Some(sc) = &c.shortcut {
+                            let src = self.source(&sc.input, t0, len, &input, &spikes)?;
+                            let mut term = vec![F::zero(); currents.len()];
+                            match sc.kind {
+                                ShortcutKind::Conv1x1 => {
+                                    let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
+                                    self.conv_forward(&src, self.weights(&sc.name)?, g, &mut term)?;
+                                }
+                                ShortcutKind::Subsample => {
+                                    let shape = self.shape(&sc.input);
+                                    subsample(&src, &shape, sc.stride, &self.shape(name), &mut term)?;
+                                }
+                            }
+                            currents.iter_mut().zip(&term).for_each(|(c, t)| *c += *t);
+                        }
+                        (currents, self.net.lif)
+                    }
+                    LayerSpec::Fc(f) => {
+                        let mut currents = vec![F::zero(); frames * f.out_features];
+                        linear_forward(&x, self.weights(name)?, f.out_features, &mut currents)?;
+                        (currents, self.net.lif)
+                    }
+                    LayerSpec::Pool(p) => {
+                        let shape = self.shape(&p.input);
+                        let mut currents = vec![F::zero(); frames * self.neurons(name)];
+                        average_pool(&x, &shape, p.kernel, &mut currents);
+                        (currents, self.net.pool)
+                    }
+                    LayerSpec::Readout(r) => {
+                        let mut currents = vec![F::zero(); frames * r.out_features];
+                        linear_forward(&x, self.weights(name)?, r.out_features, &mut currents)?;
+                        if readout.is_empty() {
+                            readout = vec![F::zero(); batch * r.out_features];
+                            readout_counts = vec![0.0; batch * x.frame_len()];
+                        }
+                        let leak = F::lit(spec.leak);
+                        for row in currents.chunks_exact(readout.len()) {
+                            readout.iter_mut().zip(row).for_each(|(m, &i)| *m = leak * (*m + i));
+                        }
+                        add_counts(&x, &mut readout_counts);
+                        break;
+                    }
+                };
+                let n = self.neurons(name);
+                let span = batch * n;
+                let (Some(membrane), Some(tape)) = (membranes.get_mut(name), spikes.get_mut(name)) else {
+                    return Err(Error::Spec(format!("layer '{name}' has no state")));
+                };
+                kernels::spike_forward_from(
+                    &currents,
+                    F::lit(neuron.threshold),
+                    F::lit(neuron.leak),
+                    membrane,
+                    &mut tape[t0 * span..(t0 + len) * span],
+                );
+            }
+        }
+
+        let Some(LayerSpec::Readout(r)) = spec.layers.iter().find(|l| matches!(l, LayerSpec::Readout(_))) else {
+            return Err(Error::Spec("network has no readout".into()));
+        };
+        let norm = F::lit(spec.threshold * steps as f64);
+        let out: Vec<F> = readout.iter().map(|&m| m / norm).collect();
+        let output = Tensor::from_vec(out, (batch, r.out_features), &Device::Cpu)?;
+
+        let mut activity = Vec::new();
+        for layer in &spec.layers {
+            let Some(bytes) = spikes.get(layer.name()) else { continue };
+            let shape = self.shape(layer.name());
+            let n = shape.iter().product::<usize>();
+            let mut counts = vec![0u32; n];
+            for frame in bytes.chunks_exact(n) {
+                counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
+            }
+            let counts: Vec<f64> = counts.into_iter().map(f64::from).collect();
+            activity.push(LayerActivity {
+                name: layer.name().to_string(),
+                is_pool: matches!(layer, LayerSpec::Pool(_)),
+                neurons: n,
+                neuron_counts: Tensor::from_vec(counts, shape, &Device::Cpu)?,
+                spikes: None,
+            });
+        }
+        let masks = self
+            .masks
+            .iter()
+            .map(|(k, v)| {
+                let mut dims = vec![batch];
+                dims.extend(self.shape(k));
+                Ok((k.clone(), Tensor::from_slice(v, dims, &Device::Cpu)?))
+            })
+            .collect::<Result<Masks>>()?;
+        let tape = Tape { steps, batch, input: self.input.clone(), masks, spikes, readout_counts };
+        Ok((ForwardOutput { output, activity }, tape))
+    }
+
+    fn backward(self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
+        let spec = self.net.spec();
+        let (steps, batch) = (self.steps, self.batch);
+        let Some(LayerSpec::Readout(r)) = spec.layers.iter().find(|l| matches!(l, LayerSpec::Readout(_))) else {
+            return Err(Error::Spec("network has no readout".into()));
+        };
+        if grad_output.dims() != [batch, r.out_features] {
+            return Err(Error::Spec(format!(
+                "output gradient has shape {:?}, expected [{batch}, {}]",
+                grad_output.dims(),
+                r.out_features
+            )));
+        }
+        let spikes = &tape.spikes;
+        // The readout: ∂y/∂I(t) = 1/(θT) at every step.
+        let norm = F::lit(1.0 / (spec.threshold * steps as f64));
+        let readout_delta: Vec<F> =
+            grad_output.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?.into_iter().map(|g| g * norm).collect();
+        let classes = r.out_features;
+        let fan_in = r.in_features;
+        let mut grads: HashMap<String, Vec<F>> =
+            self.weights.iter().map(|(k, w)| (k.clone(), vec![F::zero(); w.values.len()])).collect();
+        {
+            let gw = grads.get_mut(&r.name).ok_or_else(|| Error::Weights(format!("missing '{}.weight'", r.name)))?;
+            for b in 0..batch {
+                let counts = &tape.readout_counts[b * fan_in..][..fan_in];
+                for k in 0..classes {
+                    let d = readout_delta[b * classes + k];
+                    gw[k * fan_in..][..fan_in].iter_mut().zip(counts).for_each(|(g, &c)| *g += d * F::lit(c));
+                }
+            }
+        }
+        // Gradient of the readout's input spikes, the same at every step: [B, in].
+        let readout_rows = &self.weights(&r.name)?.rows;
+        let readout_input_grad: Vec<F> = (0..batch * fan_in)
+            .map(|j| {
+                let (b, i) = (j / fan_in, j % fan_in);
+                (0..classes).fold(F::zero(), |s, k| s + readout_rows[i * classes + k] * readout_delta[b * classes + k])
+            })
+            .collect();
+
+        // Per spiking layer: the factor at spike times (θ⁻¹·NG or 1) and the running error δ(t+1).
+        let mut gains: HashMap<&str, Vec<F>> = HashMap::new();
+        let mut deltas: HashMap<&str, Vec<F>> = HashMap::new();
+        for layer in &spec.layers {
+            let name = layer.name();
+            let Some(bytes) = spikes.get(name) else { continue };
+            let span = batch * self.neurons(name);
+            let neuron = if matches!(layer, LayerSpec::Pool(_)) { self.net.pool } else { self.net.lif };
+            gains.insert(name, kernels::spike_gains(bytes, span, neuron.backward_rule()));
+            deltas.insert(name, vec![F::zero(); span]);
+        }
+
+        let starts: Vec<usize> = (0..steps).step_by(self.part).collect();
+        for &t0 in starts.iter().rev() {
+            let len = self.part.min(steps - t0);
+            let frames = len * batch;
+            let input = self.input_part(t0, len)?;
+            let mut grad_spikes: HashMap<&str, Vec<F>> = HashMap::new();
+            for layer in &spec.layers {
+                if spikes.contains_key(layer.name()) {
+                    grad_spikes.insert(layer.name(), vec![F::zero(); frames * self.neurons(layer.name())]);
+                }
+            }
+            if let Some(g) = grad_spikes.get_mut(r.input.as_str()) {
+                for row in g.chunks_exact_mut(batch * fan_in) {
+                    row.iter_mut().zip(&readout_input_grad).for_each(|(g, &d)| *g += d);
+                }
+            }
+            for layer in spec.layers.iter().rev() {
+                let name = layer.name();
+                let Some(mut grad) = grad_spikes.remove(name) else { continue };
+                let n = self.neurons(name);
+                if let Some(mask) = self.masks.get(name) {
+                    for row in grad.chunks_exact_mut(batch * n) {
+                        row.iter_mut().zip(mask).for_each(|(g, &m)| *g = *g * m);
+                    }
+                }
+                let span = batch * n;
+                let (Some(gain), Some(delta)) = (gains.get(name), deltas.get_mut(name)) else { continue };
+                let mut currents_grad = vec![F::zero(); grad.len()];
+                let own = &spikes[name][t0 * span..(t0 + len) * span];
+                kernels::spike_backward_from(own, &grad, gain, delta, &mut currents_grad);
+                drop(grad);
+                let x = self.source(layer.input(), t0, len, &input, spikes)?;
+                match layer {
+                    LayerSpec::Conv(c) => {
+                        let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
+                        let w = self.weights(name)?;
+                        let gw = self.conv_backward(&x, w, g, &currents_grad, grad_spikes.get_mut(c.input.as_str()))?;
+                        add(grads.get_mut(name), &gw);
+                        if let Some(sc) = &c.shortcut {
+                            let src = self.source(&sc.input, t0, len, &input, spikes)?;
+                            let into = grad_spikes.get_mut(sc.input.as_str());
+                            match sc.kind {
+                                ShortcutKind::Conv1x1 => {
+                                    let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
+                                    let gw =
+                                        self.conv_backward(&src, self.weights(&sc.name)?, g, &currents_grad, into)?;
+                                    add(grads.get_mut(&sc.name), &gw);
+                                }
+                                ShortcutKind::Subsample => {
+                                    if let Some(into) = into {
+                                        let shape = self.shape(&sc.input);
+                                        subsample_grad(&shape, sc.stride, &self.shape(name), &currents_grad, into);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    LayerSpec::Fc(f) => {
+                        let w = self.weights(name)?;
+                        let gw = linear_backward(
+                            &x,
+                            w,
+                            f.out_features,
+                            &currents_grad,
+                            grad_spikes.get_mut(f.input.as_str()),
+                        )?;
+                        add(grads.get_mut(name), &gw);
+                    }
+                    LayerSpec::Pool(p) => {
+                        if let Some(into) = grad_spikes.get_mut(p.input.as_str()) {
+                            average_pool_grad(&self.shape(&p.input), p.kernel, &currents_grad, into);
+                        }
+                    }
+                    LayerSpec::Readout(_) => {}
+                }
+            }
+        }
+
+        let mut out = Vec::new();
+        for (name, var) in self.net.weights() {
+            let layer = name.strip_suffix(".weight").unwrap_or(name);
+            let g = grads.remove(layer).ok_or_else(|| Error::Weights(format!("missing '{name}'")))?;
+            out.push((name.clone(), Tensor::from_vec(g, var.dims(), &Device::Cpu)?));
+        }
+        Ok(Gradients(out))
+    }
+
+    /// Kernel gradient of a convolution over one part, adding its input gradient (at the input's events,
+    /// or everywhere for a dense input) into `input_grad` when the input is a spiking layer.
+    fn conv_backward(
+        &self,
+        x: &Source<F>,
+        w: &Weights<F>,
+        g: ConvGeometry,
+        delta: &[F],
+        input_grad: Option<&mut Vec<F>>,
+    ) -> Result<Vec<F>> {
+        let input_grad = match x {
+            Source::Input(_) => None,
+            Source::Spikes(_) => input_grad,
+        };
+        if x.sparse() {
+            let rows = &w.rows;
+            match x {
+                Source::Input(x) => Ok(weight_grad_events(x, delta, g)),
+                Source::Spikes(x) => {
+                    if let Some(into) = input_grad {
+                        input_grad_events(x, rows, delta, g, into);
+                    }
+                    Ok(weight_grad_events(x, delta, g))
+                }
+            }
+        } else {
+            let frames = x.frames();
+            let dense = x.dense(&[g.channels, g.height, g.width])?;
+            let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
+            if let Some(into) = input_grad {
+                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, g.height)?;
+                add(Some(into), &gx.flatten_all()?.to_vec1::<F>()?);
+            }
+            Ok(dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?)
+        }
+    }
+}
+
+/// `dst += src`, when there is a destination.
+fn add<F: Real>(dst: Option<&mut Vec<F>>, src: &[F]) {
+    if let Some(dst) = dst {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+    }
+}
+
+/// Currents of a fully connected layer over the part's frames `[N, out]`.
+fn linear_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, outputs: usize, out: &mut [F]) -> Result<()> {
+    if x.sparse() {
+        match x {
+            Source::Input(x) => linear_events_into(x, &w.rows, outputs, out),
+            Source::Spikes(x) => linear_events_into(x, &w.rows, outputs, out),
+        }
+    } else {
+        let y = x.dense(&[x.frame_len()])?.matmul(&w.tensor.t()?)?;
+        out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
+    }
+    Ok(())
+}
+
+/// Weight gradient `[out, in]` of a fully connected layer over one part, adding its input gradient at the
+/// input's events into `input_grad` when the input is a spiking layer.
+fn linear_backward<F: Real + WithDType>(
+    x: &Source<F>,
+    w: &Weights<F>,
+    outputs: usize,
+    delta: &[F],
+    input_grad: Option<&mut Vec<F>>,
+) -> Result<Vec<F>> {
+    match x {
+        Source::Input(x) => Ok(linear_weight_grad_events(x, delta, outputs)),
+        Source::Spikes(x) => {
+            if let Some(into) = input_grad {
+                linear_input_grad_events(x, &w.rows, delta, outputs, into);
+            }
+            Ok(linear_weight_grad_events(x, delta, outputs))
+        }
+    }
+}
+
+/// Adds the part's input frames, summed over its steps, into `counts` `[B, in]`.
+fn add_counts<F: Real + WithDType>(x: &Source<F>, counts: &mut [f64]) {
+    let len = x.frame_len();
+    let batch = counts.len() / len.max(1);
+    for f in 0..x.frames() {
+        let row = &mut counts[(f % batch) * len..][..len];
+        let mut visit = |i: usize, v: F| row[i] += <F as WithDType>::to_f64(v);
+        match x {
+            Source::Input(x) => x.for_each_event(f, &mut visit),
+            Source::Spikes(x) => x.for_each_event(f, &mut visit),
+        }
+    }
+}
+
+/// Average pooling (window = stride = `k`, no padding) of the part's frames `[N, C, H, W]` into `out`
+/// `[N, C, H/k, W/k]`.
+fn average_pool<F: Real + WithDType>(x: &Source<F>, shape: &[usize], k: usize, out: &mut [F]) {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let (oh, ow) = (h / k, w / k);
+    let scale = F::lit(1.0 / (k * k) as f64);
+    for (f, dst) in out.chunks_exact_mut(c * oh * ow).enumerate() {
+        let mut visit = |i: usize, v: F| {
+            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
+            if y / k < oh && xx / k < ow {
+                dst[(ch * oh + y / k) * ow + xx / k] += v * scale;
+            }
+        };
+        match x {
+            Source::Input(x) => x.for_each_event(f, &mut visit),
+            Source::Spikes(x) => x.for_each_event(f, &mut visit),
+        }
+    }
+}
+
+/// Gradient of [`average_pool`]: every input position of a window receives `1/k²` of the window's gradient.
+fn average_pool_grad<F: Real>(shape: &[usize], k: usize, delta: &[F], into: &mut [F]) {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let (oh, ow) = (h / k, w / k);
+    let scale = F::lit(1.0 / (k * k) as f64);
+    for (d, dst) in delta.chunks_exact(c * oh * ow).zip(into.chunks_exact_mut(c * h * w)) {
+        for ch in 0..c {
+            for y in 0..oh * k {
+                for x in 0..ow * k {
+                    dst[(ch * h + y) * w + x] += d[(ch * oh + y / k) * ow + x / k] * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Identity subsampling shortcut: output `(c, i, j)` is input `(c, s·i, s·j)`; adds into `out`.
+fn subsample<F: Real + WithDType>(
+    x: &Source<F>,
+    shape: &[usize],
+    stride: usize,
+    out_shape: &[usize],
+    out: &mut [F],
+) -> Result<()> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let (oh, ow) = (out_shape[1], out_shape[2]);
+    if out_shape[0] != c || h.div_ceil(stride) != oh || w.div_ceil(stride) != ow {
+        return Err(Error::Spec(format!("subsampling {shape:?} by {stride} does not give {out_shape:?}")));
+    }
+    for (f, dst) in out.chunks_exact_mut(c * oh * ow).enumerate() {
+        let mut visit = |i: usize, v: F| {
+            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
+            if y % stride == 0 && xx % stride == 0 {
+                dst[(ch * oh + y / stride) * ow + xx / stride] += v;
+            }
+        };
+        match x {
+            Source::Input(x) => x.for_each_event(f, &mut visit),
+            Source::Spikes(x) => x.for_each_event(f, &mut visit),
+        }
+    }
+    Ok(())
+}
+
+/// Gradient of [`subsample`] into its input positions.
+fn subsample_grad<F: Real>(shape: &[usize], stride: usize, out_shape: &[usize], delta: &[F], into: &mut [F]) {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let (oh, ow) = (out_shape[1], out_shape[2]);
+    for (d, dst) in delta.chunks_exact(c * oh * ow).zip(into.chunks_exact_mut(c * h * w)) {
+        for ch in 0..c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    dst[(ch * h + i * stride) * w + j * stride] += d[(ch * oh + i) * ow + j];
+                }
+            }
+        }
+    }
+}

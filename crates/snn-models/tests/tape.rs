@@ -1,0 +1,161 @@
+//! The taped training pass (byte tape, hand-written backward, window in parts) against Candle's autograd
+//! through the layer-major forward pass.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use snn_models::{builtin, ForwardOptions, Masks, NetworkSpec, SpikingNetwork};
+
+/// A small residual network with every layer kind: a stem, pooling, a block with a strided 1×1-conv
+/// shortcut, a block with an identity-subsampling shortcut, dropout on a convolution and the fully
+/// connected layer, and the readout.
+const SMALL_RESNET: &str = r#"{
+  "name": "small-resnet", "input_shape": [2, 16, 16], "input_signed": true, "dropout_p": 0.25,
+  "stats_after_mask": false,
+  "layers": [
+    {"kind": "conv", "name": "stem", "input": "input", "in_channels": 2, "out_channels": 4, "kernel": 3,
+     "padding": 1, "dropout": true},
+    {"kind": "pool", "name": "pool1", "input": "stem"},
+    {"kind": "conv", "name": "a1", "input": "pool1", "in_channels": 4, "out_channels": 6, "kernel": 3,
+     "padding": 1},
+    {"kind": "conv", "name": "a2", "input": "a1", "in_channels": 6, "out_channels": 6, "kernel": 3,
+     "padding": 1, "stride": 2,
+     "shortcut": {"name": "short1", "kind": "conv1x1", "input": "pool1", "stride": 2}},
+    {"kind": "conv", "name": "b1", "input": "a2", "in_channels": 6, "out_channels": 6, "kernel": 3,
+     "padding": 1},
+    {"kind": "conv", "name": "b2", "input": "b1", "in_channels": 6, "out_channels": 6, "kernel": 3,
+     "padding": 1, "stride": 2,
+     "shortcut": {"name": "short2", "kind": "subsample", "input": "a2", "stride": 2}},
+    {"kind": "fc", "name": "fc0", "input": "b2", "in_features": 24, "out_features": 12, "dropout": true},
+    {"kind": "readout", "name": "out", "input": "fc0", "in_features": 12, "out_features": 3}
+  ]
+}"#;
+
+/// Input spikes in {−1, 0, 1} (or {0, 1}) with the given density.
+fn input(shape: &[usize], density: f64, signed: bool, rng: &mut ChaCha8Rng) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| match (rng.gen_bool(density), signed && rng.gen_bool(0.5)) {
+            (false, _) => 0.0,
+            (true, true) => -1.0,
+            (true, false) => 1.0,
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Runs both training passes in f64 on the same input, masks and loss gradient and compares readout,
+/// spike counts and every weight gradient. Returns the total spike count (so callers can check that the
+/// network was active).
+fn passes_agree(net: &SpikingNetwork, x: &Tensor, masks: &Masks) -> f64 {
+    let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
+    let reference = net.forward(x, masks, opts).unwrap();
+    let (taped, tape) = net.forward_taped(x, masks).unwrap();
+
+    let diff = max_abs(&(&reference.output - &taped.output).unwrap());
+    assert!(diff < 1e-12, "{}: readouts differ by {diff}", net.spec().name);
+    let mut total = 0.0;
+    for (r, t) in reference.activity.iter().zip(&taped.activity) {
+        assert_eq!(r.name, t.name);
+        let (r, t) = (r.neuron_counts.flatten_all().unwrap(), t.neuron_counts.flatten_all().unwrap());
+        assert_eq!(r.to_vec1::<f64>().unwrap(), t.to_vec1::<f64>().unwrap(), "spike counts of a layer differ");
+        total += t.sum_all().unwrap().to_scalar::<f64>().unwrap();
+    }
+    assert_eq!(reference.activity.len(), taped.activity.len());
+
+    // A loss with a gradient that differs per sample and class: L = Σ c_bk · y_bk².
+    let (b, k) = reference.output.dims2().unwrap();
+    let c: Vec<f64> = (0..b * k).map(|i| ((i * 7 % 5) as f64) - 1.5).collect();
+    let c = Tensor::from_vec(c, (b, k), &Device::Cpu).unwrap();
+    let loss = |y: &Tensor| (y.sqr().unwrap() * &c).unwrap().sum_all().unwrap();
+    let autograd = loss(&reference.output).backward().unwrap();
+    let out = Var::from_tensor(&taped.output).unwrap();
+    let grad_output = loss(out.as_tensor()).backward().unwrap().get(out.as_tensor()).unwrap().clone();
+    let grads = net.backward(tape, &grad_output).unwrap();
+
+    for (name, var) in net.weights() {
+        let r = autograd.get(var.as_tensor()).cloned().unwrap_or(var.as_tensor().zeros_like().unwrap());
+        let t = grads.get(name).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(r.dims(), t.dims(), "{name}");
+        let scale = max_abs(&r).max(1e-300);
+        let diff = max_abs(&(&r - t).unwrap());
+        assert!(diff <= 1e-10 * scale.max(1.0), "{name}: gradients differ by {diff} (largest {scale})");
+    }
+    total
+}
+
+#[test]
+fn the_taped_pass_reproduces_autograd_on_every_layer_kind() {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // 16 samples: parts of 4 steps, so T = 9 runs as 4 + 4 + 1 with state carried across parts.
+    let (steps, batch) = (9, 16);
+    for (density, excite) in [(0.1, false), (0.6, false), (0.5, true)] {
+        let net = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+        // With positive stem and a1 weights and positive input those layers fire at most steps, so the layers
+        // reading them (pool1, a2) take the dense fallback of the taped pass.
+        let weights: HashMap<String, Tensor> = net
+            .weights()
+            .iter()
+            .map(|(n, v)| {
+                let t = v.as_tensor().clone();
+                let excited = excite && (n == "stem.weight" || n == "a1.weight");
+                (n.clone(), if excited { (t.abs().unwrap() * 3.0).unwrap() } else { t })
+            })
+            .collect();
+        let net = SpikingNetwork::from_weights(spec.clone(), weights, DType::F64, &Device::Cpu).unwrap();
+        let masks = net.draw_masks(batch, &mut rng).unwrap();
+        assert_eq!(masks.len(), 2);
+        let x = input(&[steps, batch, 2, 16, 16], density, !excite, &mut rng);
+        let spikes = passes_agree(&net, &x, &masks);
+        assert!(spikes > 0.0, "the network must be active");
+    }
+}
+
+#[test]
+fn the_taped_pass_reproduces_autograd_on_lenet_over_two_parts() {
+    let spec = builtin("lenet").unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let net = SpikingNetwork::new(spec, &mut rng, DType::F64, &Device::Cpu).unwrap();
+    let masks = net.draw_masks(2, &mut rng).unwrap();
+    // Parts of 32 steps: 32 + 8.
+    let x = input(&[40, 2, 1, 28, 28], 0.2, false, &mut rng);
+    assert!(passes_agree(&net, &x, &masks) > 0.0);
+}
+
+#[test]
+fn the_tape_keeps_one_byte_per_neuron_and_step() {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let net = SpikingNetwork::new(spec, &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let (steps, batch) = (5, 2);
+    let x = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng).to_dtype(DType::F32).unwrap();
+    let (_, tape) = net.forward_taped(&x, &Masks::new()).unwrap();
+    // Spiking neurons per sample: stem 4·16·16, pool1 4·8·8, a1 6·8·8, a2 6·4·4, b1 6·4·4, b2 6·2·2,
+    // fc0 12; the readout keeps its 12 input counts per sample in f64.
+    let neurons = 1024 + 256 + 384 + 96 + 96 + 24 + 12;
+    assert_eq!(tape.bytes(), steps * batch * neurons + 8 * batch * 12);
+    assert_eq!(tape.steps(), steps);
+    let window = tape.spike_window(&net, "a1", DType::F32).unwrap().unwrap();
+    assert_eq!(window.dims(), [steps, batch, 6, 8, 8]);
+    assert!(tape.spike_window(&net, "nope", DType::F32).unwrap().is_none());
+}
+
+#[test]
+fn bad_gradients_and_inputs_are_errors() {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let net = SpikingNetwork::new(spec, &mut ChaCha8Rng::seed_from_u64(1), DType::F64, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((3, 2, 2, 16, 16), DType::F64, &Device::Cpu).unwrap();
+    let (_, tape) = net.forward_taped(&x, &Masks::new()).unwrap();
+    let wrong = Tensor::zeros((2, 4), DType::F64, &Device::Cpu).unwrap();
+    let err = net.backward(tape, &wrong).unwrap_err().to_string();
+    assert!(err.contains("[2, 3]"), "{err}");
+    let bad_input = Tensor::zeros((3, 2, 1, 16, 16), DType::F64, &Device::Cpu).unwrap();
+    assert!(net.forward_taped(&bad_input, &Masks::new()).is_err());
+}
