@@ -14,7 +14,8 @@ use rand::Rng;
 use serde::Serialize;
 use snn_core::RateEncoder;
 use snn_data::mnist::{builtin_subset, Split};
-use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
+use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, SpikingNetwork};
+use snn_train::loss::sum_squared_error;
 use snn_train::{stream_rng, train_step, Sgd, Stream};
 
 use crate::peers::{PeerRow, Peers, IMPLS};
@@ -32,7 +33,9 @@ pub struct BenchArgs {
 }
 
 /// What can be timed.
-pub const MODES: [&str; 3] = ["train", "infer", "infer-sparse"];
+/// What can be timed: the training step (taped pass on the CPU), the same step through Candle's autograd,
+/// inference with dense layers, inference with event-driven layers.
+pub const MODES: [&str; 4] = ["train", "train-graph", "infer", "infer-sparse"];
 
 #[derive(Serialize)]
 struct Row {
@@ -173,6 +176,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 if mode == "train" {
                     let masks = net.draw_masks(idx.len(), &mut rng)?;
                     train_step(&net, &mut opt, &x, &labels, &masks)?;
+                } else if mode == "train-graph" {
+                    // The same step through Candle's autograd (the path other devices take).
+                    let masks = net.draw_masks(idx.len(), &mut rng)?;
+                    let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
+                    let out = net.forward(&x, &masks, opts)?;
+                    let grads = sum_squared_error(&out.output, &labels)?.backward()?;
+                    opt.step(&Gradients::from_grad_store(&grads, &net))?;
                 } else {
                     let engine = if mode == "infer" { Engine::Dense } else { Engine::Sparse };
                     net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() })?;
@@ -185,7 +195,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
             let med = median(&mut times);
             let flops_per_pass = 2.0 * macs_per_step as f64 * t as f64 * idx.len() as f64;
-            let flops = if mode == "train" { 3.0 * flops_per_pass } else { flops_per_pass };
+            let flops = if mode.starts_with("train") { 3.0 * flops_per_pass } else { flops_per_pass };
             let gflops = flops / med / 1e9;
             rows.push(Row {
                 model: args.model.clone(),

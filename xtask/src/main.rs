@@ -56,7 +56,8 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// What to time (comma-separated): train, infer (dense layers), infer-sparse (event-driven layers).
+        /// What to time (comma-separated): train (taped pass), train-graph (the same step through autograd),
+        /// infer (dense layers), infer-sparse (event-driven layers).
         #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
         modes: Vec<String>,
         /// Also time the peer implementations (plain PyTorch, snnTorch, SpikingJelly) with this Python, in the

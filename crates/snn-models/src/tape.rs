@@ -444,15 +444,16 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             grad_output.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?.into_iter().map(|g| g * norm).collect();
         let classes = r.out_features;
         let fan_in = r.in_features;
+        // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
         let mut grads: HashMap<String, Vec<F>> =
             self.weights.iter().map(|(k, w)| (k.clone(), vec![F::zero(); w.values.len()])).collect();
         {
-            let gw = grads.get_mut(&r.name).ok_or_else(|| Error::Weights(format!("missing '{}.weight'", r.name)))?;
+            let gw = accumulator(&mut grads, &r.name)?;
             for b in 0..batch {
                 let counts = &tape.readout_counts[b * fan_in..][..fan_in];
-                for k in 0..classes {
-                    let d = readout_delta[b * classes + k];
-                    gw[k * fan_in..][..fan_in].iter_mut().zip(counts).for_each(|(g, &c)| *g += d * F::lit(c));
+                let delta = &readout_delta[b * classes..][..classes];
+                for (row, &c) in gw.chunks_exact_mut(classes).zip(counts) {
+                    row.iter_mut().zip(delta).for_each(|(g, &d)| *g += d * F::lit(c));
                 }
             }
         }
@@ -513,17 +514,17 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     LayerSpec::Conv(c) => {
                         let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
                         let w = self.weights(name)?;
-                        let gw = self.conv_backward(&x, w, g, &currents_grad, grad_spikes.get_mut(c.input.as_str()))?;
-                        add(grads.get_mut(name), &gw);
+                        let into = grad_spikes.get_mut(c.input.as_str());
+                        self.conv_backward(&x, w, g, &currents_grad, into, accumulator(&mut grads, name)?)?;
                         if let Some(sc) = &c.shortcut {
                             let src = self.source(&sc.input, t0, len, &input, spikes)?;
                             let into = grad_spikes.get_mut(sc.input.as_str());
                             match sc.kind {
                                 ShortcutKind::Conv1x1 => {
                                     let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
-                                    let gw =
-                                        self.conv_backward(&src, self.weights(&sc.name)?, g, &currents_grad, into)?;
-                                    add(grads.get_mut(&sc.name), &gw);
+                                    let w = self.weights(&sc.name)?;
+                                    let acc = accumulator(&mut grads, &sc.name)?;
+                                    self.conv_backward(&src, w, g, &currents_grad, into, acc)?;
                                 }
                                 ShortcutKind::Subsample => {
                                     if let Some(into) = into {
@@ -536,14 +537,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     }
                     LayerSpec::Fc(f) => {
                         let w = self.weights(name)?;
-                        let gw = linear_backward(
-                            &x,
-                            w,
-                            f.out_features,
-                            &currents_grad,
-                            grad_spikes.get_mut(f.input.as_str()),
-                        )?;
-                        add(grads.get_mut(name), &gw);
+                        let into = grad_spikes.get_mut(f.input.as_str());
+                        linear_backward(&x, w, f.out_features, &currents_grad, into, accumulator(&mut grads, name)?);
                     }
                     LayerSpec::Pool(p) => {
                         if let Some(into) = grad_spikes.get_mut(p.input.as_str()) {
@@ -559,12 +554,15 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         for (name, var) in self.net.weights() {
             let layer = name.strip_suffix(".weight").unwrap_or(name);
             let g = grads.remove(layer).ok_or_else(|| Error::Weights(format!("missing '{name}'")))?;
+            let outputs = var.dims()[0];
+            let g = transpose(&g, g.len() / outputs, outputs);
             out.push((name.clone(), Tensor::from_vec(g, var.dims(), &Device::Cpu)?));
         }
         Ok(Gradients(out))
     }
 
-    /// Kernel gradient of a convolution over one part, adding its input gradient (at the input's events,
+    /// Adds the kernel gradient of a convolution over one part to `acc` (transposed, `[C·k·k, O]`), and its
+    /// input gradient (at the input's events,
     /// or everywhere for a dense input) into `input_grad` when the input is a spiking layer.
     fn conv_backward(
         &self,
@@ -573,20 +571,20 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         g: ConvGeometry,
         delta: &[F],
         input_grad: Option<&mut Vec<F>>,
-    ) -> Result<Vec<F>> {
+        acc: &mut [F],
+    ) -> Result<()> {
         let input_grad = match x {
             Source::Input(_) => None,
             Source::Spikes(_) => input_grad,
         };
         if x.sparse() {
-            let rows = &w.rows;
             match x {
-                Source::Input(x) => Ok(weight_grad_events(x, delta, g)),
+                Source::Input(x) => weight_grad_events(x, delta, g, acc),
                 Source::Spikes(x) => {
                     if let Some(into) = input_grad {
-                        input_grad_events(x, rows, delta, g, into);
+                        input_grad_events(x, &w.rows, delta, g, into);
                     }
-                    Ok(weight_grad_events(x, delta, g))
+                    weight_grad_events(x, delta, g, acc);
                 }
             }
         } else {
@@ -595,18 +593,19 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
             if let Some(into) = input_grad {
                 let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, g.height)?;
-                add(Some(into), &gx.flatten_all()?.to_vec1::<F>()?);
+                add(into, &gx.flatten_all()?.to_vec1::<F>()?);
             }
-            Ok(dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?)
+            // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
+            let gw = dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?;
+            add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
         }
+        Ok(())
     }
 }
 
-/// `dst += src`, when there is a destination.
-fn add<F: Real>(dst: Option<&mut Vec<F>>, src: &[F]) {
-    if let Some(dst) = dst {
-        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-    }
+/// `dst += src`.
+fn add<F: Real>(dst: &mut [F], src: &[F]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
 /// Currents of a fully connected layer over the part's frames `[N, out]`.
@@ -623,24 +622,30 @@ fn linear_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, outputs: u
     Ok(())
 }
 
-/// Weight gradient `[out, in]` of a fully connected layer over one part, adding its input gradient at the
-/// input's events into `input_grad` when the input is a spiking layer.
+/// Adds the weight gradient of a fully connected layer over one part to `acc` (transposed, `[in, out]`),
+/// and its input gradient at the input's events into `input_grad` when the input is a spiking layer.
 fn linear_backward<F: Real + WithDType>(
     x: &Source<F>,
     w: &Weights<F>,
     outputs: usize,
     delta: &[F],
     input_grad: Option<&mut Vec<F>>,
-) -> Result<Vec<F>> {
+    acc: &mut [F],
+) {
     match x {
-        Source::Input(x) => Ok(linear_weight_grad_events(x, delta, outputs)),
+        Source::Input(x) => linear_weight_grad_events(x, delta, outputs, acc),
         Source::Spikes(x) => {
             if let Some(into) = input_grad {
                 linear_input_grad_events(x, &w.rows, delta, outputs, into);
             }
-            Ok(linear_weight_grad_events(x, delta, outputs))
+            linear_weight_grad_events(x, delta, outputs, acc);
         }
     }
+}
+
+/// The transposed gradient accumulator of a layer's weight.
+fn accumulator<'m, F>(grads: &'m mut HashMap<String, Vec<F>>, layer: &str) -> Result<&'m mut [F]> {
+    grads.get_mut(layer).map(Vec::as_mut_slice).ok_or_else(|| Error::Weights(format!("missing '{layer}.weight'")))
 }
 
 /// Adds the part's input frames, summed over its steps, into `counts` `[B, in]`.

@@ -1,6 +1,7 @@
 //! Stochastic gradient descent as the paper's recipe uses it.
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{Tensor, Var};
+use snn_models::Gradients;
 
 use crate::{Error, Result};
 
@@ -61,9 +62,9 @@ impl Sgd {
 
     /// Applies one update from the gradients in `grads`. Variables without a gradient are left unchanged
     /// (except for weight decay, which still applies, as in PyTorch only when a gradient exists).
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for ((_, var), buf) in self.vars.iter().zip(self.momentum_buffers.iter_mut()) {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        for ((name, var), buf) in self.vars.iter().zip(self.momentum_buffers.iter_mut()) {
+            let Some(g) = grads.get(name) else { continue };
             let mut d = g.clone();
             if self.weight_decay > 0.0 {
                 d = (d + (var.as_tensor() * self.weight_decay)?)?;
@@ -91,7 +92,7 @@ mod tests {
     fn update_matches_hand_computation() -> Result<()> {
         let w = Var::from_vec(vec![1.0f64, -2.0], 2, &Device::Cpu)?;
         let loss = (w.as_tensor() * 3.0)?.sum_all()?; // gradient 3 everywhere
-        let grads = loss.backward()?;
+        let grads = Gradients::new(vec![("w".into(), loss.backward()?.get(w.as_tensor()).unwrap().clone())]);
         let mut opt = Sgd::new(vec![("w".into(), w.clone())], 0.1, 0.0, 0.5)?;
         opt.step(&grads)?;
         // w - 0.1 * (3 + 0.5 w)

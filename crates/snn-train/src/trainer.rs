@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,8 @@ use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
-    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Engine, ForwardOptions, ForwardOutput, Masks,
-    SpikingNetwork,
+    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Engine, ForwardOptions, ForwardOutput,
+    Gradients, Masks, SpikingNetwork,
 };
 
 use crate::loss::{count_correct, sum_squared_error};
@@ -355,27 +355,39 @@ pub fn train_step(
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
-    let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
-    let out = net.forward(x, masks, opts)?;
-    let loss = sum_squared_error(&out.output, labels)?;
-    let loss_value = match ensure_finite(&loss, "loss", 0, 0) {
-        Ok(v) => v,
-        Err(e) => {
-            // Name the culprit when it is a weight.
-            for (name, var) in net.weights() {
-                ensure_finite(&var.as_tensor().sum_all()?, &format!("loss (weight {name} is not finite)"), 0, 0)?;
-            }
-            return Err(e);
-        }
+    // On the CPU the taped pass (compact tape, hand-written backward); elsewhere Candle's autograd.
+    let (out, loss_value, grads) = if net.device().is_cpu() {
+        let (out, tape) = net.forward_taped(x, masks)?;
+        let readout = Var::from_tensor(&out.output)?;
+        let loss = sum_squared_error(readout.as_tensor(), labels)?;
+        let loss_value = checked_loss(net, &loss)?;
+        let grad_output = loss.backward()?.get(readout.as_tensor()).cloned();
+        let grad_output = grad_output.ok_or_else(|| Error::Config("the loss does not depend on the readout".into()))?;
+        let grads = net.backward(tape, &grad_output)?;
+        (out, loss_value, grads)
+    } else {
+        let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
+        let out = net.forward(x, masks, opts)?;
+        let loss = sum_squared_error(&out.output, labels)?;
+        let loss_value = checked_loss(net, &loss)?;
+        let grads = Gradients::from_grad_store(&loss.backward()?, net);
+        (out, loss_value, grads)
     };
-    let grads = loss.backward()?;
-    for (name, var) in net.weights() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
-        }
+    for (name, g) in grads.iter() {
+        ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
     }
     opt.step(&grads)?;
     Ok((out, loss_value))
+}
+
+/// The loss as a number, or a non-finite error that names a non-finite weight when there is one.
+fn checked_loss(net: &SpikingNetwork, loss: &Tensor) -> Result<f64> {
+    ensure_finite(loss, "loss", 0, 0).or_else(|e| {
+        for (name, var) in net.weights() {
+            ensure_finite(&var.as_tensor().sum_all()?, &format!("loss (weight {name} is not finite)"), 0, 0)?;
+        }
+        Err(e)
+    })
 }
 
 /// Options of a training run beyond the recipe.
