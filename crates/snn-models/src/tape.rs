@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, WithDType};
+use rayon::prelude::*;
 use snn_core::kernels::{self, Real};
 
 use crate::conv::{dense_input_grad, dense_kernel_grad};
@@ -663,12 +664,12 @@ fn add_counts<F: Real + WithDType>(x: &Source<F>, counts: &mut [f64]) {
 }
 
 /// Average pooling (window = stride = `k`, no padding) of the part's frames `[N, C, H, W]` into `out`
-/// `[N, C, H/k, W/k]`.
+/// `[N, C, H/k, W/k]`; frames in parallel.
 fn average_pool<F: Real + WithDType>(x: &Source<F>, shape: &[usize], k: usize, out: &mut [F]) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
     let scale = F::lit(1.0 / (k * k) as f64);
-    for (f, dst) in out.chunks_exact_mut(c * oh * ow).enumerate() {
+    out.par_chunks_mut(c * oh * ow).enumerate().for_each(|(f, dst)| {
         let mut visit = |i: usize, v: F| {
             let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
             if y / k < oh && xx / k < ow {
@@ -679,23 +680,26 @@ fn average_pool<F: Real + WithDType>(x: &Source<F>, shape: &[usize], k: usize, o
             Source::Input(x) => x.for_each_event(f, &mut visit),
             Source::Spikes(x) => x.for_each_event(f, &mut visit),
         }
-    }
+    });
 }
 
-/// Gradient of [`average_pool`]: every input position of a window receives `1/k²` of the window's gradient.
+/// Gradient of [`average_pool`]: every input position of a window receives `1/k²` of the window's gradient;
+/// frames in parallel.
 fn average_pool_grad<F: Real>(shape: &[usize], k: usize, delta: &[F], into: &mut [F]) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
     let scale = F::lit(1.0 / (k * k) as f64);
-    for (d, dst) in delta.chunks_exact(c * oh * ow).zip(into.chunks_exact_mut(c * h * w)) {
-        for ch in 0..c {
-            for y in 0..oh * k {
-                for x in 0..ow * k {
-                    dst[(ch * h + y) * w + x] += d[(ch * oh + y / k) * ow + x / k] * scale;
+    into.par_chunks_mut(c * h * w).zip(delta.par_chunks(c * oh * ow)).for_each(|(dst, d)| {
+        for (plane, d) in dst.chunks_exact_mut(h * w).zip(d.chunks_exact(oh * ow)) {
+            for (rows, d_row) in plane.chunks_exact_mut(k * w).zip(d.chunks_exact(ow)) {
+                for row in rows.chunks_exact_mut(w) {
+                    for (cells, &g) in row.chunks_exact_mut(k).zip(d_row) {
+                        cells.iter_mut().for_each(|cell| *cell += g * scale);
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 /// Identity subsampling shortcut: output `(c, i, j)` is input `(c, s·i, s·j)`; adds into `out`.
