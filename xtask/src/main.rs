@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use candle_core::DType;
 use clap::{Parser, Subcommand};
-use snn_train::golden::{find_cases, GoldenCase, Tolerance};
+use snn_train::golden::{find_cases, GoldenCase, Tolerance, TrainingPass};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project pipelines for the spiking-network toolkit")]
@@ -111,20 +111,21 @@ fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     anyhow::ensure!(!cases.is_empty(), "no golden cases (<case>.json + <case>.safetensors) in {}", dir.display());
     let mut all_ok = true;
     println!(
-        "{:<22} {:<4} {:>10} {:>10} {:>10} {:>10} {:>8}  result",
-        "case", "type", "output", "loss", "grads", "ng", "spikes"
+        "{:<22} {:<4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}  result",
+        "case", "type", "pass", "output", "loss", "grads", "ng", "spikes"
     );
     for path in cases {
         let case = GoldenCase::load(&path).with_context(|| format!("loading {}", path.display()))?;
-        for dtype in [DType::F64, DType::F32] {
-            let report = case.check(dtype)?;
+        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
+            let report = case.check(dtype, pass)?;
             let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2e}"));
             let spikes_ok = report.checks.iter().filter(|c| c.exact).all(|c| c.passed);
             let tol = Tolerance::for_dtype(dtype);
             println!(
-                "{:<22} {:<4} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
+                "{:<22} {:<4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
                 report.case,
                 if dtype == DType::F64 { "f64" } else { "f32" },
+                pass.name(),
                 fmt(report.worst("output")),
                 fmt(report.worst("loss")),
                 fmt(report.worst("grad.")),

@@ -9,7 +9,9 @@ use rayon::prelude::*;
 const CHUNK: usize = 4096;
 
 /// Floating-point element types the kernels run on.
-pub trait Real: num_traits::Float + Spike + Send + Sync + std::ops::AddAssign + std::fmt::Debug + 'static {
+pub trait Real:
+    num_traits::Float + Spike + Send + Sync + std::ops::AddAssign + std::ops::MulAssign + std::fmt::Debug + 'static
+{
     /// Converts an `f64` constant to this type (rounding to nearest for `f32`).
     fn lit(x: f64) -> Self;
 }
@@ -168,7 +170,7 @@ pub fn spike_gains<F: Real, S: Spike>(spikes: &[S], n: usize, rule: BackwardRule
     }
     gain.par_chunks_mut(CHUNK).zip(leaky.par_chunks(CHUNK)).zip(count.par_chunks(CHUNK)).for_each(|((g, lf), tot)| {
         for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
-            *g = *g * leak_correction(lf, tot, leak);
+            *g *= leak_correction(lf, tot, leak);
         }
     });
     gain

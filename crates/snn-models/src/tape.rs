@@ -501,7 +501,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 let n = self.neurons(name);
                 if let Some(mask) = self.masks.get(name) {
                     for row in grad.chunks_exact_mut(batch * n) {
-                        row.iter_mut().zip(mask).for_each(|(g, &m)| *g = *g * m);
+                        row.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
                     }
                 }
                 let span = batch * n;

@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use snn_core::WindowStats;
-use snn_models::{ForwardOptions, LayerSpec, Masks, NetworkSpec, SpikingNetwork};
+use snn_models::{ForwardOptions, Gradients, LayerSpec, Masks, NetworkSpec, SpikingNetwork};
 
 use crate::loss::sum_squared_error;
 use crate::{Error, Result};
@@ -66,6 +66,29 @@ impl TensorCheck {
     }
 }
 
+/// Which training pass a golden replay runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainingPass {
+    /// The layer-major forward pass through Candle's autograd (every device).
+    Autograd,
+    /// The taped pass of the CPU: byte tape, hand-written backward, window in parts
+    /// ([`SpikingNetwork::forward_taped`]).
+    Taped,
+}
+
+impl TrainingPass {
+    /// Both passes.
+    pub const ALL: [TrainingPass; 2] = [TrainingPass::Autograd, TrainingPass::Taped];
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainingPass::Autograd => "autograd",
+            TrainingPass::Taped => "taped",
+        }
+    }
+}
+
 /// The result of replaying one case in one dtype.
 #[derive(Debug, Clone)]
 pub struct CaseReport {
@@ -73,6 +96,8 @@ pub struct CaseReport {
     pub case: String,
     /// The dtype the step ran in.
     pub dtype: DType,
+    /// The training pass that ran.
+    pub pass: TrainingPass,
     /// Every comparison made.
     pub checks: Vec<TensorCheck>,
 }
@@ -169,8 +194,8 @@ impl GoldenCase {
             .ok_or_else(|| Error::Golden { path: self.path.clone(), msg: format!("missing tensor '{name}'") })
     }
 
-    /// Replays the training step in `dtype` and compares every reference tensor.
-    pub fn check(&self, dtype: DType) -> Result<CaseReport> {
+    /// Replays the training step in `dtype` through `pass` and compares every reference tensor.
+    pub fn check(&self, dtype: DType, pass: TrainingPass) -> Result<CaseReport> {
         let tol = Tolerance::for_dtype(dtype);
         let bad = |msg: String| Error::Golden { path: self.path.clone(), msg };
         let weights: HashMap<String, Tensor> = self
@@ -196,10 +221,33 @@ impl GoldenCase {
             .map(|l| u32::try_from(l).map_err(|_| bad(format!("negative label {l}"))))
             .collect::<Result<_>>()?;
 
-        let opts = ForwardOptions { track_gradients: true, keep_spikes: true, ..ForwardOptions::default() };
-        let out = net.forward(&input, &masks, opts).map_err(|e| bad(e.to_string()))?;
-        let loss = sum_squared_error(&out.output, &labels)?;
-        let grads = loss.backward()?;
+        // Readout, loss, weight gradients and every spiking layer's (name, is_pool, spike window).
+        let (output, loss, grads, windows) = match pass {
+            TrainingPass::Autograd => {
+                let opts = ForwardOptions { track_gradients: true, keep_spikes: true, ..ForwardOptions::default() };
+                let out = net.forward(&input, &masks, opts).map_err(|e| bad(e.to_string()))?;
+                let loss = sum_squared_error(&out.output, &labels)?;
+                let grads = Gradients::from_grad_store(&loss.backward()?, &net);
+                let windows: Vec<(String, bool, Tensor)> =
+                    out.activity.into_iter().filter_map(|a| Some((a.name, a.is_pool, a.spikes?))).collect();
+                (out.output, loss, grads, windows)
+            }
+            TrainingPass::Taped => {
+                let (out, tape) = net.forward_taped(&input, &masks).map_err(|e| bad(e.to_string()))?;
+                let mut windows = Vec::new();
+                for a in out.activity {
+                    if let Some(w) = tape.spike_window(&net, &a.name, dtype).map_err(|e| bad(e.to_string()))? {
+                        windows.push((a.name, a.is_pool, w));
+                    }
+                }
+                let readout = Var::from_tensor(&out.output)?;
+                let loss = sum_squared_error(readout.as_tensor(), &labels)?;
+                let grad_output = loss.backward()?.get(readout.as_tensor()).cloned();
+                let grad_output = grad_output.ok_or_else(|| bad("the loss does not reach the readout".into()))?;
+                let grads = net.backward(tape, &grad_output).map_err(|e| bad(e.to_string()))?;
+                (out.output, loss, grads, windows)
+            }
+        };
 
         let mut checks = Vec::new();
         let mut compare = |name: &str, ours: &Tensor, exact: bool| -> Result<()> {
@@ -214,25 +262,24 @@ impl GoldenCase {
             checks.push(TensorCheck { name: name.to_string(), max_abs_err, ref_max, exact, passed });
             Ok(())
         };
-        compare("output", &out.output, false)?;
+        compare("output", &output, false)?;
         compare("loss", &loss, false)?;
         for (name, var) in net.weights() {
-            let g = grads.get(var.as_tensor()).cloned().unwrap_or(var.as_tensor().zeros_like()?);
+            let g = grads.get(name).cloned().unwrap_or(var.as_tensor().zeros_like()?);
             compare(&format!("grad.{name}"), &g, false)?;
         }
-        for act in &out.activity {
-            let Some(spikes) = &act.spikes else { continue };
-            let counted = if self.lif_layers.contains(&act.name) || self.pool_layers.contains(&act.name) {
-                format!("stats.{}.total_spikes", act.name)
+        for (layer, is_pool, spikes) in &windows {
+            let counted = if self.lif_layers.contains(layer) || self.pool_layers.contains(layer) {
+                format!("stats.{layer}.total_spikes")
             } else {
                 continue;
             };
             if self.tensors.contains_key(&counted) {
                 compare(&counted, &spikes.sum(0)?, true)?;
             }
-            let ng_name = format!("stats.{}.ng", act.name);
-            if !act.is_pool && self.tensors.contains_key(&ng_name) {
-                let counted_spikes = match (self.spec.stats_after_mask, masks.get(&act.name)) {
+            let ng_name = format!("stats.{layer}.ng");
+            if !is_pool && self.tensors.contains_key(&ng_name) {
+                let counted_spikes = match (self.spec.stats_after_mask, masks.get(layer)) {
                     (true, Some(m)) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                     _ => spikes.clone(),
                 };
@@ -240,6 +287,6 @@ impl GoldenCase {
                 compare(&ng_name, &ng, false)?;
             }
         }
-        Ok(CaseReport { case: self.name.clone(), dtype, checks })
+        Ok(CaseReport { case: self.name.clone(), dtype, pass, checks })
     }
 }

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
-use snn_train::golden::GoldenCase;
+use snn_train::golden::{GoldenCase, TrainingPass};
 
 const LEAK: f64 = 0.99;
 const THETA: f64 = 1.0;
@@ -614,10 +614,10 @@ fn vgg_and_resnet_family_cases_replay_within_tolerance() {
     }
     for case in ["vgg_masked", "resnet_masked"] {
         let c = GoldenCase::load(&dir.path().join(format!("{case}.json"))).unwrap();
-        for dtype in [DType::F64, DType::F32] {
-            let report = c.check(dtype).unwrap();
+        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
+            let report = c.check(dtype, pass).unwrap();
             let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-            assert!(failed.is_empty(), "{case} {dtype:?}: {failed:#?}");
+            assert!(failed.is_empty(), "{case} {dtype:?} {pass:?}: {failed:#?}");
             assert!(report.checks.iter().any(|c| c.name.starts_with("grad.shortcut")) || case.starts_with("vgg"));
         }
     }
@@ -630,7 +630,10 @@ fn the_checker_notices_a_wrong_gradient() {
     let g = t["grad.cnn1.weight"].clone();
     t.insert("grad.cnn1.weight".into(), (g * 1.001).unwrap());
     candle_core::safetensors::save(&t, dir.path().join("vgg_bad.safetensors")).unwrap();
-    let report = GoldenCase::load(&dir.path().join("vgg_bad.json")).unwrap().check(DType::F64).unwrap();
-    let bad: Vec<_> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
-    assert_eq!(bad, vec!["grad.cnn1.weight".to_string()]);
+    let case = GoldenCase::load(&dir.path().join("vgg_bad.json")).unwrap();
+    for pass in TrainingPass::ALL {
+        let report = case.check(DType::F64, pass).unwrap();
+        let bad: Vec<_> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
+        assert_eq!(bad, vec!["grad.cnn1.weight".to_string()], "{pass:?}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::DType;
-use snn_train::golden::{find_cases, GoldenCase};
+use snn_train::golden::{find_cases, GoldenCase, TrainingPass};
 
 #[test]
 fn shipped_golden_cases_pass_in_f64_and_f32() {
@@ -13,10 +13,10 @@ fn shipped_golden_cases_pass_in_f64_and_f32() {
     assert!(cases.len() >= 2, "expected the shipped cases in {}", dir.display());
     for path in cases {
         let case = GoldenCase::load(&path).unwrap();
-        for dtype in [DType::F64, DType::F32] {
-            let report = case.check(dtype).unwrap();
+        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
+            let report = case.check(dtype, pass).unwrap();
             let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-            assert!(failed.is_empty(), "{} {dtype:?}: {failed:#?}", case.name);
+            assert!(failed.is_empty(), "{} {dtype:?} {pass:?}: {failed:#?}", case.name);
             // Output, loss, four weight gradients, three NG tensors and five spike-count tensors.
             assert!(report.checks.len() >= 14, "{}: only {} checks", case.name, report.checks.len());
         }
