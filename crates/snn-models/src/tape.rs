@@ -138,7 +138,6 @@ impl SpikingNetwork {
 /// event-driven ones).
 struct Weights<F> {
     tensor: Tensor,
-    values: Vec<F>,
     rows: Vec<F>,
 }
 
@@ -150,7 +149,7 @@ enum Source<'a, F> {
     Spikes(SpikeFrames<'a, F>),
 }
 
-impl<F: Real + WithDType> Source<'_, F> {
+impl<F: Real> EventFrames<F> for Source<'_, F> {
     fn frame_len(&self) -> usize {
         match self {
             Source::Input(x) => x.frame_len(),
@@ -165,6 +164,16 @@ impl<F: Real + WithDType> Source<'_, F> {
         }
     }
 
+    #[inline(always)]
+    fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, f: impl FnMut(usize, F)) {
+        match self {
+            Source::Input(x) => x.for_each_event_in(frame, range, f),
+            Source::Spikes(x) => x.for_each_event_in(frame, range, f),
+        }
+    }
+}
+
+impl<F: Real + WithDType> Source<'_, F> {
     /// Whether few enough entries are non-zero for the event-driven kernels.
     fn sparse(&self) -> bool {
         let (nonzero, len) = match self {
@@ -220,7 +229,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let (outputs, fan_in) = (dims[0], values.len() / dims[0]);
             let rows = transpose(&values, outputs, fan_in);
             let layer = name.strip_suffix(".weight").unwrap_or(name).to_string();
-            weights.insert(layer, Weights { tensor, values, rows });
+            weights.insert(layer, Weights { tensor, rows });
         }
         let part = (PART_FRAMES / batch).clamp(1, steps);
         Ok(Self { net, input, steps, batch, part, masks, weights })
@@ -291,10 +300,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     /// Currents of a convolution over the part's frames, event-driven when the input is sparse.
     fn conv_forward(&self, x: &Source<F>, w: &Weights<F>, g: ConvGeometry, out: &mut [F]) -> Result<()> {
         if x.sparse() {
-            match x {
-                Source::Input(x) => conv_events(x, &w.rows, g, out),
-                Source::Spikes(x) => conv_events(x, &w.rows, g, out),
-            }
+            conv_events(x, &w.rows, g, out);
         } else {
             let y = x.dense(&[g.channels, g.height, g.width])?.conv2d(&w.tensor, g.padding, g.stride, 1, 1)?;
             out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
@@ -447,7 +453,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let fan_in = r.in_features;
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
         let mut grads: HashMap<String, Vec<F>> =
-            self.weights.iter().map(|(k, w)| (k.clone(), vec![F::zero(); w.values.len()])).collect();
+            self.weights.iter().map(|(k, w)| (k.clone(), vec![F::zero(); w.rows.len()])).collect();
         {
             let gw = accumulator(&mut grads, &r.name)?;
             for b in 0..batch {
@@ -579,15 +585,10 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Source::Spikes(_) => input_grad,
         };
         if x.sparse() {
-            match x {
-                Source::Input(x) => weight_grad_events(x, delta, g, acc),
-                Source::Spikes(x) => {
-                    if let Some(into) = input_grad {
-                        input_grad_events(x, &w.rows, delta, g, into);
-                    }
-                    weight_grad_events(x, delta, g, acc);
-                }
+            if let Some(into) = input_grad {
+                input_grad_events(x, &w.rows, delta, g, into);
             }
+            weight_grad_events(x, delta, g, acc);
         } else {
             let frames = x.frames();
             let dense = x.dense(&[g.channels, g.height, g.width])?;
@@ -612,10 +613,7 @@ fn add<F: Real>(dst: &mut [F], src: &[F]) {
 /// Currents of a fully connected layer over the part's frames `[N, out]`.
 fn linear_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, outputs: usize, out: &mut [F]) -> Result<()> {
     if x.sparse() {
-        match x {
-            Source::Input(x) => linear_events_into(x, &w.rows, outputs, out),
-            Source::Spikes(x) => linear_events_into(x, &w.rows, outputs, out),
-        }
+        linear_events_into(x, &w.rows, outputs, out);
     } else {
         let y = x.dense(&[x.frame_len()])?.matmul(&w.tensor.t()?)?;
         out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
@@ -633,15 +631,10 @@ fn linear_backward<F: Real + WithDType>(
     input_grad: Option<&mut Vec<F>>,
     acc: &mut [F],
 ) {
-    match x {
-        Source::Input(x) => linear_weight_grad_events(x, delta, outputs, acc),
-        Source::Spikes(x) => {
-            if let Some(into) = input_grad {
-                linear_input_grad_events(x, &w.rows, delta, outputs, into);
-            }
-            linear_weight_grad_events(x, delta, outputs, acc);
-        }
+    if let (Source::Spikes(_), Some(into)) = (x, input_grad) {
+        linear_input_grad_events(x, &w.rows, delta, outputs, into);
     }
+    linear_weight_grad_events(x, delta, outputs, acc);
 }
 
 /// The transposed gradient accumulator of a layer's weight.
@@ -656,10 +649,7 @@ fn add_counts<F: Real + WithDType>(x: &Source<F>, counts: &mut [f64]) {
     for f in 0..x.frames() {
         let row = &mut counts[(f % batch) * len..][..len];
         let mut visit = |i: usize, v: F| row[i] += <F as WithDType>::to_f64(v);
-        match x {
-            Source::Input(x) => x.for_each_event(f, &mut visit),
-            Source::Spikes(x) => x.for_each_event(f, &mut visit),
-        }
+        x.for_each_event(f, &mut visit);
     }
 }
 
@@ -676,10 +666,7 @@ fn average_pool<F: Real + WithDType>(x: &Source<F>, shape: &[usize], k: usize, o
                 dst[(ch * oh + y / k) * ow + xx / k] += v * scale;
             }
         };
-        match x {
-            Source::Input(x) => x.for_each_event(f, &mut visit),
-            Source::Spikes(x) => x.for_each_event(f, &mut visit),
-        }
+        x.for_each_event(f, &mut visit);
     });
 }
 
@@ -722,10 +709,7 @@ fn subsample<F: Real + WithDType>(
                 dst[(ch * oh + y / stride) * ow + xx / stride] += v;
             }
         };
-        match x {
-            Source::Input(x) => x.for_each_event(f, &mut visit),
-            Source::Spikes(x) => x.for_each_event(f, &mut visit),
-        }
+        x.for_each_event(f, &mut visit);
     }
     Ok(())
 }
