@@ -30,6 +30,8 @@ pub struct BenchArgs {
     pub modes: Vec<String>,
     /// Peer implementations to time in the same run.
     pub peers: Option<Peers>,
+    /// The device the network runs on.
+    pub device: Device,
 }
 
 /// What can be timed.
@@ -54,6 +56,7 @@ struct Row {
 
 #[derive(Serialize)]
 struct Report {
+    device: &'static str,
     threads: usize,
     matmul_gflops: f64,
     rows: Vec<Row>,
@@ -120,15 +123,17 @@ fn rss_mb() -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn matmul_gflops(reps: usize) -> Result<f64> {
+fn matmul_gflops(reps: usize, device: &Device) -> Result<f64> {
     let n = 1024;
-    let a = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
-    let b = Tensor::ones((n, n), DType::F32, &Device::Cpu)?;
+    let a = Tensor::ones((n, n), DType::F32, device)?;
+    let b = Tensor::ones((n, n), DType::F32, device)?;
     a.matmul(&b)?;
+    device.synchronize()?;
     let mut times = Vec::new();
     for _ in 0..reps.max(3) {
         let t = Instant::now();
         a.matmul(&b)?;
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n as f64).powi(3) / median(&mut times) / 1e9)
@@ -158,12 +163,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let idx: Vec<usize> = (0..batch).collect();
     let mut shape = vec![batch];
     shape.extend_from_slice(&spec.input_shape);
-    let baseline = matmul_gflops(args.reps)?;
+    let device = &args.device;
+    if !device.is_cpu() {
+        anyhow::ensure!(args.peers.is_none(), "--peers times the peers on the CPU; compare against a CPU run");
+        anyhow::ensure!(
+            !args.modes.iter().any(|m| m == "infer-sparse"),
+            "mode infer-sparse (the event-driven engine) runs on the CPU only"
+        );
+    }
+    let baseline = matmul_gflops(args.reps, device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     let mut peer_rows = Vec::new();
     for &t in &args.timesteps {
-        let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu)?;
+        let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let mut rng = stream_rng(1, Stream::TrainInput);
         let encoder = RateEncoder::new(spec.input_gain)?;
@@ -172,7 +185,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let mut times = Vec::new();
             for rep in 0..=args.reps {
                 let start = Instant::now();
-                let x = encoder.encode(&pixels, &shape, t, &mut rng, DType::F32, &Device::Cpu)?;
+                let x = encoder.encode(&pixels, &shape, t, &mut rng, DType::F32, device)?;
                 if mode == "train" {
                     let masks = net.draw_masks(idx.len(), &mut rng)?;
                     train_step(&net, &mut opt, &x, &labels, &masks)?;
@@ -187,6 +200,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     let engine = if mode == "infer" { Engine::Dense } else { Engine::Sparse };
                     net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() })?;
                 }
+                device.synchronize()?;
                 if rep > 0 {
                     times.push(start.elapsed().as_secs_f64()); // rep 0 is a warm-up
                 }
@@ -223,13 +237,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let report = Report { threads, matmul_gflops: baseline, rows, peers: peer_rows };
+    let device_name = if device.is_cpu() { "cpu" } else { "cuda" };
+    let report = Report { device: device_name, threads, matmul_gflops: baseline, rows, peers: peer_rows };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "baseline: dense f32 matmul 1024² in Candle, {:.1} GFLOP/s ({} threads)",
-            report.matmul_gflops, report.threads
+            "device {}; baseline: dense f32 matmul 1024² in Candle there, {:.1} GFLOP/s ({} CPU threads)",
+            report.device, report.matmul_gflops, report.threads
         );
         println!(
             "{:<7} {:<12} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
@@ -251,7 +266,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
         }
         println!(
-            "GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak RSS so far."
+            "GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak host RSS so far."
         );
         print_peers(&report);
     }

@@ -7,6 +7,8 @@
 //! * `cargo xtask reproduce <experiment> [--quick]`: a paper experiment end to end (data, training,
 //!   evaluation, analysis) with a Markdown report; resumes when interrupted.
 //! * `cargo xtask ci`: what CI checks: formatting, clippy, the test suite and the golden cases.
+//! * `cargo xtask gpu-check`: on a machine with an NVIDIA GPU and `nvcc`, rebuilds this tool with the `cuda`
+//!   feature, replays the golden cases on the GPU and times LeNet and VGG9 training and inference at T = 100.
 
 mod bench;
 mod peers;
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use snn_train::golden::{find_cases, GoldenCase, Tolerance, TrainingPass};
 
@@ -38,6 +40,9 @@ enum Command {
     Golden {
         /// Folder of cases (`<case>.json` + `<case>.safetensors`).
         dir: Option<PathBuf>,
+        /// Replay on the first CUDA device (autograd pass; needs a build with `--features cuda`).
+        #[arg(long)]
+        cuda: bool,
     },
     /// Time one training step and one inference pass of a built-in network on MNIST inputs.
     Bench {
@@ -67,6 +72,9 @@ enum Command {
         /// The peers' benchmark script (`snn_step.py`).
         #[arg(long, requires = "peers")]
         peers_script: Option<PathBuf>,
+        /// Run on the first CUDA device (needs a build with `--features cuda`).
+        #[arg(long)]
+        cuda: bool,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce {
@@ -99,13 +107,26 @@ enum Command {
     },
     /// Run what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, the test suite, the golden cases.
     Ci,
+    /// Build with `--features cuda` (needs nvcc), replay the golden cases on the GPU in f64 and f32, and time
+    /// LeNet (B 32) and VGG9 (B 16) at T = 100 there.
+    GpuCheck,
 }
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
-fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
+/// The first CUDA device, or the CPU.
+fn device(cuda: bool) -> anyhow::Result<Device> {
+    if cuda {
+        Device::new_cuda(0)
+            .context("no CUDA device (this xtask needs `--features cuda`; `cargo xtask gpu-check` builds it)")
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+fn golden(dir: Option<PathBuf>, device: &Device) -> anyhow::Result<bool> {
     let dir = dir.unwrap_or_else(|| workspace_root().join("tests").join("golden"));
     let cases = find_cases(&dir)?;
     anyhow::ensure!(!cases.is_empty(), "no golden cases (<case>.json + <case>.safetensors) in {}", dir.display());
@@ -114,10 +135,12 @@ fn golden(dir: Option<PathBuf>) -> anyhow::Result<bool> {
         "{:<22} {:<4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}  result",
         "case", "type", "pass", "output", "loss", "grads", "ng", "spikes"
     );
+    // The taped pass is the CPU's; other devices train through autograd.
+    let passes: &[TrainingPass] = if device.is_cpu() { &TrainingPass::ALL } else { &[TrainingPass::Autograd] };
     for path in cases {
         let case = GoldenCase::load(&path).with_context(|| format!("loading {}", path.display()))?;
-        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
-            let report = case.check(dtype, pass)?;
+        for (dtype, &pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| passes.iter().map(move |p| (d, p))) {
+            let report = case.check_on(dtype, pass, device)?;
             let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2e}"));
             let spikes_ok = report.checks.iter().filter(|c| c.exact).all(|c| c.passed);
             let tol = Tolerance::for_dtype(dtype);
@@ -162,16 +185,38 @@ fn ci() -> anyhow::Result<bool> {
         anyhow::ensure!(status.success(), "`cargo {}` failed", args.join(" "));
     }
     eprintln!("$ cargo xtask golden");
-    golden(None)
+    golden(None, &Device::Cpu)
+}
+
+/// The CUDA build, the golden cases on the GPU and the T = 100 benchmarks there, stopping at the first failure.
+fn gpu_check() -> anyhow::Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = workspace_root();
+    let xtask = ["run", "--release", "--package", "xtask", "--features", "cuda", "--"];
+    let steps: [&[&str]; 3] = [
+        &["golden", "--cuda"],
+        &["bench", "--cuda", "--model", "lenet", "--batch", "32", "--timesteps", "100", "--modes", "train,infer"],
+        &["bench", "--cuda", "--model", "vgg9", "--batch", "16", "--timesteps", "100", "--modes", "train,infer"],
+    ];
+    for args in steps {
+        eprintln!("$ cargo xtask {} (built with --features cuda)", args.join(" "));
+        let status = std::process::Command::new(&cargo).args(xtask).args(args).current_dir(&root).status()?;
+        anyhow::ensure!(status.success(), "`cargo xtask {}` on the GPU failed", args.join(" "));
+    }
+    Ok(true)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Golden { dir } => golden(dir),
-        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script } => {
+        Command::Golden { dir, cuda } => device(cuda).and_then(|d| golden(dir, &d)),
+        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script, cuda } => {
             let peers = peers.zip(peers_script).map(|(python, script)| peers::Peers { python, script });
-            bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers }).map(|()| true)
+            device(cuda)
+                .and_then(|device| {
+                    bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers, device })
+                })
+                .map(|()| true)
         }
         Command::Reproduce { experiment, quick, out, data_dir, cache_dir, seed, train_limit, test_limit, cli } => {
             let args = reproduce::ReproduceArgs {
@@ -188,6 +233,7 @@ fn main() -> ExitCode {
             reproduce::run(args, &workspace_root()).map(|()| true)
         }
         Command::Ci => ci(),
+        Command::GpuCheck => gpu_check(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -15,13 +15,17 @@
 //! * [`WindowStats`]: per-neuron spike counts and the leak-correction factor.
 //!
 //! The pure kernels live in [`kernels`]; they operate on slices and are usable without Candle tensors.
-//! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this and the other crates.
+//! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this and the other crates. With the
+//! `cuda` feature the neuron and readout ops also run on CUDA devices, through kernels compiled by `nvcc` at
+//! build time that compute the same recurrences.
 //!
 //! Every random draw takes an explicit `rand::Rng`, so runs are reproducible from their seed.
 
 #![warn(missing_docs)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod dropout;
 pub mod encode;
 mod error;

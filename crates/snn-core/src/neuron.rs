@@ -163,6 +163,15 @@ impl CustomOp1 for WindowOp {
         cpu_apply(self, storage, layout)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((crate::cuda::spike_forward(storage, layout, &self.0)?, layout.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = res.apply_op2_no_bwd(&grad_res.contiguous()?, &WindowBackwardOp(self.0))?;
         Ok(Some(grad))
@@ -207,6 +216,17 @@ impl CustomOp2 for WindowBackwardOp {
         }
         let kernel = SpikeBackward { neuron: self.0, per_step: neurons_per_step(ls.shape()) };
         Ok((run_cpu(&kernel, &[(s, ls), (g, lg)])?, ls.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        ls: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((crate::cuda::spike_backward(s, ls, g, lg, &self.0)?, ls.shape().clone()))
     }
 }
 

@@ -59,6 +59,16 @@ impl CustomOp1 for ReadoutOp {
         cpu_apply(self, storage, layout)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda::readout_forward(storage, layout, self.threshold, self.leak)?;
+        Ok((out, self.output_shape(layout.shape())))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let steps = arg.dim(0)?;
         let scale = 1.0 / (self.threshold * steps as f64);

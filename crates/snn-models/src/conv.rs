@@ -94,6 +94,26 @@ impl CustomOp2 for ConvOp {
         Ok((storage, shape))
     }
 
+    /// On a GPU the forward value comes from Candle's own convolution; the op hands over a copy of it.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _s1: &candle_core::CudaStorage,
+        _l1: &Layout,
+        _s2: &candle_core::CudaStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let value = self.take_value()?.contiguous()?;
+        let (storage, layout) = value.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cuda(s), Some((0, end))) if end == layout.shape().elem_count() => {
+                Ok((s.try_clone(layout)?, layout.shape().clone()))
+            }
+            _ => candle_core::bail!("{}: the forward value is not a whole CUDA buffer", self.name()),
+        }
+    }
+
     fn bwd(
         &self,
         x: &Tensor,

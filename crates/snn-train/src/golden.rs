@@ -194,8 +194,14 @@ impl GoldenCase {
             .ok_or_else(|| Error::Golden { path: self.path.clone(), msg: format!("missing tensor '{name}'") })
     }
 
-    /// Replays the training step in `dtype` through `pass` and compares every reference tensor.
+    /// Replays the training step in `dtype` through `pass` on the CPU and compares every reference tensor.
     pub fn check(&self, dtype: DType, pass: TrainingPass) -> Result<CaseReport> {
+        self.check_on(dtype, pass, &Device::Cpu)
+    }
+
+    /// [`GoldenCase::check`] on `device` (the taped pass runs on the CPU only; on other devices it fails
+    /// with an error).
+    pub fn check_on(&self, dtype: DType, pass: TrainingPass, device: &Device) -> Result<CaseReport> {
         let tol = Tolerance::for_dtype(dtype);
         let bad = |msg: String| Error::Golden { path: self.path.clone(), msg };
         let weights: HashMap<String, Tensor> = self
@@ -204,15 +210,15 @@ impl GoldenCase {
             .filter(|(k, _)| k.ends_with(".weight") && !k.starts_with("grad."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let net = SpikingNetwork::from_weights(self.spec.clone(), weights, dtype, &Device::Cpu)
-            .map_err(|e| bad(e.to_string()))?;
+        let net =
+            SpikingNetwork::from_weights(self.spec.clone(), weights, dtype, device).map_err(|e| bad(e.to_string()))?;
         let mut masks = Masks::new();
         for (k, v) in &self.tensors {
             if let Some(layer) = k.strip_prefix("mask.") {
-                masks.insert(layer.to_string(), v.to_dtype(dtype)?);
+                masks.insert(layer.to_string(), v.to_dtype(dtype)?.to_device(device)?);
             }
         }
-        let input = self.tensor("input.spikes")?.to_dtype(dtype)?;
+        let input = self.tensor("input.spikes")?.to_dtype(dtype)?.to_device(device)?;
         let labels: Vec<u32> = self
             .tensor("labels")?
             .to_dtype(DType::I64)?
@@ -252,7 +258,7 @@ impl GoldenCase {
         let mut checks = Vec::new();
         let mut compare = |name: &str, ours: &Tensor, exact: bool| -> Result<()> {
             let reference = self.tensor(name)?.to_dtype(DType::F64)?;
-            let ours = ours.to_dtype(DType::F64)?;
+            let ours = ours.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
             if ours.dims() != reference.dims() {
                 return Err(bad(format!("'{name}': shape {:?}, reference {:?}", ours.dims(), reference.dims())));
             }
