@@ -278,7 +278,8 @@ impl CpuKernel for EventInputGrad {
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
         let x = DenseFrames { data: operands[0], frame_len: self.0.frame_in() };
         let mut out = vec![F::zero(); operands[0].len()];
-        input_grad_events(&x, &kernel_rows(operands[1], self.0), operands[2], self.0, &mut out);
+        let grad = channel_last(operands[2], self.0);
+        input_grad_events(&x, &kernel_rows(operands[1], self.0), &grad, self.0, &mut out);
         out
     }
 }
@@ -302,8 +303,8 @@ impl CustomOp3 for EventInputGrad {
 }
 
 /// Adds to `out` (laid out like the frames) the gradient of a convolution's input at the input's events:
-/// `out[f, c, y, x] += Σ_taps W[:, c, ky, kx] · grad[f, :, oy, ox]`, from the transposed kernel `rows`
-/// ([`kernel_rows`]) and the output gradient `grad` `[N, O, Ho, Wo]`.
+/// `out[f, c, y, x] += Σ_taps W[:, c, ky, kx] · grad[f, oy, ox, :]`, from the transposed kernel `rows`
+/// ([`kernel_rows`]) and the output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]).
 pub(crate) fn input_grad_events<F: Real, X: EventFrames<F>>(
     x: &X,
     rows: &[F],
@@ -311,16 +312,13 @@ pub(crate) fn input_grad_events<F: Real, X: EventFrames<F>>(
     g: ConvGeometry,
     out: &mut [F],
 ) {
-    out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each_init(
-        || vec![F::zero(); g.frame_out()],
-        |channel_last, (f, (dst, frame_grad))| {
-            dispatch!(input_grad_frame_wide, input_grad_frame(x, f, rows, frame_grad, g, channel_last, dst))
-        },
+    out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each(
+        |(f, (dst, frame_grad))| dispatch!(input_grad_frame_wide, input_grad_frame(x, f, rows, frame_grad, g, dst)),
     );
 }
 
 wide_variant!(fn input_grad_frame_wide = input_grad_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, rows: &[F], frame_grad: &[F], g: ConvGeometry, channel_last: &mut [F], dst: &mut [F]
+    x: &X, f: usize, rows: &[F], frame_grad: &[F], g: ConvGeometry, dst: &mut [F]
 ));
 
 /// One frame of [`input_grad_events`].
@@ -331,29 +329,25 @@ fn input_grad_frame<F: Real, X: EventFrames<F>>(
     rows: &[F],
     frame_grad: &[F],
     g: ConvGeometry,
-    channel_last: &mut [F],
     dst: &mut [F],
 ) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
-    planes_to_channel_last(frame_grad, g, channel_last);
     x.for_each_event(
         f,
         #[inline(always)]
         |i, _| {
             let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
             let taps = &rows[c * per_channel..][..per_channel];
-            let mut sum = F::zero();
+            let mut sum = DotLanes::new();
             for_each_tap(
                 y,
                 xx,
                 g,
                 #[inline(always)]
-                |tap, o| {
-                    sum += dot(&taps[tap * g.outputs..][..g.outputs], &channel_last[o * g.outputs..][..g.outputs]);
-                },
+                |tap, o| sum.add(&taps[tap * g.outputs..][..g.outputs], &frame_grad[o * g.outputs..][..g.outputs]),
             );
-            dst[i] += sum;
+            dst[i] += sum.sum();
         },
     );
 }
@@ -365,45 +359,46 @@ struct EventWeightGrad {
 }
 
 /// Adds the kernel gradient of a convolution, in the transposed layout `[C, k, k, O]` of [`kernel_rows`], to
-/// `acc`, from its input events and output gradient `grad` `[N, O, Ho, Wo]`: `Σ_f Σ_events v ·
-/// grad[f, :, oy, ox]` into the tap `(c, ky, kx)`.
+/// `acc`, from its input events and output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]):
+/// `Σ_f Σ_events v · grad[f, oy, ox, :]` into the tap `(c, ky, kx)`.
 ///
-/// Input channels run in parallel, each owning its slice of `acc` and visiting the frames in order, so the
-/// sums are the same bits whatever the thread count.
+/// Blocks of input channels run in parallel, each owning its slice of `acc` and visiting the frames in order
+/// (one frame's output gradient is read for all the block's channels while it is in cache), so every sum
+/// runs in the same order, whatever the thread count.
 pub(crate) fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry, acc: &mut [F]) {
-    // The output gradient channel-last, `[N, P, O]`, once for all channels.
-    let mut channel_last = vec![F::zero(); grad.len()];
-    channel_last
-        .par_chunks_mut(g.frame_out())
-        .zip(grad.par_chunks(g.frame_out()))
-        .for_each(|(dst, planes)| planes_to_channel_last(planes, g, dst));
     let per_channel = g.kernel * g.kernel * g.outputs;
-    acc.par_chunks_mut(per_channel)
-        .enumerate()
-        .for_each(|(c, acc_c)| dispatch!(weight_grad_channel_wide, weight_grad_channel(x, c, &channel_last, g, acc_c)));
+    // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
+    let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
+    acc.par_chunks_mut(block * per_channel).enumerate().for_each(|(b, acc_block)| {
+        dispatch!(weight_grad_block_wide, weight_grad_block(x, b * block, grad, g, acc_block))
+    });
 }
 
-wide_variant!(fn weight_grad_channel_wide = weight_grad_channel<F: Real, X: EventFrames<F>>(
-    x: &X, c: usize, channel_last: &[F], g: ConvGeometry, acc_c: &mut [F]
+wide_variant!(fn weight_grad_block_wide = weight_grad_block<F: Real, X: EventFrames<F>>(
+    x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F]
 ));
 
-/// Input channel `c` of [`weight_grad_events`] over every frame, into its taps `acc_c` `[k, k, O]`.
+/// The input channels `first..` of [`weight_grad_events`] (as many as `acc_block` holds `[k, k, O]` taps for)
+/// over every frame.
 #[inline(always)]
-fn weight_grad_channel<F: Real, X: EventFrames<F>>(
+fn weight_grad_block<F: Real, X: EventFrames<F>>(
     x: &X,
-    c: usize,
+    first: usize,
     channel_last: &[F],
     g: ConvGeometry,
-    acc_c: &mut [F],
+    acc_block: &mut [F],
 ) {
     let plane_in = g.height * g.width;
+    let per_channel = g.kernel * g.kernel * g.outputs;
+    let channels = first..first + acc_block.len() / per_channel;
     for (f, frame_grad) in channel_last.chunks_exact(g.frame_out()).enumerate() {
         x.for_each_event_in(
             f,
-            c * plane_in..(c + 1) * plane_in,
+            channels.start * plane_in..channels.end * plane_in,
             #[inline(always)]
             |i, v| {
-                let (y, xx) = ((i % plane_in) / g.width, i % g.width);
+                let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+                let acc_c = &mut acc_block[(c - first) * per_channel..][..per_channel];
                 for_each_tap(
                     y,
                     xx,
@@ -431,7 +426,8 @@ impl CpuKernel for KernelGrad {
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
         let g = self.0;
         let mut acc = vec![F::zero(); g.channels * g.kernel * g.kernel * g.outputs];
-        weight_grad_events(&DenseFrames { data: operands[0], frame_len: g.frame_in() }, operands[1], g, &mut acc);
+        let grad = channel_last(operands[1], g);
+        weight_grad_events(&DenseFrames { data: operands[0], frame_len: g.frame_in() }, &grad, g, &mut acc);
         // [C, k, k, O] → [O, C, k, k]
         transpose(&acc, g.channels * g.kernel * g.kernel, g.outputs)
     }
@@ -530,22 +526,40 @@ impl ConvGeometry {
 /// `src` as a `rows × cols` row-major matrix, transposed.
 pub(crate) fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = src[r * cols + c];
-        }
-    }
+    transpose_into(src, rows, cols, &mut out);
     out
 }
 
-/// Writes a frame's output planes `[O, P]` into `dst` as channel-last rows `[P, O]`.
-fn planes_to_channel_last<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
-    let plane = g.out_h * g.out_w;
-    for (o, values) in planes.chunks_exact(plane).enumerate() {
-        for (p, &value) in values.iter().enumerate() {
-            dst[p * g.outputs + o] = value;
+/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles small
+/// enough for the first-level cache, so that neither side is walked with a stride of a whole row per element.
+fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+    const TILE: usize = 16;
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let column = &mut dst[c * rows..][r0..r1];
+                for (d, r) in column.iter_mut().zip(r0..r1) {
+                    *d = src[r * cols + c];
+                }
+            }
         }
     }
+}
+
+/// A convolution's output-shaped values `[N, O, Ho, Wo]` channel-last, `[N, Ho, Wo, O]` (the layout the
+/// backward kernels read: one contiguous row of `O` values per output position).
+pub(crate) fn channel_last<F: Real>(planes: &[F], g: ConvGeometry) -> Vec<F> {
+    let mut out = vec![F::zero(); planes.len()];
+    channel_last_into(planes, g, &mut out);
+    out
+}
+
+/// [`channel_last`] into `dst`, frames in parallel.
+pub(crate) fn channel_last_into<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
+    dst.par_chunks_mut(g.frame_out())
+        .zip(planes.par_chunks(g.frame_out()))
+        .for_each(|(dst, planes)| transpose_into(planes, g.outputs, g.out_h * g.out_w, dst));
 }
 
 /// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`: one contiguous row of output weights per input tap.
@@ -557,45 +571,103 @@ pub(crate) fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
 /// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
 pub(crate) fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
-        // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
-        || vec![F::zero(); g.frame_out()],
-        |acc, (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, acc, dst)),
+        // Per worker: the channel-last accumulator (one contiguous row of `outputs` per output position) and
+        // the frame's events sorted by position.
+        || (vec![F::zero(); g.frame_out()], EventsByPosition::new()),
+        |(acc, events), (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, acc, events, dst)),
     );
 }
 
 wide_variant!(fn conv_frame_wide = conv_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]
+    x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], events: &mut EventsByPosition<F>, dst: &mut [F]
 ));
 
 /// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
+///
+/// Events are visited position by position (all channels of one input position, then the next), so the
+/// accumulator rows around a position stay in the first-level cache while its events add into them.
 #[inline(always)]
-fn conv_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
+fn conv_frame<F: Real, X: EventFrames<F>>(
+    x: &X,
+    f: usize,
+    rows: &[F],
+    g: ConvGeometry,
+    acc: &mut [F],
+    events: &mut EventsByPosition<F>,
+    dst: &mut [F],
+) {
     let plane_out = g.out_h * g.out_w;
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
     acc.fill(F::zero());
-    x.for_each_event(
-        f,
-        #[inline(always)]
-        |i, v| {
-            let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-            let taps = &rows[c * per_channel..][..per_channel];
-            for_each_tap(
-                y,
-                xx,
-                g,
-                #[inline(always)]
-                |tap, o| {
-                    add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
-                },
-            );
-        },
-    );
-    for (p, cell) in acc.chunks_exact(g.outputs).enumerate() {
-        for (o, &value) in cell.iter().enumerate() {
-            dst[o * plane_out + p] = value;
+    events.collect(x, f, plane_in);
+    for (q, c, v) in events.iter() {
+        let (y, xx) = (q / g.width, q % g.width);
+        let taps = &rows[c * per_channel..][..per_channel];
+        for_each_tap(
+            y,
+            xx,
+            g,
+            #[inline(always)]
+            |tap, o| {
+                add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
+            },
+        );
+    }
+    transpose_into(acc, plane_out, g.outputs, dst);
+}
+
+/// The events of one frame `[C, P]` (`P` positions per channel) reordered by position: a counting sort of
+/// `(position, channel, value)`, channels in increasing order within a position.
+pub(crate) struct EventsByPosition<F> {
+    /// The frame's events in index order.
+    by_index: Vec<(u32, F)>,
+    /// Events per position, then the start of each position's run.
+    starts: Vec<u32>,
+    /// `(position, channel, value)` in position order.
+    sorted: Vec<(u32, u32, F)>,
+}
+
+impl<F: Real> EventsByPosition<F> {
+    fn new() -> Self {
+        Self { by_index: Vec::new(), starts: Vec::new(), sorted: Vec::new() }
+    }
+
+    /// Sorts the events of frame `f`, whose entries are `channel · positions + position`.
+    #[inline(always)]
+    fn collect<X: EventFrames<F>>(&mut self, x: &X, f: usize, positions: usize) {
+        self.by_index.clear();
+        x.for_each_event(
+            f,
+            #[inline(always)]
+            |i, v| self.by_index.push((i as u32, v)),
+        );
+        self.starts.clear();
+        self.starts.resize(positions, 0);
+        for &(i, _) in &self.by_index {
+            self.starts[i as usize % positions] += 1;
         }
+        let mut next = 0;
+        for start in &mut self.starts {
+            let count = *start;
+            *start = next;
+            next += count;
+        }
+        self.sorted.clear();
+        self.sorted.resize(self.by_index.len(), (0, 0, F::zero()));
+        for &(i, v) in &self.by_index {
+            let (c, q) = (i as usize / positions, i as usize % positions);
+            let at = &mut self.starts[q];
+            self.sorted[*at as usize] = (q as u32, c as u32, v);
+            *at += 1;
+        }
+    }
+
+    /// `(position, channel, value)` of every event, in position order.
+    #[inline(always)]
+    fn iter(&self) -> impl Iterator<Item = (usize, usize, F)> + '_ {
+        self.sorted.iter().map(|&(q, c, v)| (q as usize, c as usize, v))
     }
 }
 
@@ -637,28 +709,63 @@ fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -
     (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
 }
 
-/// `Σ a·b` with eight independent partial sums, which the compiler turns into SIMD lanes (a single running
-/// sum would serialise every addition).
-#[inline(always)]
-fn dot<F: Real>(a: &[F], b: &[F]) -> F {
-    let mut lanes = [F::zero(); 8];
-    let (head_a, head_b) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
-    for (ca, cb) in head_a.zip(head_b) {
-        for k in 0..8 {
-            lanes[k] += ca[k] * cb[k];
+/// Independent partial sums of [`DotLanes`]: four 256-bit registers of `f32`, so that consecutive
+/// multiply-adds do not wait for each other (one register would serialise them on the adder's latency).
+const DOT_LANES: usize = 32;
+
+/// A running dot product over several pairs of rows, in [`DOT_LANES`] partial sums that the compiler keeps in
+/// SIMD registers; they are added up once, by [`DotLanes::sum`].
+struct DotLanes<F> {
+    lanes: [F; DOT_LANES],
+    tail: F,
+}
+
+impl<F: Real> DotLanes<F> {
+    #[inline(always)]
+    fn new() -> Self {
+        Self { lanes: [F::zero(); DOT_LANES], tail: F::zero() }
+    }
+
+    /// Adds `Σ a·b`.
+    #[inline(always)]
+    fn add(&mut self, a: &[F], b: &[F]) {
+        let (head_a, head_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+        let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
+        for (ca, cb) in head_a.zip(head_b) {
+            for k in 0..DOT_LANES {
+                self.lanes[k] += ca[k] * cb[k];
+            }
+        }
+        for (&x, &y) in tail_a.iter().zip(tail_b) {
+            self.tail += x * y;
         }
     }
-    let mut sum = lanes.iter().fold(F::zero(), |s, &l| s + l);
-    for (&x, &y) in tail_a.iter().zip(tail_b) {
-        sum += x * y;
+
+    /// The dot product so far.
+    #[inline(always)]
+    fn sum(&self) -> F {
+        self.lanes.iter().fold(self.tail, |s, &l| s + l)
     }
-    sum
 }
+
+/// Elements per fixed-length chunk of [`add_scaled`]: a whole number of SIMD registers, with no run-time
+/// trip count or overlap check for the compiler to emit per row.
+const ROW_CHUNK: usize = 64;
 
 /// `dst += v · row`, with the multiplication skipped for the common `v = 1`.
 #[inline(always)]
 fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
+    let mut dst_chunks = dst.chunks_exact_mut(ROW_CHUNK);
+    let mut row_chunks = row.chunks_exact(ROW_CHUNK);
+    for (d, r) in (&mut dst_chunks).zip(&mut row_chunks) {
+        add_scaled_chunk(d, r, v);
+    }
+    add_scaled_chunk(dst_chunks.into_remainder(), row_chunks.remainder(), v);
+}
+
+/// [`add_scaled`] over one chunk (or the remainder).
+#[inline(always)]
+fn add_scaled_chunk<F: Real>(dst: &mut [F], row: &[F], v: F) {
     if v == F::one() {
         for (d, &w) in dst.iter_mut().zip(row) {
             *d += w;
@@ -764,7 +871,11 @@ fn linear_input_grad_frame<F: Real, X: EventFrames<F>>(
     x.for_each_event(
         f,
         #[inline(always)]
-        |i, _| dst[i] += dot(&rows[i * outputs..][..outputs], row),
+        |i, _| {
+            let mut sum = DotLanes::new();
+            sum.add(&rows[i * outputs..][..outputs], row);
+            dst[i] += sum.sum();
+        },
     );
 }
 

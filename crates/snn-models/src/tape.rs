@@ -22,6 +22,7 @@
 //! event-driven or dense convolutions per frame, the same recurrences; kernel gradients sum the parts in a
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, WithDType};
@@ -31,8 +32,9 @@ use snn_core::kernels::{self, Real};
 use crate::conv::{dense_input_grad, dense_kernel_grad};
 use crate::network::{LayerActivity, Masks};
 use crate::sparse::{
-    conv_events, input_grad_events, linear_events_into, linear_input_grad_events, linear_weight_grad_events, transpose,
-    weight_grad_events, ConvGeometry, DenseFrames, EventFrames, SpikeFrames, EVENT_DENSITY_LIMIT,
+    channel_last_into, conv_events, input_grad_events, linear_events_into, linear_input_grad_events,
+    linear_weight_grad_events, transpose, weight_grad_events, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
+    EVENT_DENSITY_LIMIT,
 };
 use crate::spec::{LayerSpec, ShortcutKind, INPUT};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
@@ -212,6 +214,8 @@ struct Pass<'a, F> {
     part: usize,
     masks: HashMap<String, Vec<F>>,
     weights: HashMap<String, Weights<F>>,
+    /// Float buffers reused from part to part.
+    pool: BufferPool<F>,
 }
 
 impl<'a, F: Real + WithDType> Pass<'a, F> {
@@ -232,7 +236,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             weights.insert(layer, Weights { tensor, rows });
         }
         let part = (PART_FRAMES / batch).clamp(1, steps);
-        Ok(Self { net, input, steps, batch, part, masks, weights })
+        Ok(Self { net, input, steps, batch, part, masks, weights, pool: BufferPool::default() })
     }
 
     fn weights(&self, layer: &str) -> Result<&Weights<F>> {
@@ -322,6 +326,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         }
         let mut readout = Vec::new();
         let mut readout_counts = Vec::new();
+        let pool = &self.pool;
 
         for t0 in (0..steps).step_by(self.part) {
             let len = self.part.min(steps - t0);
@@ -333,11 +338,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 let (currents, neuron) = match layer {
                     LayerSpec::Conv(c) => {
                         let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
-                        let mut currents = vec![F::zero(); frames * g.frame_out()];
+                        let mut currents = pool.zeroed(frames * g.frame_out());
                         self.conv_forward(&x, self.weights(name)?, g, &mut currents)?;
                         if let Some(sc) = &c.shortcut {
                             let src = self.source(&sc.input, t0, len, &input, &spikes)?;
-                            let mut term = vec![F::zero(); currents.len()];
+                            let mut term = pool.zeroed(currents.len());
                             match sc.kind {
                                 ShortcutKind::Conv1x1 => {
                                     let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
@@ -349,22 +354,23 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                                 }
                             }
                             currents.iter_mut().zip(&term).for_each(|(c, t)| *c += *t);
+                            pool.recycle(term);
                         }
                         (currents, self.net.lif)
                     }
                     LayerSpec::Fc(f) => {
-                        let mut currents = vec![F::zero(); frames * f.out_features];
+                        let mut currents = pool.zeroed(frames * f.out_features);
                         linear_forward(&x, self.weights(name)?, f.out_features, &mut currents)?;
                         (currents, self.net.lif)
                     }
                     LayerSpec::Pool(p) => {
                         let shape = self.shape(&p.input);
-                        let mut currents = vec![F::zero(); frames * self.neurons(name)];
+                        let mut currents = pool.zeroed(frames * self.neurons(name));
                         average_pool(&x, &shape, p.kernel, &mut currents);
                         (currents, self.net.pool)
                     }
                     LayerSpec::Readout(r) => {
-                        let mut currents = vec![F::zero(); frames * r.out_features];
+                        let mut currents = pool.zeroed(frames * r.out_features);
                         linear_forward(&x, self.weights(name)?, r.out_features, &mut currents)?;
                         if readout.is_empty() {
                             readout = vec![F::zero(); batch * r.out_features];
@@ -375,6 +381,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                             readout.iter_mut().zip(row).for_each(|(m, &i)| *m = leak * (*m + i));
                         }
                         add_counts(&x, &mut readout_counts);
+                        pool.recycle(currents);
                         break;
                     }
                 };
@@ -390,6 +397,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     membrane,
                     &mut tape[t0 * span..(t0 + len) * span],
                 );
+                pool.recycle(currents);
             }
         }
 
@@ -485,6 +493,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             deltas.insert(name, vec![F::zero(); span]);
         }
 
+        let pool = &self.pool;
         let starts: Vec<usize> = (0..steps).step_by(self.part).collect();
         for &t0 in starts.iter().rev() {
             let len = self.part.min(steps - t0);
@@ -493,7 +502,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let mut grad_spikes: HashMap<&str, Vec<F>> = HashMap::new();
             for layer in &spec.layers {
                 if spikes.contains_key(layer.name()) {
-                    grad_spikes.insert(layer.name(), vec![F::zero(); frames * self.neurons(layer.name())]);
+                    grad_spikes.insert(layer.name(), pool.zeroed(frames * self.neurons(layer.name())));
                 }
             }
             if let Some(g) = grad_spikes.get_mut(r.input.as_str()) {
@@ -512,17 +521,18 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 }
                 let span = batch * n;
                 let (Some(gain), Some(delta)) = (gains.get(name), deltas.get_mut(name)) else { continue };
-                let mut currents_grad = vec![F::zero(); grad.len()];
+                let mut currents_grad = pool.zeroed(grad.len());
                 let own = &spikes[name][t0 * span..(t0 + len) * span];
                 kernels::spike_backward_from(own, &grad, gain, delta, &mut currents_grad);
-                drop(grad);
+                pool.recycle(grad);
                 let x = self.source(layer.input(), t0, len, &input, spikes)?;
                 match layer {
                     LayerSpec::Conv(c) => {
                         let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
                         let w = self.weights(name)?;
                         let into = grad_spikes.get_mut(c.input.as_str());
-                        self.conv_backward(&x, w, g, &currents_grad, into, accumulator(&mut grads, name)?)?;
+                        let acc = accumulator(&mut grads, name)?;
+                        self.conv_backward(&x, w, g, &currents_grad, into, acc)?;
                         if let Some(sc) = &c.shortcut {
                             let src = self.source(&sc.input, t0, len, &input, spikes)?;
                             let into = grad_spikes.get_mut(sc.input.as_str());
@@ -554,6 +564,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     }
                     LayerSpec::Readout(_) => {}
                 }
+                pool.recycle(currents_grad);
             }
         }
 
@@ -585,10 +596,14 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Source::Spikes(_) => input_grad,
         };
         if x.sparse() {
+            // Both kernels read the error channel-last.
+            let mut delta_rows = self.pool.zeroed(delta.len());
+            channel_last_into(delta, g, &mut delta_rows);
             if let Some(into) = input_grad {
-                input_grad_events(x, &w.rows, delta, g, into);
+                input_grad_events(x, &w.rows, &delta_rows, g, into);
             }
-            weight_grad_events(x, delta, g, acc);
+            weight_grad_events(x, &delta_rows, g, acc);
+            self.pool.recycle(delta_rows);
         } else {
             let frames = x.frames();
             let dense = x.dense(&[g.channels, g.height, g.width])?;
@@ -602,6 +617,39 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
         }
         Ok(())
+    }
+}
+
+/// Float buffers reused from part to part (and layer to layer) of a pass: large windows handed back to the
+/// allocator are often returned to the system and faulted in again, page by page, when the next part
+/// allocates them.
+struct BufferPool<F> {
+    free: RefCell<Vec<Vec<F>>>,
+}
+
+impl<F> Default for BufferPool<F> {
+    fn default() -> Self {
+        Self { free: RefCell::new(Vec::new()) }
+    }
+}
+
+impl<F: Real> BufferPool<F> {
+    /// A buffer of `len` zeros: the smallest free one that holds them, else a new one.
+    fn zeroed(&self, len: usize) -> Vec<F> {
+        let mut free = self.free.borrow_mut();
+        let fitting = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
+        let mut buffer = match fitting.map(|(i, _)| i) {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        buffer.clear();
+        buffer.resize(len, F::zero());
+        buffer
+    }
+
+    /// Hands a buffer back for later [`BufferPool::zeroed`] calls.
+    fn recycle(&self, buffer: Vec<F>) {
+        self.free.borrow_mut().push(buffer);
     }
 }
 
