@@ -23,10 +23,12 @@ use snn_core::kernels::Real;
 
 use crate::{Error, Result};
 
-/// Above this share of non-zero inputs the callers use the dense layers. A chosen, not a measured, crossover:
-/// at 30 % the event path still skips 70 % of the connections, while a dense GEMM-based convolution does
-/// several times more useful work per instruction than scattered row additions.
-pub const EVENT_DENSITY_LIMIT: f64 = 0.3;
+/// Above this share of non-zero inputs the callers use the dense layers (Candle's convolutions and
+/// products). Measured on 64 frames of 3×3 convolutions (docs/PERFORMANCE.md): the event-driven forward pass
+/// stays ahead of Candle's convolution up to 45–90 % non-zero inputs for 64–256 channels (always for a
+/// 3-channel image), the event-driven kernel gradient up to 80–100 %; 50 % keeps every measured layer on the
+/// faster path or within a few per cent of it.
+pub const EVENT_DENSITY_LIMIT: f64 = 0.5;
 
 /// Whether a window of spikes `[N, ...]` (values 0 or ±1, dropout-masked spikes by their mask value) on the CPU
 /// is sparse enough for the event-driven layers: its summed magnitude, the number of spikes, is at most
