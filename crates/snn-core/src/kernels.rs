@@ -85,15 +85,13 @@ pub fn spike_forward_from<F: Real, S: Spike>(
     for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
         membrane.par_chunks_mut(CHUNK).zip(i_row.par_chunks(CHUNK)).zip(s_row.par_chunks_mut(CHUNK)).for_each(
             |((v, i), s)| {
+                // Selects rather than branches: whether a neuron fires is data, not a pattern to predict, and
+                // branch-free code vectorises.
                 for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
                     let u = *v + i;
-                    if u > threshold {
-                        *s = S::FIRED;
-                        *v = F::zero();
-                    } else {
-                        *s = S::SILENT;
-                        *v = leak * u;
-                    }
+                    let fired = u > threshold;
+                    *s = if fired { S::FIRED } else { S::SILENT };
+                    *v = if fired { F::zero() } else { leak * u };
                 }
             },
         );
@@ -203,9 +201,7 @@ pub fn spike_backward_from<F: Real, S: Spike>(
             .zip(d_row.par_chunks_mut(CHUNK))
             .for_each(|((((d, k), s), g), out)| {
                 for ((((d, &k), &s), &g), out) in d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut()) {
-                    if s == S::FIRED {
-                        *d = k * g;
-                    }
+                    *d = if s == S::FIRED { k * g } else { *d };
                     *out = *d;
                 }
             });

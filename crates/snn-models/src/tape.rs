@@ -213,6 +213,8 @@ struct Pass<'a, F> {
     /// Steps per part.
     part: usize,
     masks: HashMap<String, Vec<F>>,
+    /// The masks as given (tensors share their storage), for the tape.
+    mask_tensors: Masks,
     weights: HashMap<String, Weights<F>>,
     /// Float buffers reused from part to part.
     pool: BufferPool<F>,
@@ -221,6 +223,7 @@ struct Pass<'a, F> {
 impl<'a, F: Real + WithDType> Pass<'a, F> {
     fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks) -> Result<Self> {
         let (steps, batch) = net.check_input(input, masks)?;
+        let mask_tensors = masks.clone();
         let masks = masks
             .iter()
             .map(|(k, m)| Ok((k.clone(), m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)))
@@ -236,7 +239,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             weights.insert(layer, Weights { tensor, rows });
         }
         let part = (PART_FRAMES / batch).clamp(1, steps);
-        Ok(Self { net, input, steps, batch, part, masks, weights, pool: BufferPool::default() })
+        Ok(Self { net, input, steps, batch, part, masks, mask_tensors, weights, pool: BufferPool::default() })
     }
 
     fn weights(&self, layer: &str) -> Result<&Weights<F>> {
@@ -426,15 +429,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 spikes: None,
             });
         }
-        let masks = self
-            .masks
-            .iter()
-            .map(|(k, v)| {
-                let mut dims = vec![batch];
-                dims.extend(self.shape(k));
-                Ok((k.clone(), Tensor::from_slice(v, dims, &Device::Cpu)?))
-            })
-            .collect::<Result<Masks>>()?;
+        let masks = self.mask_tensors.clone();
         let tape = Tape { steps, batch, input: self.input.clone(), masks, spikes, readout_counts };
         Ok((ForwardOutput { output, activity }, tape))
     }
