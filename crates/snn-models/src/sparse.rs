@@ -363,37 +363,68 @@ struct EventWeightGrad {
 /// Adds the kernel gradient of a convolution, in the transposed layout `[C, k, k, O]` of [`kernel_rows`], to
 /// `acc`, from its input events and output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]):
 /// `Σ_f Σ_events v · grad[f, oy, ox, :]` into the tap `(c, ky, kx)`.
-///
-/// Blocks of input channels run in parallel, each owning its slice of `acc` and visiting the frames in order
-/// (one frame's output gradient is read for all the block's channels while it is in cache), so every sum
-/// runs in the same order, whatever the thread count.
 pub(crate) fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry, acc: &mut [F]) {
-    let per_channel = g.kernel * g.kernel * g.outputs;
-    // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
-    let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
-    acc.par_chunks_mut(block * per_channel).enumerate().for_each(|(b, acc_block)| {
-        dispatch!(weight_grad_block_wide, weight_grad_block(x, b * block, grad, g, acc_block))
-    });
+    conv_grads_events(x, grad, g, acc, None);
 }
 
-wide_variant!(fn weight_grad_block_wide = weight_grad_block<F: Real, X: EventFrames<F>>(
-    x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F]
+/// The kernel gradient of [`weight_grad_events`] and, with `input` = `(rows, out)`, in the same pass over the
+/// events the input gradient of [`input_grad_events`] added to `out` (`[N, C, H, W]`): each event reads the
+/// output-gradient rows of its taps once for both.
+///
+/// Blocks of input channels run in parallel, each owning its slice of `acc` and of every frame of `out` and
+/// visiting the frames in order (one frame's gradient is read for all the block's channels while it is in
+/// cache), so every sum runs in the same order, whatever the thread count.
+pub(crate) fn conv_grads_events<F: Real, X: EventFrames<F>>(
+    x: &X,
+    grad: &[F],
+    g: ConvGeometry,
+    acc: &mut [F],
+    input: Option<(&[F], &mut [F])>,
+) {
+    let per_channel = g.kernel * g.kernel * g.outputs;
+    let plane_in = g.height * g.width;
+    // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
+    let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let blocks = g.channels.div_ceil(block);
+    // Each block's share of every frame of the input gradient.
+    let mut outs: Vec<Vec<&mut [F]>> = (0..blocks).map(|_| Vec::new()).collect();
+    let rows = input.as_ref().map(|(rows, _)| *rows);
+    if let Some((_, out)) = input {
+        for frame in out.chunks_mut(g.frame_in()) {
+            for (b, share) in frame.chunks_mut(block * plane_in).enumerate() {
+                outs[b].push(share);
+            }
+        }
+    }
+    acc.par_chunks_mut(block * per_channel).zip(outs.into_par_iter()).enumerate().for_each(
+        |(b, (acc_block, mut outs))| {
+            dispatch!(conv_grads_block_wide, conv_grads_block(x, b * block, grad, g, acc_block, rows, &mut outs))
+        },
+    );
+}
+
+wide_variant!(fn conv_grads_block_wide = conv_grads_block<F: Real, X: EventFrames<F>>(
+    x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F], rows: Option<&[F]>,
+    outs: &mut [&mut [F]]
 ));
 
-/// The input channels `first..` of [`weight_grad_events`] (as many as `acc_block` holds `[k, k, O]` taps for)
-/// over every frame.
+/// The input channels `first..` of [`conv_grads_events`] (as many as `acc_block` holds `[k, k, O]` taps for)
+/// over every frame; `outs` holds the block's share of each frame of the input gradient, or nothing.
 #[inline(always)]
-fn weight_grad_block<F: Real, X: EventFrames<F>>(
+fn conv_grads_block<F: Real, X: EventFrames<F>>(
     x: &X,
     first: usize,
     channel_last: &[F],
     g: ConvGeometry,
     acc_block: &mut [F],
+    rows: Option<&[F]>,
+    outs: &mut [&mut [F]],
 ) {
     let plane_in = g.height * g.width;
     let per_channel = g.kernel * g.kernel * g.outputs;
     let channels = first..first + acc_block.len() / per_channel;
     for (f, frame_grad) in channel_last.chunks_exact(g.frame_out()).enumerate() {
+        let mut out = outs.get_mut(f);
         x.for_each_event_in(
             f,
             channels.start * plane_in..channels.end * plane_in,
@@ -401,19 +432,34 @@ fn weight_grad_block<F: Real, X: EventFrames<F>>(
             |i, v| {
                 let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
                 let acc_c = &mut acc_block[(c - first) * per_channel..][..per_channel];
-                for_each_tap(
-                    y,
-                    xx,
-                    g,
-                    #[inline(always)]
-                    |tap, o| {
-                        add_scaled(
-                            &mut acc_c[tap * g.outputs..][..g.outputs],
-                            &frame_grad[o * g.outputs..][..g.outputs],
-                            v,
+                match (rows, out.as_deref_mut()) {
+                    (Some(rows), Some(out)) => {
+                        let taps = &rows[c * per_channel..][..per_channel];
+                        let mut sum = DotLanes::new();
+                        for_each_tap(
+                            y,
+                            xx,
+                            g,
+                            #[inline(always)]
+                            |tap, o| {
+                                let at = tap * g.outputs..(tap + 1) * g.outputs;
+                                let grad_row = &frame_grad[o * g.outputs..][..g.outputs];
+                                sum.add_and_scatter(&taps[at.clone()], grad_row, &mut acc_c[at], v);
+                            },
                         );
-                    },
-                );
+                        out[i - first * plane_in] += sum.sum();
+                    }
+                    _ => for_each_tap(
+                        y,
+                        xx,
+                        g,
+                        #[inline(always)]
+                        |tap, o| {
+                            let grad_row = &frame_grad[o * g.outputs..][..g.outputs];
+                            add_scaled(&mut acc_c[tap * g.outputs..][..g.outputs], grad_row, v);
+                        },
+                    ),
+                }
             },
         );
     }
@@ -740,6 +786,24 @@ impl<F: Real> DotLanes<F> {
         }
         for (&x, &y) in tail_a.iter().zip(tail_b) {
             self.tail += x * y;
+        }
+    }
+
+    /// Adds `Σ a·b` and, in the same pass over `b`, `acc += v · b`.
+    #[inline(always)]
+    fn add_and_scatter(&mut self, a: &[F], b: &[F], acc: &mut [F], v: F) {
+        let (head_a, head_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+        let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
+        let mut head_acc = acc.chunks_exact_mut(DOT_LANES);
+        for ((ca, cb), cacc) in head_a.zip(head_b).zip(&mut head_acc) {
+            for k in 0..DOT_LANES {
+                self.lanes[k] += ca[k] * cb[k];
+                cacc[k] += v * cb[k];
+            }
+        }
+        for ((&x, &y), d) in tail_a.iter().zip(tail_b).zip(head_acc.into_remainder()) {
+            self.tail += x * y;
+            *d += v * y;
         }
     }
 

@@ -32,9 +32,8 @@ use snn_core::kernels::{self, Real};
 use crate::conv::{dense_input_grad, dense_kernel_grad};
 use crate::network::{LayerActivity, Masks};
 use crate::sparse::{
-    channel_last_into, conv_events, input_grad_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, weight_grad_events, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
-    EVENT_DENSITY_LIMIT,
+    channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
+    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames, EVENT_DENSITY_LIMIT,
 };
 use crate::spec::{LayerSpec, ShortcutKind, INPUT};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
@@ -591,13 +590,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Source::Spikes(_) => input_grad,
         };
         if x.sparse() {
-            // Both kernels read the error channel-last.
+            // The kernels read the error channel-last; one pass over the events gives both gradients.
             let mut delta_rows = self.pool.zeroed(delta.len());
             channel_last_into(delta, g, &mut delta_rows);
-            if let Some(into) = input_grad {
-                input_grad_events(x, &w.rows, &delta_rows, g, into);
-            }
-            weight_grad_events(x, &delta_rows, g, acc);
+            let input = input_grad.map(|into| (w.rows.as_slice(), into.as_mut_slice()));
+            conv_grads_events(x, &delta_rows, g, acc, input);
             self.pool.recycle(delta_rows);
         } else {
             let frames = x.frames();
