@@ -84,7 +84,9 @@ pub fn spike_forward_from<F: Real, S: Spike>(
     }
     for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
         membrane.par_chunks_mut(CHUNK).zip(i_row.par_chunks(CHUNK)).zip(s_row.par_chunks_mut(CHUNK)).for_each(
-            |((v, i), s)| {
+            // `move`: the parameters are copied into the closure, so the compiler need not reload them after
+            // every store in case the stores changed them.
+            move |((v, i), s)| {
                 // Selects rather than branches: whether a neuron fires is data, not a pattern to predict, and
                 // branch-free code vectorises.
                 for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
@@ -157,7 +159,7 @@ pub fn spike_gains<F: Real, S: Spike>(spikes: &[S], n: usize, rule: BackwardRule
     let mut count = vec![F::zero(); n];
     for s_row in spikes.chunks_exact(n) {
         leaky.par_chunks_mut(CHUNK).zip(count.par_chunks_mut(CHUNK)).zip(s_row.par_chunks(CHUNK)).for_each(
-            |((lf, tot), s)| {
+            move |((lf, tot), s)| {
                 for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
                     let s = if s == S::FIRED { F::one() } else { F::zero() };
                     *lf = leak * *lf + s;
