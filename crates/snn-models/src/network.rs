@@ -10,6 +10,7 @@ use snn_core::{dropout_mask, leaky_readout, Neuron};
 use crate::conv::{conv2d_frames, InputGrad};
 use crate::sparse::{conv2d_events, linear_events, sparse_enough};
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
+use crate::tape::Scratch;
 use crate::{Error, Result};
 
 /// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape).
@@ -75,6 +76,8 @@ pub struct SpikingNetwork {
     pub(crate) pool: Neuron,
     device: Device,
     dtype: DType,
+    /// Float buffers of the taped training pass, kept from one call to the next.
+    pub(crate) scratch: Scratch,
 }
 
 impl SpikingNetwork {
@@ -131,6 +134,7 @@ impl SpikingNetwork {
             index,
             device: device.clone(),
             dtype,
+            scratch: Scratch::default(),
         })
     }
 

@@ -22,8 +22,10 @@
 //! event-driven or dense convolutions per frame, the same recurrences; kernel gradients sum the parts in a
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use rayon::prelude::*;
@@ -204,7 +206,7 @@ impl<F: Real + WithDType> Source<'_, F> {
 }
 
 /// The state of one taped pass over a network, for one float type.
-struct Pass<'a, F> {
+struct Pass<'a, F: Real + WithDType> {
     net: &'a SpikingNetwork,
     input: &'a Tensor,
     steps: usize,
@@ -238,7 +240,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             weights.insert(layer, Weights { tensor, rows });
         }
         let part = (PART_FRAMES / batch).clamp(1, steps);
-        Ok(Self { net, input, steps, batch, part, masks, mask_tensors, weights, pool: BufferPool::default() })
+        let pool = net.scratch.take();
+        Ok(Self { net, input, steps, batch, part, masks, mask_tensors, weights, pool })
     }
 
     fn weights(&self, layer: &str) -> Result<&Weights<F>> {
@@ -612,9 +615,35 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     }
 }
 
-/// Float buffers reused from part to part (and layer to layer) of a pass: large windows handed back to the
-/// allocator are often returned to the system and faulted in again, page by page, when the next part
-/// allocates them.
+/// The buffer pool a network keeps between taped passes, for whichever float type it last ran in.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl Scratch {
+    /// The kept pool if it holds `F` buffers, else an empty one.
+    fn take<F: Real>(&self) -> BufferPool<F> {
+        let kept = self.0.lock().ok().and_then(|mut slot| slot.take());
+        kept.and_then(|b| b.downcast::<BufferPool<F>>().ok()).map(|b| *b).unwrap_or_default()
+    }
+
+    /// Keeps `pool` for the next pass.
+    fn put<F: Real>(&self, pool: BufferPool<F>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Box::new(pool));
+        }
+    }
+}
+
+impl<F: Real + WithDType> Drop for Pass<'_, F> {
+    /// Hands the buffers back to the network, for its next pass.
+    fn drop(&mut self) {
+        self.net.scratch.put(std::mem::take(&mut self.pool));
+    }
+}
+
+/// Float buffers reused from part to part (and layer to layer) of a pass, and kept by the network from one
+/// pass to the next: large windows handed back to the allocator are often returned to the system and
+/// faulted in again, page by page, when the next part allocates them.
 struct BufferPool<F> {
     free: RefCell<Vec<Vec<F>>>,
 }
