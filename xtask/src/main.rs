@@ -6,11 +6,14 @@
 //!   throughput of a dense matrix product measured in the same run as the baseline.
 //! * `cargo xtask reproduce <experiment> [--quick]`: a paper experiment end to end (data, training,
 //!   evaluation, analysis) with a Markdown report; resumes when interrupted.
+//! * `cargo xtask density`: the event-driven convolution against Candle's dense one at growing input
+//!   densities.
 //! * `cargo xtask ci`: what CI checks: formatting, clippy, the test suite and the golden cases.
 //! * `cargo xtask gpu-check`: on a machine with an NVIDIA GPU and `nvcc`, rebuilds this tool with the `cuda`
 //!   feature, replays the golden cases on the GPU and times LeNet and VGG9 training and inference at T = 100.
 
 mod bench;
+mod density;
 mod peers;
 mod reproduce;
 
@@ -104,6 +107,13 @@ enum Command {
         /// Run this snn-cli binary instead of building the release one.
         #[arg(long)]
         cli: Option<PathBuf>,
+    },
+    /// Time the event-driven convolution against Candle's dense one at growing input densities (the
+    /// measurement behind the event-driven layers' density limit).
+    Density {
+        /// Repetitions per figure (the fastest is kept).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
     /// Run what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, the test suite, the golden cases.
     Ci,
@@ -232,6 +242,7 @@ fn main() -> ExitCode {
             };
             reproduce::run(args, &workspace_root()).map(|()| true)
         }
+        Command::Density { reps } => density::run(reps).map(|()| true),
         Command::Ci => ci(),
         Command::GpuCheck => gpu_check(),
     };

@@ -24,10 +24,10 @@ use snn_core::kernels::Real;
 use crate::{Error, Result};
 
 /// Above this share of non-zero inputs the callers use the dense layers (Candle's convolutions and
-/// products). Measured on 64 frames of 3×3 convolutions (docs/PERFORMANCE.md): the event-driven forward pass
-/// stays ahead of Candle's convolution up to 45–90 % non-zero inputs for 64–256 channels (always for a
-/// 3-channel image), the event-driven kernel gradient up to 80–100 %; 50 % keeps every measured layer on the
-/// faster path or within a few per cent of it.
+/// products). Measured by `cargo xtask density` on 64 frames of VGG9's 3×3 convolutions: the event-driven
+/// forward pass stays ahead of Candle's convolution up to 50–100 % non-zero inputs for 64–256 channels (at any
+/// density for a 3-channel image), the event-driven kernel gradient up to 100 %; at 50 % every measured layer
+/// is on the faster path or level with it.
 pub const EVENT_DENSITY_LIMIT: f64 = 0.5;
 
 /// Whether a window of spikes `[N, ...]` (values 0 or ±1, dropout-masked spikes by their mask value) on the CPU
