@@ -619,104 +619,41 @@ pub(crate) fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
 /// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
 pub(crate) fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
-        // Per worker: the channel-last accumulator (one contiguous row of `outputs` per output position) and
-        // the frame's events sorted by position.
-        || (vec![F::zero(); g.frame_out()], EventsByPosition::new()),
-        |(acc, events), (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, acc, events, dst)),
+        // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
+        || vec![F::zero(); g.frame_out()],
+        |acc, (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, acc, dst)),
     );
 }
 
 wide_variant!(fn conv_frame_wide = conv_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], events: &mut EventsByPosition<F>, dst: &mut [F]
+    x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]
 ));
 
 /// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
-///
-/// Events are visited position by position (all channels of one input position, then the next), so the
-/// accumulator rows around a position stay in the first-level cache while its events add into them.
 #[inline(always)]
-fn conv_frame<F: Real, X: EventFrames<F>>(
-    x: &X,
-    f: usize,
-    rows: &[F],
-    g: ConvGeometry,
-    acc: &mut [F],
-    events: &mut EventsByPosition<F>,
-    dst: &mut [F],
-) {
-    let plane_out = g.out_h * g.out_w;
+fn conv_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
     acc.fill(F::zero());
-    events.collect(x, f, plane_in);
-    for (q, c, v) in events.iter() {
-        let (y, xx) = (q / g.width, q % g.width);
-        let taps = &rows[c * per_channel..][..per_channel];
-        for_each_tap(
-            y,
-            xx,
-            g,
-            #[inline(always)]
-            |tap, o| {
-                add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
-            },
-        );
-    }
-    transpose_into(acc, plane_out, g.outputs, dst);
-}
-
-/// The events of one frame `[C, P]` (`P` positions per channel) reordered by position: a counting sort of
-/// `(position, channel, value)`, channels in increasing order within a position.
-pub(crate) struct EventsByPosition<F> {
-    /// The frame's events in index order.
-    by_index: Vec<(u32, F)>,
-    /// Events per position, then the start of each position's run.
-    starts: Vec<u32>,
-    /// `(position, channel, value)` in position order.
-    sorted: Vec<(u32, u32, F)>,
-}
-
-impl<F: Real> EventsByPosition<F> {
-    fn new() -> Self {
-        Self { by_index: Vec::new(), starts: Vec::new(), sorted: Vec::new() }
-    }
-
-    /// Sorts the events of frame `f`, whose entries are `channel · positions + position`.
-    #[inline(always)]
-    fn collect<X: EventFrames<F>>(&mut self, x: &X, f: usize, positions: usize) {
-        self.by_index.clear();
-        x.for_each_event(
-            f,
-            #[inline(always)]
-            |i, v| self.by_index.push((i as u32, v)),
-        );
-        self.starts.clear();
-        self.starts.resize(positions, 0);
-        for &(i, _) in &self.by_index {
-            self.starts[i as usize % positions] += 1;
-        }
-        let mut next = 0;
-        for start in &mut self.starts {
-            let count = *start;
-            *start = next;
-            next += count;
-        }
-        self.sorted.clear();
-        self.sorted.resize(self.by_index.len(), (0, 0, F::zero()));
-        for &(i, v) in &self.by_index {
-            let (c, q) = (i as usize / positions, i as usize % positions);
-            let at = &mut self.starts[q];
-            self.sorted[*at as usize] = (q as u32, c as u32, v);
-            *at += 1;
-        }
-    }
-
-    /// `(position, channel, value)` of every event, in position order.
-    #[inline(always)]
-    fn iter(&self) -> impl Iterator<Item = (usize, usize, F)> + '_ {
-        self.sorted.iter().map(|&(q, c, v)| (q as usize, c as usize, v))
-    }
+    x.for_each_event(
+        f,
+        #[inline(always)]
+        |i, v| {
+            let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
+            let taps = &rows[c * per_channel..][..per_channel];
+            for_each_tap(
+                y,
+                xx,
+                g,
+                #[inline(always)]
+                |tap, o| {
+                    add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
+                },
+            );
+        },
+    );
+    transpose_into(acc, g.out_h * g.out_w, g.outputs, dst);
 }
 
 /// Calls `f(tap, output)` for every kernel tap `ky·k + kx` through which the input at `(y, x)` reaches an
