@@ -569,6 +569,12 @@ impl ConvGeometry {
     pub fn frame_out(&self) -> usize {
         self.outputs * self.out_h * self.out_w
     }
+
+    /// `(y, x)` of every position `y·W + x` of an input plane: the kernels look positions up here instead of
+    /// dividing per event.
+    fn input_coordinates(&self) -> Vec<(u32, u32)> {
+        (0..self.height * self.width).map(|q| ((q / self.width) as u32, (q % self.width) as u32)).collect()
+    }
 }
 
 /// `src` as a `rows × cols` row-major matrix, transposed.
@@ -618,41 +624,53 @@ pub(crate) fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
 /// Event-driven convolution into `out` `[N, O, Ho, Wo]` (overwritten) from the input events and the
 /// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
 pub(crate) fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
+    let coords = g.input_coordinates();
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
         // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
         || vec![F::zero(); g.frame_out()],
-        |acc, (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, acc, dst)),
+        |acc, (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, &coords, acc, dst)),
     );
 }
 
 wide_variant!(fn conv_frame_wide = conv_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]
+    x: &X, f: usize, rows: &[F], g: ConvGeometry, coords: &[(u32, u32)], acc: &mut [F], dst: &mut [F]
 ));
 
 /// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
 #[inline(always)]
-fn conv_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]) {
+fn conv_frame<F: Real, X: EventFrames<F>>(
+    x: &X,
+    f: usize,
+    rows: &[F],
+    g: ConvGeometry,
+    coords: &[(u32, u32)],
+    acc: &mut [F],
+    dst: &mut [F],
+) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
     acc.fill(F::zero());
-    x.for_each_event(
-        f,
-        #[inline(always)]
-        |i, v| {
-            let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
-            let taps = &rows[c * per_channel..][..per_channel];
-            for_each_tap(
-                y,
-                xx,
-                g,
-                #[inline(always)]
-                |tap, o| {
-                    add_scaled(&mut acc[o * g.outputs..][..g.outputs], &taps[tap * g.outputs..][..g.outputs], v);
-                },
-            );
-        },
-    );
+    for (c, taps) in rows.chunks_exact(per_channel).enumerate() {
+        x.for_each_event_in(
+            f,
+            c * plane_in..(c + 1) * plane_in,
+            #[inline(always)]
+            |i, v| {
+                let (y, xx) = coords[i - c * plane_in];
+                for_each_tap(
+                    y as usize,
+                    xx as usize,
+                    g,
+                    #[inline(always)]
+                    |tap, o| {
+                        let row = &taps[tap * g.outputs..][..g.outputs];
+                        add_scaled(&mut acc[o * g.outputs..][..g.outputs], row, v);
+                    },
+                );
+            },
+        );
+    }
     transpose_into(acc, g.out_h * g.out_w, g.outputs, dst);
 }
 
