@@ -1,6 +1,7 @@
 //! Stochastic gradient descent as the paper's recipe uses it.
 
-use candle_core::{Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor, Var};
 use snn_models::Gradients;
 
 use crate::{Error, Result};
@@ -65,6 +66,12 @@ impl Sgd {
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
         for ((name, var), buf) in self.vars.iter().zip(self.momentum_buffers.iter_mut()) {
             let Some(g) = grads.get(name) else { continue };
+            if self.momentum == 0.0 && var.device().is_cpu() && g.dims() == var.dims() {
+                // The paper's update, in place in one pass over the weights: no temporaries.
+                let update = PlainUpdate { lr: self.lr, weight_decay: self.weight_decay };
+                var.as_tensor().inplace_op2(&g.contiguous()?, &update)?;
+                continue;
+            }
             let mut d = g.clone();
             if self.weight_decay > 0.0 {
                 d = (d + (var.as_tensor() * self.weight_decay)?)?;
@@ -83,10 +90,71 @@ impl Sgd {
     }
 }
 
+/// `w ← w − lr · (∇w + wd · w)` in place on the CPU, element by element with the same operations in the same
+/// order as the tensor expression it replaces (`w · wd` and `d · lr` as Candle's scalar multiplications,
+/// `x · c + 0`), so both give the same bits.
+struct PlainUpdate {
+    lr: f64,
+    weight_decay: f64,
+}
+
+impl PlainUpdate {
+    fn apply<F: snn_core::kernels::Real>(&self, weights: &mut [F], grads: &[F], lr: F, weight_decay: F) {
+        let zero = F::zero();
+        for (w, &g) in weights.iter_mut().zip(grads) {
+            let d = if self.weight_decay > 0.0 { g + (*w * weight_decay + zero) } else { g };
+            *w = *w - (d * lr + zero);
+        }
+    }
+}
+
+impl InplaceOp2 for PlainUpdate {
+    fn name(&self) -> &'static str {
+        "sgd-update"
+    }
+
+    fn cpu_fwd(&self, w: &mut CpuStorage, lw: &Layout, g: &CpuStorage, lg: &Layout) -> candle_core::Result<()> {
+        let (Some((w0, w1)), Some((g0, g1))) = (lw.contiguous_offsets(), lg.contiguous_offsets()) else {
+            candle_core::bail!("{}: weights and gradient must be contiguous", self.name());
+        };
+        if w1 - w0 != g1 - g0 {
+            candle_core::bail!("{}: {} weights but {} gradient values", self.name(), w1 - w0, g1 - g0);
+        }
+        match (w, g) {
+            (CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                self.apply(&mut w[w0..w1], &g[g0..g1], self.lr as f32, self.weight_decay as f32)
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                self.apply(&mut w[w0..w1], &g[g0..g1], self.lr, self.weight_decay)
+            }
+            (w, g) => candle_core::bail!("{}: weights {:?} with gradient {:?}", self.name(), w.dtype(), g.dtype()),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn in_place_update_gives_the_bits_of_the_tensor_expression() -> Result<()> {
+        // Values of every magnitude and sign, zeros included, in f32.
+        let values: Vec<f32> = (0..997).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi(i % 9 - 6)).collect();
+        let grads: Vec<f32> = (0..997).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3).collect();
+        let (lr, wd) = (0.0085, 5e-4);
+        let w = Var::from_vec(values.clone(), 997, &Device::Cpu)?;
+        let g = Tensor::from_vec(grads, 997, &Device::Cpu)?;
+        let expected = (w.as_tensor() - ((&g + (w.as_tensor() * wd)?)? * lr)?)?.to_vec1::<f32>()?;
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], lr, 0.0, wd)?;
+        opt.step(&Gradients::new(vec![("w".into(), g)]))?;
+        let got = w.as_tensor().to_vec1::<f32>()?;
+        let same_bits = got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same_bits, "the in-place update must round exactly like the tensor expression");
+        assert_ne!(got, values, "the update must change the weights");
+        Ok(())
+    }
 
     #[test]
     fn update_matches_hand_computation() -> Result<()> {
