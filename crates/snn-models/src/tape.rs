@@ -53,6 +53,8 @@ pub struct Tape {
     masks: Masks,
     spikes: HashMap<String, Vec<u8>>,
     readout_counts: Vec<f64>,
+    /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
+    prepared: Option<Box<dyn Any + Send>>,
 }
 
 impl Tape {
@@ -62,7 +64,9 @@ impl Tape {
     }
 
     /// Bytes the tape holds beyond the caller's input window and masks: one per spiking neuron and step,
-    /// plus the readout's input counts.
+    /// plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights to
+    /// the backward pass, which would otherwise rebuild it; that copy, the size of the weights, is not
+    /// counted.)
     pub fn bytes(&self) -> usize {
         self.spikes.values().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
     }
@@ -119,8 +123,8 @@ impl SpikingNetwork {
             return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
         }
         match self.dtype() {
-            DType::F32 => Pass::<f32>::new(self, input, masks)?.forward(),
-            DType::F64 => Pass::<f64>::new(self, input, masks)?.forward(),
+            DType::F32 => Pass::<f32>::new(self, input, masks, None)?.forward(),
+            DType::F64 => Pass::<f64>::new(self, input, masks, None)?.forward(),
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
         }
     }
@@ -128,12 +132,48 @@ impl SpikingNetwork {
     /// The spike-based backward pass from a [`Tape`] and the gradient of the loss with respect to the readout
     /// `[B, classes]`: the gradient of every weight, as Candle's autograd computes it through
     /// [`Self::forward`] (up to summation order).
-    pub fn backward(&self, tape: Tape, grad_output: &Tensor) -> Result<Gradients> {
+    pub fn backward(&self, mut tape: Tape, grad_output: &Tensor) -> Result<Gradients> {
+        fn prepared<F: Real + WithDType>(tape: &mut Tape) -> Option<Prepared<F>> {
+            tape.prepared.take().and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
+        }
         match self.dtype() {
-            DType::F32 => Pass::<f32>::new(self, &tape.input, &tape.masks)?.backward(&tape, grad_output),
-            DType::F64 => Pass::<f64>::new(self, &tape.input, &tape.masks)?.backward(&tape, grad_output),
+            DType::F32 => {
+                let prepared = prepared::<f32>(&mut tape);
+                Pass::<f32>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
+            }
+            DType::F64 => {
+                let prepared = prepared::<f64>(&mut tape);
+                Pass::<f64>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
+            }
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
         }
+    }
+}
+
+/// What a pass derives from the network and the masks before it starts: each layer's weights as slices, and
+/// the masks as slices. The forward pass hands it to the backward pass through the tape.
+struct Prepared<F> {
+    masks: HashMap<String, Vec<F>>,
+    weights: HashMap<String, Weights<F>>,
+}
+
+impl<F: Real + WithDType> Prepared<F> {
+    fn new(net: &SpikingNetwork, masks: &Masks) -> Result<Self> {
+        let masks = masks
+            .iter()
+            .map(|(k, m)| Ok((k.clone(), m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)))
+            .collect::<Result<_>>()?;
+        let mut weights = HashMap::new();
+        for (name, var) in net.weights() {
+            let tensor = var.as_tensor().detach();
+            let values = tensor.flatten_all()?.to_vec1::<F>()?;
+            let dims = tensor.dims();
+            let (outputs, fan_in) = (dims[0], values.len() / dims[0]);
+            let rows = transpose(&values, outputs, fan_in);
+            let layer = name.strip_suffix(".weight").unwrap_or(name).to_string();
+            weights.insert(layer, Weights { tensor, rows });
+        }
+        Ok(Self { masks, weights })
     }
 }
 
@@ -222,23 +262,14 @@ struct Pass<'a, F: Real + WithDType> {
 }
 
 impl<'a, F: Real + WithDType> Pass<'a, F> {
-    fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks) -> Result<Self> {
+    /// A pass over `input` with `masks`, reusing the weights and masks a forward pass prepared, if given.
+    fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks, prepared: Option<Prepared<F>>) -> Result<Self> {
         let (steps, batch) = net.check_input(input, masks)?;
         let mask_tensors = masks.clone();
-        let masks = masks
-            .iter()
-            .map(|(k, m)| Ok((k.clone(), m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)))
-            .collect::<Result<_>>()?;
-        let mut weights = HashMap::new();
-        for (name, var) in net.weights() {
-            let tensor = var.as_tensor().detach();
-            let values = tensor.flatten_all()?.to_vec1::<F>()?;
-            let dims = tensor.dims();
-            let (outputs, fan_in) = (dims[0], values.len() / dims[0]);
-            let rows = transpose(&values, outputs, fan_in);
-            let layer = name.strip_suffix(".weight").unwrap_or(name).to_string();
-            weights.insert(layer, Weights { tensor, rows });
-        }
+        let Prepared { masks, weights } = match prepared {
+            Some(prepared) => prepared,
+            None => Prepared::new(net, masks)?,
+        };
         let part = (PART_FRAMES / batch).clamp(1, steps);
         let pool = net.scratch.take();
         Ok(Self { net, input, steps, batch, part, masks, mask_tensors, weights, pool })
@@ -317,7 +348,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(())
     }
 
-    fn forward(self) -> Result<(ForwardOutput, Tape)> {
+    fn forward(mut self) -> Result<(ForwardOutput, Tape)> {
         let spec = self.net.spec();
         let (steps, batch) = (self.steps, self.batch);
         let mut spikes: HashMap<String, Vec<u8>> = HashMap::new();
@@ -432,7 +463,10 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             });
         }
         let masks = self.mask_tensors.clone();
-        let tape = Tape { steps, batch, input: self.input.clone(), masks, spikes, readout_counts };
+        let prepared: Box<dyn Any + Send> =
+            Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
+        let tape =
+            Tape { steps, batch, input: self.input.clone(), masks, spikes, readout_counts, prepared: Some(prepared) };
         Ok((ForwardOutput { output, activity }, tape))
     }
 
