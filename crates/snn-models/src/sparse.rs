@@ -27,7 +27,8 @@ use crate::{Error, Result};
 /// products). Measured by `cargo xtask density` on 64 frames of VGG9's 3×3 convolutions: the event-driven
 /// forward pass stays ahead of Candle's convolution up to 50–100 % non-zero inputs for 64–256 channels (at any
 /// density for a 3-channel image), the event-driven kernel gradient up to 100 %; at 50 % every measured layer
-/// is on the faster path or level with it.
+/// is on the faster path or level with it. (The input gradient at the events, which the taped pass computes in
+/// the same pass as the kernel gradient, was not timed against the dense input gradient.)
 pub const EVENT_DENSITY_LIMIT: f64 = 0.5;
 
 /// Whether a window of spikes `[N, ...]` (values 0 or ±1, dropout-masked spikes by their mask value) on the CPU
@@ -535,7 +536,7 @@ pub(crate) struct ConvGeometry {
 
 impl ConvGeometry {
     /// The geometry of a `kernel`×`kernel` convolution of `[channels, height, width]` frames into `outputs`
-    /// channels; `None` when the kernel is larger than the padded input or the stride is 0.
+    /// channels; `None` when the kernel is larger than the padded input, or the kernel or the stride is 0.
     pub fn new(
         [channels, height, width]: [usize; 3],
         outputs: usize,
@@ -543,7 +544,7 @@ impl ConvGeometry {
         padding: usize,
         stride: usize,
     ) -> Option<Self> {
-        if stride == 0 {
+        if stride == 0 || kernel == 0 {
             return None;
         }
         let span = |len: usize| (len + 2 * padding).checked_sub(kernel).map(|d| d / stride + 1);
@@ -584,8 +585,9 @@ pub(crate) fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> 
     out
 }
 
-/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles small
-/// enough for the first-level cache, so that neither side is walked with a stride of a whole row per element.
+/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles: within a
+/// tile `src` is still read with a stride of a row, but the tile's rows stay in the first-level cache, so each
+/// cache line of either side is loaded once.
 fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
     const TILE: usize = 16;
     for r0 in (0..rows).step_by(TILE) {
@@ -712,8 +714,9 @@ fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -
     (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
 }
 
-/// Independent partial sums of [`DotLanes`]: four 256-bit registers of `f32`, so that consecutive
-/// multiply-adds do not wait for each other (one register would serialise them on the adder's latency).
+/// Independent partial sums of [`DotLanes`] (four 256-bit registers of `f32` in the AVX2 build), so that
+/// consecutive multiply-adds do not wait for each other (one register would serialise them on the adder's
+/// latency).
 const DOT_LANES: usize = 32;
 
 /// A running dot product over several pairs of rows, in [`DOT_LANES`] partial sums that the compiler keeps in

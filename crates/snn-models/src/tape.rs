@@ -12,7 +12,9 @@
 //!   only the input spike counts.
 //!
 //! So the tape holds each spiking layer's spikes as one byte per neuron and step, the dropout masks, the
-//! readout's input counts and the caller's input window; everything else lives for one part of the window.
+//! readout's input counts and the caller's input window; the float buffers are sized by one part of the
+//! window and come from a pool the network keeps between passes (buffers no pass has asked for in two passes
+//! are released).
 //!
 //! The window runs in **parts** of a few time steps ([`PART_FRAMES`] frames of `T·B`): forward, every layer
 //! maps one part (one convolution over its frames, then the neuron recurrence continued from the membranes
@@ -54,7 +56,9 @@ pub struct Tape {
     spikes: HashMap<String, Vec<u8>>,
     readout_counts: Vec<f64>,
     /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
-    prepared: Option<Box<dyn Any + Send>>,
+    prepared: Option<Box<dyn Any + Send + Sync>>,
+    /// Address of the network that made the tape: its prepared weights serve that network only.
+    owner: usize,
 }
 
 impl Tape {
@@ -64,9 +68,9 @@ impl Tape {
     }
 
     /// Bytes the tape holds beyond the caller's input window and masks: one per spiking neuron and step,
-    /// plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights to
-    /// the backward pass, which would otherwise rebuild it; that copy, the size of the weights, is not
-    /// counted.)
+    /// plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights and
+    /// its float copy of the masks to the backward pass, which would otherwise rebuild them; those copies, the
+    /// size of the weights and of the masks, are not counted.)
     pub fn bytes(&self) -> usize {
         self.spikes.values().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
     }
@@ -132,17 +136,24 @@ impl SpikingNetwork {
     /// The spike-based backward pass from a [`Tape`] and the gradient of the loss with respect to the readout
     /// `[B, classes]`: the gradient of every weight, as Candle's autograd computes it through
     /// [`Self::forward`] (up to summation order).
+    ///
+    /// Update the weights only after this call: the gradient belongs to the weights of the forward pass, whose
+    /// transposed copy the tape carries for the event-driven layers, while the dense layers read the weight
+    /// tensors themselves, which an optimizer step changes in place.
     pub fn backward(&self, mut tape: Tape, grad_output: &Tensor) -> Result<Gradients> {
-        fn prepared<F: Real + WithDType>(tape: &mut Tape) -> Option<Prepared<F>> {
-            tape.prepared.take().and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
+        // The forward pass's weights serve the network that made the tape only.
+        let own = tape.owner == std::ptr::from_ref(self) as usize;
+        let prepared = |tape: &mut Tape| tape.prepared.take().filter(|_| own);
+        fn typed<F: Real + WithDType>(prepared: Option<Box<dyn Any + Send + Sync>>) -> Option<Prepared<F>> {
+            prepared.and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
         }
         match self.dtype() {
             DType::F32 => {
-                let prepared = prepared::<f32>(&mut tape);
+                let prepared = typed::<f32>(prepared(&mut tape));
                 Pass::<f32>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             DType::F64 => {
-                let prepared = prepared::<f64>(&mut tape);
+                let prepared = typed::<f64>(prepared(&mut tape));
                 Pass::<f64>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
@@ -463,10 +474,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             });
         }
         let masks = self.mask_tensors.clone();
-        let prepared: Box<dyn Any + Send> =
+        let prepared: Box<dyn Any + Send + Sync> =
             Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
-        let tape =
-            Tape { steps, batch, input: self.input.clone(), masks, spikes, readout_counts, prepared: Some(prepared) };
+        let owner = std::ptr::from_ref(self.net) as usize;
+        let input = self.input.clone();
+        let tape = Tape { steps, batch, input, masks, spikes, readout_counts, prepared: Some(prepared), owner };
         Ok((ForwardOutput { output, activity }, tape))
     }
 
@@ -671,6 +683,7 @@ impl Scratch {
 impl<F: Real + WithDType> Drop for Pass<'_, F> {
     /// Hands the buffers back to the network, for its next pass.
     fn drop(&mut self) {
+        self.pool.end_pass();
         self.net.scratch.put(std::mem::take(&mut self.pool));
     }
 }
@@ -679,7 +692,8 @@ impl<F: Real + WithDType> Drop for Pass<'_, F> {
 /// pass to the next: large windows handed back to the allocator are often returned to the system and
 /// faulted in again, page by page, when the next part allocates them.
 struct BufferPool<F> {
-    free: RefCell<Vec<Vec<F>>>,
+    /// Free buffers, each with the number of passes that ended since it was last handed back.
+    free: RefCell<Vec<(Vec<F>, u8)>>,
 }
 
 impl<F> Default for BufferPool<F> {
@@ -689,12 +703,17 @@ impl<F> Default for BufferPool<F> {
 }
 
 impl<F: Real> BufferPool<F> {
+    /// Passes a free buffer may sit unused before it is released: a training step is two passes (forward and
+    /// backward), which ask for different sizes.
+    const IDLE_PASSES: u8 = 2;
+
     /// A buffer of `len` zeros: the smallest free one that holds them, else a new one.
     fn zeroed(&self, len: usize) -> Vec<F> {
         let mut free = self.free.borrow_mut();
-        let fitting = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
+        let fitting =
+            free.iter().enumerate().filter(|(_, (b, _))| b.capacity() >= len).min_by_key(|(_, (b, _))| b.capacity());
         let mut buffer = match fitting.map(|(i, _)| i) {
-            Some(i) => free.swap_remove(i),
+            Some(i) => free.swap_remove(i).0,
             None => Vec::with_capacity(len),
         };
         buffer.clear();
@@ -704,7 +723,16 @@ impl<F: Real> BufferPool<F> {
 
     /// Hands a buffer back for later [`BufferPool::zeroed`] calls.
     fn recycle(&self, buffer: Vec<F>) {
-        self.free.borrow_mut().push(buffer);
+        self.free.borrow_mut().push((buffer, 0));
+    }
+
+    /// Ends a pass: releases the buffers that no pass has handed back for [`Self::IDLE_PASSES`] passes (sizes the
+    /// network no longer asks for, e.g. after a change of batch size).
+    fn end_pass(&mut self) {
+        self.free.get_mut().retain_mut(|(_, idle)| {
+            *idle += 1;
+            *idle <= Self::IDLE_PASSES
+        });
     }
 }
 

@@ -1,7 +1,7 @@
 //! Stochastic gradient descent as the paper's recipe uses it.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use snn_models::Gradients;
 
 use crate::{Error, Result};
@@ -66,11 +66,14 @@ impl Sgd {
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
         for ((name, var), buf) in self.vars.iter().zip(self.momentum_buffers.iter_mut()) {
             let Some(g) = grads.get(name) else { continue };
-            if self.momentum == 0.0 && var.device().is_cpu() && g.dims() == var.dims() {
-                // The paper's update, in place in one pass over the weights: no temporaries.
+            let float = matches!(var.dtype(), DType::F32 | DType::F64) && g.dtype() == var.dtype();
+            if self.momentum == 0.0 && var.device().is_cpu() && float && g.dims() == var.dims() {
+                // The paper's update, in place in one pass over the weights: no temporaries. Candle refuses a
+                // gradient that shares the weights' storage; the tensor expression below handles that case.
                 let update = PlainUpdate { lr: self.lr, weight_decay: self.weight_decay };
-                var.as_tensor().inplace_op2(&g.contiguous()?, &update)?;
-                continue;
+                if var.as_tensor().inplace_op2(&g.contiguous()?, &update).is_ok() {
+                    continue;
+                }
             }
             let mut d = g.clone();
             if self.weight_decay > 0.0 {
