@@ -23,7 +23,7 @@ pub enum Engine {
     #[default]
     Dense,
     /// Event-driven accumulation over the non-zero input spikes only ([`crate::sparse`]), for inference on the
-    /// CPU (on other devices the dense layers run). When gradients are tracked the engine is not consulted:
+    /// CPU (on other devices the dense layers run), the window in parts (see [`SpikingNetwork::forward`]). When gradients are tracked the engine is not consulted:
     /// the differentiable convolution of [`crate::conv`] takes the event path for sparse spike input itself.
     Sparse,
 }
@@ -227,10 +227,20 @@ impl SpikingNetwork {
     /// Execution is layer-major: each layer maps the whole window of its input at once (one convolution or
     /// matrix product over all `T·B` frames), then its neurons run the window's recurrence in one op.
     /// `masks` holds the dropout masks (see [`Self::draw_masks`]); pass an empty map for inference.
+    ///
+    /// Event-driven inference on the CPU (`Engine::Sparse`, no gradients, no kept spikes, f32 or f64) runs
+    /// the forward half of the taped training pass ([`Self::forward_taped`]) instead: the same event-driven
+    /// layers and recurrences, the window in parts, so its memory grows with `T` only by one byte per neuron
+    /// and step.
     pub fn forward(&self, input: &Tensor, masks: &Masks, opts: ForwardOptions) -> Result<ForwardOutput> {
         let (steps, batch) = self.check_input(input, masks)?;
         let track = opts.track_gradients;
         let events = opts.engine == Engine::Sparse && !track && input.device().is_cpu();
+        if events && !opts.keep_spikes && matches!(self.dtype, DType::F32 | DType::F64) {
+            // The taped pass's forward computes the same readout and counts in parts of the window, with
+            // buffers sized by the part; its tape is not needed here.
+            return Ok(self.forward_taped(input, masks)?.0);
+        }
 
         // Index of the last layer that reads each output, so windows are freed as soon as possible.
         let mut last_use: HashMap<&str, usize> = HashMap::new();
