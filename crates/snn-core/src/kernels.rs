@@ -219,14 +219,27 @@ pub fn readout_forward<F: Real>(currents: &[F], n: usize, threshold: F, leak: F,
     if n == 0 {
         return;
     }
-    let steps = currents.len() / n;
-    for row in currents.chunks_exact(n) {
-        for (m, &i) in out.iter_mut().zip(row) {
+    readout_membrane_from(currents, leak, out);
+    readout_normalise(out, threshold, currents.len() / n);
+}
+
+/// The membrane recurrence of [`readout_forward`] continued over a part of the window: `membrane` holds `M` of
+/// the step before `currents` (one per output) and is updated to the part's last step.
+pub fn readout_membrane_from<F: Real>(currents: &[F], leak: F, membrane: &mut [F]) {
+    if membrane.is_empty() {
+        return;
+    }
+    for row in currents.chunks_exact(membrane.len()) {
+        for (m, &i) in membrane.iter_mut().zip(row) {
             *m = leak * (*m + i);
         }
     }
+}
+
+/// Turns the final membranes `M(T)` of a window of `steps` steps into the readout `M(T) / (θ · T)`, in place.
+pub fn readout_normalise<F: Real>(membrane: &mut [F], threshold: F, steps: usize) {
     let norm = threshold * F::lit(steps as f64);
-    out.iter_mut().for_each(|m| *m = *m / norm);
+    membrane.iter_mut().for_each(|m| *m = *m / norm);
 }
 
 #[cfg(test)]

@@ -423,10 +423,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                             readout = vec![F::zero(); batch * r.out_features];
                             readout_counts = vec![0.0; batch * x.frame_len()];
                         }
-                        let leak = F::lit(spec.leak);
-                        for row in currents.chunks_exact(readout.len()) {
-                            readout.iter_mut().zip(row).for_each(|(m, &i)| *m = leak * (*m + i));
-                        }
+                        kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout);
                         add_counts(&x, &mut readout_counts);
                         pool.recycle(currents);
                         break;
@@ -451,9 +448,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let Some(LayerSpec::Readout(r)) = spec.layers.iter().find(|l| matches!(l, LayerSpec::Readout(_))) else {
             return Err(Error::Spec("network has no readout".into()));
         };
-        let norm = F::lit(spec.threshold * steps as f64);
-        let out: Vec<F> = readout.iter().map(|&m| m / norm).collect();
-        let output = Tensor::from_vec(out, (batch, r.out_features), &Device::Cpu)?;
+        kernels::readout_normalise(&mut readout, F::lit(spec.threshold), steps);
+        let output = Tensor::from_vec(readout, (batch, r.out_features), &Device::Cpu)?;
 
         let mut activity = Vec::new();
         for layer in &spec.layers {
