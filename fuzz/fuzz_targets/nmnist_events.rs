@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(events) = nmnist::parse_events(data, std::path::Path::new("fuzz.bin")) {
         let steps = 1 + data.first().map_or(0, |&b| b as usize % 16);
         let mut frames = vec![0f32; steps * nmnist::FRAME_SHAPE.iter().product::<usize>()];
-        nmnist::bin_events(&events, steps, &mut frames);
+        let _ = nmnist::bin_events(&events, steps, &mut frames);
     }
 });

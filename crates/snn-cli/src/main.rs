@@ -1,6 +1,6 @@
 //! `snn-cli`: train, evaluate and inspect spiking neural networks trained with spike-based backpropagation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,7 @@ use snn_models::{
     builtin, builtin_names, is_verified, load_checkpoint, provenance, Engine, NetworkSpec, SpikingNetwork,
 };
 use snn_train::{
-    evaluate, stream_rng, train_run, BatchProgress, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
+    evaluate, stream_rng, train_run, BatchProgress, CrashPoint, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
 };
 
 mod hub;
@@ -53,7 +53,8 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum DeviceArg {
     Cpu,
     Cuda,
@@ -65,7 +66,8 @@ enum EngineArg {
     Dense,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum DTypeArg {
     F32,
     F64,
@@ -86,12 +88,12 @@ pub(crate) struct Common {
     /// Use at most this many test images.
     #[arg(long, alias = "limit")]
     pub(crate) test_limit: Option<usize>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub(crate) device: DeviceArg,
-    /// Element type.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub(crate) dtype: DTypeArg,
+    /// Compute device [default: cpu; a resumed run keeps its own].
+    #[arg(long, value_enum)]
+    pub(crate) device: Option<DeviceArg>,
+    /// Element type [default: f32; a resumed run keeps its own].
+    #[arg(long, value_enum)]
+    pub(crate) dtype: Option<DTypeArg>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -180,15 +182,15 @@ struct EvalArgs {
     common: Common,
 }
 
-pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
-    match arg {
+pub(crate) fn device(arg: Option<DeviceArg>) -> Result<Device> {
+    match arg.unwrap_or(DeviceArg::Cpu) {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda => Device::new_cuda(0).context("CUDA device unavailable (build with --features cuda)"),
     }
 }
 
-pub(crate) fn dtype(arg: DTypeArg) -> DType {
-    match arg {
+pub(crate) fn dtype(arg: Option<DTypeArg>) -> DType {
+    match arg.unwrap_or(DTypeArg::F32) {
         DTypeArg::F32 => DType::F32,
         DTypeArg::F64 => DType::F64,
     }
@@ -312,6 +314,33 @@ struct SavedRun {
     cache_dir: Option<PathBuf>,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
+    /// Element type of the run (absent in runs saved before it was recorded, which ran in f32 unless told).
+    #[serde(default)]
+    dtype: Option<DTypeArg>,
+    /// Device of the run (absent in older runs).
+    #[serde(default)]
+    device: Option<DeviceArg>,
+}
+
+/// The setting a resumed run continues with: the saved one, which a given flag must not contradict.
+fn keep_saved<T: PartialEq + ValueEnum>(
+    flag: &str,
+    given: Option<T>,
+    saved: Option<T>,
+    dir: &Path,
+) -> Result<Option<T>> {
+    let name = |v: &T| v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default();
+    match (given, saved) {
+        (Some(g), Some(s)) if g != s => bail!(
+            "the run in {} was trained with {flag} {}; resuming it with {flag} {} would change it (leave the flag \
+             out to keep {})",
+            dir.display(),
+            name(&s),
+            name(&g),
+            name(&s)
+        ),
+        (given, saved) => Ok(saved.or(given)),
+    }
 }
 
 fn run_train(mut a: TrainArgs) -> Result<()> {
@@ -325,6 +354,8 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         a.common.hub.cache_dir = a.common.hub.cache_dir.or(saved.cache_dir);
         a.train_limit = a.train_limit.or(saved.train_limit);
         a.common.test_limit = a.common.test_limit.or(saved.test_limit);
+        a.common.dtype = keep_saved("--dtype", a.common.dtype, saved.dtype, &dir)?;
+        a.common.device = keep_saved("--device", a.common.device, saved.device, &dir)?;
         a.out = dir;
         return execute_training(a, saved.model, saved.spec, saved.recipe, true);
     }
@@ -426,6 +457,8 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
             cache_dir: a.common.hub.cache_dir.as_deref().map(absolute),
             train_limit: a.train_limit,
             test_limit: a.common.test_limit,
+            dtype: Some(a.common.dtype.unwrap_or(DTypeArg::F32)),
+            device: Some(a.common.device.unwrap_or(DeviceArg::Cpu)),
         };
         snn_models::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&saved)?.as_bytes())
             .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
@@ -439,8 +472,18 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
             std::process::exit(130);
         }
     });
-    let opts =
-        RunOptions { out_dir: Some(a.out.clone()), checkpoint_every: a.checkpoint_every, resume, stop: Some(stop) };
+    // A crash injected at a known point (`batch:N`, `state-write:N`), for testing recovery.
+    let crash = match std::env::var("SNN_CRASH_AT") {
+        Ok(point) => Some(point.parse::<CrashPoint>()?),
+        Err(_) => None,
+    };
+    let opts = RunOptions {
+        out_dir: Some(a.out.clone()),
+        checkpoint_every: a.checkpoint_every,
+        resume,
+        stop: Some(stop),
+        crash,
+    };
     let summary = match train_run(&net, &train_set, &test_set, &recipe, &opts, &mut progress) {
         Err(snn_train::Error::Interrupted { epoch, batch }) => {
             progress.finish();

@@ -20,6 +20,14 @@ pub const PAPER_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 /// See [`PAPER_MEAN`].
 pub const PAPER_STD: [f32; 3] = [0.557, 0.549, 0.5534];
 
+/// Largest image file accepted in an image tree or archive: a 32×32 RGB image takes about 3 kB in any common
+/// encoding, so anything much larger is not a CIFAR-10 image (and is refused before it is read).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 10;
+
+/// Most images accepted in one split of an image tree or archive (CIFAR-10 has 60,000 in all), so the decoded
+/// pixels of a split never exceed 60,000 × 3,072 bytes.
+pub const MAX_IMAGES: usize = 60_000;
+
 fn format_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format { path: path.to_path_buf(), msg: msg.into() }
 }
@@ -59,12 +67,26 @@ fn binary_files(dir: &Path, split: Split) -> Option<Vec<PathBuf>> {
     None
 }
 
-/// Decodes one 32×32 RGB image (JPEG or PNG) into CHW bytes.
+/// Decodes one 32×32 RGB image (JPEG or PNG) into CHW bytes. The size in the image's header is checked
+/// before any pixel is decoded, so an image that claims to be huge costs nothing.
 fn decode_image(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
-    let img = image::load_from_memory(bytes).map_err(|e| format_err(path, format!("cannot decode image: {e}")))?;
-    if (img.width(), img.height()) != (32, 32) {
-        return Err(format_err(path, format!("image is {}x{}, CIFAR-10 images are 32x32", img.width(), img.height())));
+    let cannot = |e: image::ImageError| format_err(path, format!("cannot decode image: {e}"));
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format_err(path, format!("cannot read image: {e}")))
+    };
+    let (width, height) = open()?.into_dimensions().map_err(cannot)?;
+    if (width, height) != (32, 32) {
+        return Err(format_err(path, format!("image is {width}x{height}, CIFAR-10 images are 32x32")));
     }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(32);
+    limits.max_image_height = Some(32);
+    limits.max_alloc = Some(1 << 20);
+    let mut reader = open()?;
+    reader.limits(limits);
+    let img = reader.decode().map_err(cannot)?;
     let rgb = img.to_rgb8();
     let mut chw = vec![0u8; 3 * 1024];
     for (i, p) in rgb.pixels().enumerate() {
@@ -75,20 +97,29 @@ fn decode_image(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     Ok(chw)
 }
 
-/// Collects `split/<class>/<file>` entries, in class order then file-name order.
-#[derive(Default)]
+/// Collects the decoded images of `split/<class>/<file>` entries, in class order then file-name order.
 struct FolderEntries {
-    /// (class, file name) → encoded bytes.
+    /// The tree or archive, for error messages.
+    source: PathBuf,
+    /// (class, file name) → decoded CHW pixels.
     files: BTreeMap<(u8, String), Vec<u8>>,
 }
 
 impl FolderEntries {
+    fn new(source: &Path) -> Self {
+        Self { source: source.to_path_buf(), files: BTreeMap::new() }
+    }
+
+    /// Takes the entry at `rel` if it is an image of the split: checks its `size` against
+    /// [`MAX_IMAGE_FILE_BYTES`] and the image count against [`MAX_IMAGES`] before reading it, then reads
+    /// (at most the checked size) and decodes it.
     fn offer(
         &mut self,
         rel: &Path,
         split_name: &str,
-        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
-    ) -> std::io::Result<()> {
+        size: u64,
+        read: impl FnOnce(u64) -> std::io::Result<Vec<u8>>,
+    ) -> Result<()> {
         let parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         // Accept an optional leading folder (e.g. an archive's top directory).
         let tail = match parts.len() {
@@ -100,15 +131,28 @@ impl FolderEntries {
         if tail[0] != split_name || !matches!(ext.as_str(), "jpg" | "jpeg" | "png") {
             return Ok(());
         }
-        if let Some(class) = CLASSES.iter().position(|c| *c == tail[1]) {
-            self.files.insert((class as u8, tail[2].clone()), read()?);
+        let Some(class) = CLASSES.iter().position(|c| *c == tail[1]) else { return Ok(()) };
+        let at = self.source.join(rel);
+        if size > MAX_IMAGE_FILE_BYTES {
+            return Err(format_err(
+                &at,
+                format!("{size} bytes is far larger than a 32x32 image (limit {MAX_IMAGE_FILE_BYTES})"),
+            ));
         }
+        if self.files.len() >= MAX_IMAGES {
+            return Err(format_err(&self.source, format!("more than {MAX_IMAGES} images in one split")));
+        }
+        let bytes = read(MAX_IMAGE_FILE_BYTES + 1).map_err(|source| Error::Io { path: at.clone(), source })?;
+        if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+            return Err(format_err(&at, format!("larger than a 32x32 image (limit {MAX_IMAGE_FILE_BYTES} bytes)")));
+        }
+        self.files.insert((class as u8, tail[2].clone()), decode_image(&bytes, &at)?);
         Ok(())
     }
 
-    fn into_dataset(self, source: &Path) -> Result<ImageDataset> {
+    fn into_dataset(self) -> Result<ImageDataset> {
         if self.files.is_empty() {
-            return Err(format_err(source, "no images found under <split>/<class>/ with a CIFAR-10 class name"));
+            return Err(format_err(&self.source, "no images found under <split>/<class>/ with a CIFAR-10 class name"));
         }
         // Interleave the classes (rank 0 of every class, then rank 1, ...) so that any prefix of the set,
         // as taken by a sample limit, is class-balanced; within a class, files keep their name order.
@@ -117,18 +161,17 @@ impl FolderEntries {
         let mut ordered: Vec<Keyed> = self
             .files
             .into_iter()
-            .map(|((class, name), bytes)| {
+            .map(|((class, name), pixels)| {
                 let r = rank[class as usize];
                 rank[class as usize] += 1;
-                ((r, class), (name, bytes))
+                ((r, class), (name, pixels))
             })
             .collect();
         ordered.sort_by_key(|(key, _)| *key);
         let mut images = Vec::with_capacity(ordered.len() * 3072);
         let mut labels = Vec::with_capacity(ordered.len());
-        for ((_, class), (name, bytes)) in ordered {
-            let p = source.join(CLASSES[class as usize]).join(&name);
-            images.extend(decode_image(&bytes, &p)?);
+        for ((_, class), (_, pixels)) in ordered {
+            images.extend(pixels);
             labels.push(class);
         }
         ImageDataset::new(images, labels, [3, 32, 32], 10)
@@ -151,7 +194,12 @@ fn walk(root: &Path, dir: &Path, split: &str, entries: &mut FolderEntries) -> Re
         if p.is_dir() {
             walk(root, &p, split, entries)?;
         } else if let Ok(rel) = p.strip_prefix(root) {
-            entries.offer(rel, split, || std::fs::read(&p)).map_err(|source| Error::Io { path: p.clone(), source })?;
+            let size = std::fs::metadata(&p).map_err(|source| Error::Io { path: p.clone(), source })?.len();
+            entries.offer(rel, split, size, |limit| {
+                let mut v = Vec::new();
+                std::fs::File::open(&p)?.take(limit).read_to_end(&mut v)?;
+                Ok(v)
+            })?;
         }
     }
     Ok(())
@@ -159,23 +207,28 @@ fn walk(root: &Path, dir: &Path, split: &str, entries: &mut FolderEntries) -> Re
 
 /// Reads an image-folder tree from a `.tar.gz` archive (`[top/]{train,test}/<class>/*.jpg|png`).
 pub fn load_archive(path: &Path, split: Split) -> Result<ImageDataset> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let mut entries = FolderEntries::default();
+    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    parse_archive(file, path, split)
+}
+
+/// Reads an image-folder tree from a `.tar.gz` stream; `path` names it in errors. Each image is read only
+/// after its size in the archive's header has been checked ([`MAX_IMAGE_FILE_BYTES`], [`MAX_IMAGES`]) and is
+/// decoded at once, so memory holds one encoded image and the decoded pixels, whatever the archive claims.
+pub fn parse_archive(reader: impl Read, path: &Path, split: Split) -> Result<ImageDataset> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    let mut entries = FolderEntries::new(path);
     let bad = |e: std::io::Error| format_err(path, format!("corrupt archive: {e}"));
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let rel = entry.path().map_err(bad)?.into_owned();
-        entries
-            .offer(&rel, split_name(split), || {
-                let mut v = Vec::new();
-                entry.read_to_end(&mut v)?;
-                Ok(v)
-            })
-            .map_err(bad)?;
+        let size = entry.header().size().map_err(bad)?;
+        entries.offer(&rel, split_name(split), size, |limit| {
+            let mut v = Vec::new();
+            (&mut entry).take(limit).read_to_end(&mut v)?;
+            Ok(v)
+        })?;
     }
-    entries.into_dataset(&path.join(split_name(split)))
+    entries.into_dataset()
 }
 
 /// Loads one split of CIFAR-10 from `path`, which may be
@@ -199,9 +252,9 @@ pub fn load(path: &Path, split: Split) -> Result<ImageDataset> {
     }
     let split_dir = path.join(split_name(split));
     if split_dir.is_dir() {
-        let mut entries = FolderEntries::default();
+        let mut entries = FolderEntries::new(path);
         walk(path, &split_dir, split_name(split), &mut entries)?;
-        return entries.into_dataset(&split_dir);
+        return entries.into_dataset();
     }
     Err(Error::NotFound {
         what: format!("CIFAR-10 {} split", split_name(split)),

@@ -22,6 +22,10 @@ pub enum Error {
     /// Two parts of a dataset disagree (e.g. image and label counts).
     #[error("{0}")]
     Mismatch(String),
+    /// A caller's argument is outside its range (a batch size or step count of 0, a sample index past the
+    /// end of the dataset, a buffer of the wrong length).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A Hub download or cache lookup failed.
     #[error("{what}: {msg}")]
     Hub {

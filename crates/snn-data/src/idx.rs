@@ -4,12 +4,13 @@
 //! of dimensions `d`, then `d` 32-bit sizes — followed by the data in row-major order. Only `u8` data is
 //! supported, which covers every MNIST-style dataset.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use crate::{Error, Result};
 
-/// Largest decompressed file accepted (guards against decompression bombs and absurd headers).
+/// Largest data an IDX header may declare (guards against absurd headers; real MNIST-style files hold
+/// at most 47 MB).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// An n-dimensional `u8` array read from an IDX file.
@@ -25,26 +26,9 @@ fn format_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Reads a file whole, transparently decompressing gzip (detected by its magic bytes).
-pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let raw = std::fs::read(path).map_err(io)?;
-    if raw.len() < 2 || raw[..2] != [0x1f, 0x8b] {
-        return Ok(raw);
-    }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(raw.as_slice())
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format_err(path, format!("corrupt gzip stream: {e}")))?;
-    if out.len() as u64 > MAX_FILE_BYTES {
-        return Err(format_err(path, format!("decompresses to more than {MAX_FILE_BYTES} bytes")));
-    }
-    Ok(out)
-}
-
-/// Parses IDX bytes. `path` is used in error messages only.
-pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+/// The dimensions an IDX header declares, its length and the data bytes they need, from the start of a file
+/// (`bytes` may hold more than the header).
+fn header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize, usize)> {
     if bytes.len() < 4 {
         return Err(format_err(
             path,
@@ -75,25 +59,71 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n as u64 <= MAX_FILE_BYTES)
         .ok_or_else(|| format_err(path, format!("absurd dimensions {dims:?}")))?;
+    Ok((dims, header_len, expected))
+}
+
+/// Checks that the data holds exactly the `expected` bytes that `dims` need.
+fn check_body(body_len: usize, expected: usize, dims: &[usize], path: &Path) -> Result<()> {
+    if body_len < expected {
+        return Err(format_err(
+            path,
+            format!("truncated data: dimensions {dims:?} need {expected} bytes, file has {body_len}"),
+        ));
+    }
+    if body_len > expected {
+        return Err(format_err(
+            path,
+            format!("{} unexpected trailing bytes after {expected} bytes of data", body_len - expected),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses IDX bytes. `path` is used in error messages only.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let (dims, header_len, expected) = header(bytes, path)?;
     let body = &bytes[header_len..];
-    if body.len() < expected {
-        return Err(format_err(
-            path,
-            format!("truncated data: dimensions {dims:?} need {expected} bytes, file has {}", body.len()),
-        ));
-    }
-    if body.len() > expected {
-        return Err(format_err(
-            path,
-            format!("{} unexpected trailing bytes after {expected} bytes of data", body.len() - expected),
-        ));
-    }
+    check_body(body.len(), expected, &dims, path)?;
     Ok(IdxArray { dims, data: body.to_vec() })
 }
 
-/// Reads an IDX file (raw or gzip).
+/// Parses an IDX stream (e.g. a gzip decoder) without reading more of it than its header declares: the
+/// header is read and checked first, then at most one byte beyond the data it declares, so a stream that
+/// inflates far beyond its header (a decompression bomb) is refused after that byte. `path` names it in
+/// errors.
+pub fn parse_reader(reader: impl Read, path: &Path) -> Result<IdxArray> {
+    parse_stream(reader, path, "unreadable data")
+}
+
+/// [`parse_reader`] on a gzip-compressed IDX stream.
+pub fn parse_gzip(reader: impl Read, path: &Path) -> Result<IdxArray> {
+    parse_stream(flate2::read::GzDecoder::new(reader), path, "corrupt gzip stream")
+}
+
+/// [`parse_reader`], naming a read error `what` (e.g. a corrupt gzip stream).
+fn parse_stream(mut reader: impl Read, path: &Path, what: &str) -> Result<IdxArray> {
+    let corrupt = |e: std::io::Error| format_err(path, format!("{what}: {e}"));
+    let mut head = Vec::new();
+    (&mut reader).take(4).read_to_end(&mut head).map_err(corrupt)?;
+    if head.len() == 4 {
+        (&mut reader).take(4 * u64::from(head[3])).read_to_end(&mut head).map_err(corrupt)?;
+    }
+    let (dims, _, expected) = header(&head, path)?;
+    let mut data = Vec::new();
+    reader.take(expected as u64 + 1).read_to_end(&mut data).map_err(corrupt)?;
+    check_body(data.len(), expected, &dims, path)?;
+    Ok(IdxArray { dims, data })
+}
+
+/// Reads an IDX file, raw or gzip-compressed (detected by its magic bytes), through [`parse_reader`].
 pub fn read(path: &Path) -> Result<IdxArray> {
-    parse(&read_maybe_gzip(path)?, path)
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    if file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]) {
+        parse_gzip(file, path)
+    } else {
+        parse_reader(file, path)
+    }
 }
 
 /// Reads an image file: a 3-dimensional IDX array `[N, H, W]`. Returns the pixels and `[N, H, W]`.

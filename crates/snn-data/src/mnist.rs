@@ -71,15 +71,6 @@ pub const SUBSET_TRAIN_LEN: usize = 6000;
 /// Number of test images in the built-in subset (the first ones of the official test set).
 pub const SUBSET_TEST_LEN: usize = 1000;
 
-fn gunzip(bytes: &[u8], name: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Format { path: name.to_path_buf(), msg: format!("corrupt gzip stream: {e}") })?;
-    Ok(out)
-}
-
 /// The built-in real MNIST subset, compiled into the library: the first 6,000 training and the first
 /// 1,000 test images of the official files. Lets a fresh checkout train without any data folder.
 pub fn builtin_subset(split: Split) -> Result<ImageDataset> {
@@ -89,7 +80,7 @@ pub fn builtin_subset(split: Split) -> Result<ImageDataset> {
     };
     let ipath = PathBuf::from(format!("<builtin>/{}-images-idx3-ubyte.gz", split.prefix()));
     let lpath = PathBuf::from(format!("<builtin>/{}-labels-idx1-ubyte.gz", split.prefix()));
-    let (images, [_, h, w]) = idx::images_from(idx::parse(&gunzip(imgs, &ipath)?, &ipath)?, &ipath)?;
-    let labels = idx::labels_from(idx::parse(&gunzip(lbls, &lpath)?, &lpath)?, &lpath, 10)?;
+    let (images, [_, h, w]) = idx::images_from(idx::parse_gzip(imgs, &ipath)?, &ipath)?;
+    let labels = idx::labels_from(idx::parse_gzip(lbls, &lpath)?, &lpath, 10)?;
     ImageDataset::new(images, labels, [1, h, w], 10)
 }

@@ -93,10 +93,26 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
 }
 
 /// Bins `events` into `steps` binary frames, written to `out` (`steps · 2 · 34 · 34` values, zeroed here).
-pub fn bin_events(events: &[Event], steps: usize, out: &mut [f32]) {
+/// A step count of 0, a buffer of another length, or an event outside the sensor is an error.
+pub fn bin_events(events: &[Event], steps: usize, out: &mut [f32]) -> Result<()> {
     let plane = SENSOR * SENSOR;
     let frame = 2 * plane;
-    debug_assert_eq!(out.len(), steps * frame);
+    if steps == 0 {
+        return Err(Error::InvalidArgument("binning events needs at least one time step".into()));
+    }
+    if steps.checked_mul(frame) != Some(out.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "{steps} frames of {frame} values need a buffer of {} values, got {}",
+            steps.saturating_mul(frame),
+            out.len()
+        )));
+    }
+    if let Some(e) = events.iter().find(|e| e.x as usize >= SENSOR || e.y as usize >= SENSOR) {
+        return Err(Error::InvalidArgument(format!(
+            "event at (x {}, y {}) lies outside the {SENSOR}×{SENSOR} sensor",
+            e.x, e.y
+        )));
+    }
     out.fill(0.0);
     let span = events.iter().map(|e| u64::from(e.t_us)).max().unwrap_or(0) + 1;
     for e in events {
@@ -104,6 +120,7 @@ pub fn bin_events(events: &[Event], steps: usize, out: &mut [f32]) {
         let at = bin * frame + usize::from(e.on) * plane + e.y as usize * SENSOR + e.x as usize;
         out[at] = 1.0;
     }
+    Ok(())
 }
 
 /// A labelled set of N-MNIST recordings, read lazily from their files.
@@ -151,14 +168,24 @@ impl EventDataset {
         self.labels.truncate(n);
     }
 
-    /// The spike frames of the given samples, time-major `[steps, B, 2, 34, 34]`, with their labels.
+    /// The spike frames of the given samples, time-major `[steps, B, 2, 34, 34]`, with their labels. An
+    /// index past the end of the dataset or a step count of 0 is an error.
     pub fn frames(&self, indices: &[usize], steps: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "sample index {i} is past the end of the {} N-MNIST recordings",
+                self.len()
+            )));
+        }
+        if steps == 0 {
+            return Err(Error::InvalidArgument("binning events needs at least one time step".into()));
+        }
         let frame: usize = FRAME_SHAPE.iter().product();
         let batch = indices.len();
         let mut out = vec![0f32; steps * batch * frame];
         let mut sample = vec![0f32; steps * frame];
         for (b, &i) in indices.iter().enumerate() {
-            bin_events(&read_events(&self.files[i])?, steps, &mut sample);
+            bin_events(&read_events(&self.files[i])?, steps, &mut sample)?;
             for t in 0..steps {
                 let dst = (t * batch + b) * frame;
                 out[dst..dst + frame].copy_from_slice(&sample[t * frame..(t + 1) * frame]);

@@ -8,8 +8,17 @@ use std::path::Path;
 use crate::mnist::Split;
 use crate::{Error, ImageDataset, Result};
 
-/// Largest decompressed element accepted.
-const MAX_ELEMENT_BYTES: u64 = 4 << 30;
+/// Largest array accepted, in bytes of its stored type: the real `extra_32x32.mat` holds 531,131 images of
+/// 3,072 bytes (1.6 GB), `train_32x32.mat` 73,257 (225 MB).
+const MAX_ARRAY_BYTES: usize = 2 << 30;
+
+/// zlib inflates data by at most about 1,032 to 1: a compressed element whose inner element claims more than
+/// this many times its compressed size cannot be genuine and is refused before anything is inflated.
+const MAX_INFLATE_RATIO: usize = 1032;
+
+/// Bytes of an inflated matrix read before its size is checked against its dimensions: enough for the
+/// flags, up to 32 dimensions, a long variable name and the data element's tag.
+const MATRIX_HEADER_PREFIX: usize = 4096;
 
 const MI_INT8: u32 = 1;
 const MI_UINT8: u32 = 2;
@@ -84,20 +93,31 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn numeric(ty: u32, data: &[u8], big: bool, r: &Reader) -> Result<Vec<f64>> {
+/// Bytes per value of a numeric MATLAB data type.
+fn value_bytes(ty: u32) -> Option<usize> {
+    match ty {
+        MI_INT8 | MI_UINT8 => Some(1),
+        MI_INT16 | MI_UINT16 => Some(2),
+        MI_INT32 | MI_UINT32 | MI_SINGLE => Some(4),
+        MI_DOUBLE | MI_INT64 | MI_UINT64 => Some(8),
+        _ => None,
+    }
+}
+
+/// Widens values of a numeric type to `f64`; `data` holds a whole number of values (checked by the caller).
+fn numeric(ty: u32, data: &[u8], big: bool) -> Vec<f64> {
     macro_rules! conv {
         ($t:ty, $n:expr) => {
             data.chunks_exact($n)
                 .map(|c| {
-                    let a: [u8; $n] = c.try_into().unwrap_or([0; $n]);
+                    let a: [u8; $n] = std::array::from_fn(|i| c[i]);
                     (if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }) as f64
                 })
                 .collect()
         };
     }
-    Ok(match ty {
+    match ty {
         MI_INT8 => data.iter().map(|&b| b as i8 as f64).collect(),
-        MI_UINT8 => data.iter().map(|&b| b as f64).collect(),
         MI_INT16 => conv!(i16, 2),
         MI_UINT16 => conv!(u16, 2),
         MI_INT32 => conv!(i32, 4),
@@ -106,30 +126,115 @@ fn numeric(ty: u32, data: &[u8], big: bool, r: &Reader) -> Result<Vec<f64>> {
         MI_DOUBLE => conv!(f64, 8),
         MI_INT64 => conv!(i64, 8),
         MI_UINT64 => conv!(u64, 8),
-        other => return Err(r.err(format!("unsupported numeric data type {other}"))),
-    })
+        _ => data.iter().map(|&b| b as f64).collect(),
+    }
+}
+
+/// The header of a matrix element: everything before its real data, and where that data lies.
+struct MatrixHeader {
+    name: String,
+    dims: Vec<usize>,
+    /// Data type of the real part.
+    ty: u32,
+    /// Offset of the real part's data in the matrix element's body.
+    data_start: usize,
+    /// Bytes of real data the dimensions need (and the data element declares).
+    data_len: usize,
+}
+
+impl MatrixHeader {
+    /// Reads the header from the start of a matrix element's body (the rest of the body may be absent) and
+    /// checks the declared data size against the dimensions, before any data is read or converted.
+    fn read(body: &[u8], big_endian: bool, path: &Path) -> Result<Self> {
+        let mut r = Reader { buf: body, pos: 0, big_endian, path };
+        let (_, _flags) = r.element()?;
+        let (dty, dims_raw) = r.element()?;
+        if dty != MI_INT32 || dims_raw.len() % 4 != 0 {
+            return Err(r.err("matrix dimensions are not int32"));
+        }
+        let mut dims = Vec::with_capacity(dims_raw.len() / 4);
+        for c in dims_raw.chunks_exact(4) {
+            let a: [u8; 4] = std::array::from_fn(|i| c[i]);
+            let d = if big_endian { i32::from_be_bytes(a) } else { i32::from_le_bytes(a) };
+            dims.push(usize::try_from(d).map_err(|_| r.err(format!("negative matrix dimension {d}")))?);
+        }
+        let (_, name_raw) = r.element()?;
+        let name = String::from_utf8_lossy(name_raw).trim_end_matches('\0').to_string();
+        // The real part's tag (its data may lie beyond `body`).
+        let start = r.pos;
+        let word = r.u32_at(start)?;
+        let (ty, declared, data_start) = if word >> 16 != 0 {
+            (word & 0xffff, (word >> 16) as usize, start + 4)
+        } else {
+            (word, r.u32_at(start + 4)? as usize, start + 8)
+        };
+        let size =
+            value_bytes(ty).ok_or_else(|| r.err(format!("variable '{name}': unsupported numeric data type {ty}")))?;
+        let data_len =
+            dims.iter().try_fold(size, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_ARRAY_BYTES).ok_or_else(
+                || r.err(format!("variable '{name}': absurd dimensions {dims:?} (limit {MAX_ARRAY_BYTES} bytes)")),
+            )?;
+        if declared != data_len {
+            return Err(r.err(format!(
+                "variable '{name}': dimensions {dims:?} need {data_len} bytes of data, the element declares {declared}"
+            )));
+        }
+        Ok(Self { name, dims, ty, data_start, data_len })
+    }
+
+    /// Bytes of the whole matrix body: header and data, padded to 8 bytes.
+    fn body_len(&self) -> usize {
+        (self.data_start + self.data_len).next_multiple_of(8)
+    }
 }
 
 fn parse_matrix(data: &[u8], big_endian: bool, path: &Path) -> Result<MatArray> {
-    let mut r = Reader { buf: data, pos: 0, big_endian, path };
-    let (_, _flags) = r.element()?;
-    let (dty, dims_raw) = r.element()?;
-    if dty != MI_INT32 {
-        return Err(r.err("matrix dimensions are not int32"));
-    }
-    let dims: Vec<usize> =
-        numeric(MI_INT32, dims_raw, big_endian, &r)?.into_iter().map(|d| d.max(0.0) as usize).collect();
-    let (_, name_raw) = r.element()?;
-    let name = String::from_utf8_lossy(name_raw).trim_end_matches('\0').to_string();
-    let (ty, real) = r.element()?;
-    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| r.err("absurd dimensions"))?;
+    let h = MatrixHeader::read(data, big_endian, path)?;
+    let real = data.get(h.data_start..h.data_start + h.data_len).ok_or_else(|| Error::Format {
+        path: path.to_path_buf(),
+        msg: format!("variable '{}': truncated data ({} bytes expected)", h.name, h.data_len),
+    })?;
     let (bytes, values) =
-        if ty == MI_UINT8 { (real.to_vec(), Vec::new()) } else { (Vec::new(), numeric(ty, real, big_endian, &r)?) };
-    let len = if ty == MI_UINT8 { bytes.len() } else { values.len() };
-    if len != count {
-        return Err(r.err(format!("variable '{name}': dimensions {dims:?} need {count} values, found {len}")));
+        if h.ty == MI_UINT8 { (real.to_vec(), Vec::new()) } else { (Vec::new(), numeric(h.ty, real, big_endian)) };
+    Ok(MatArray { name: h.name, dims: h.dims, bytes, values })
+}
+
+/// Inflates a compressed element whose content is a matrix, reading no more than the matrix's dimensions
+/// need; `None` for any other content. The inner element's claimed size is checked against what its
+/// compressed bytes can hold, and against its dimensions, before the data is inflated.
+fn inflate_matrix(data: &[u8], big_endian: bool, path: &Path) -> Result<Option<Vec<u8>>> {
+    let err = |msg: String| Error::Format { path: path.to_path_buf(), msg };
+    let corrupt = |e: std::io::Error| err(format!("corrupt compressed element: {e}"));
+    let mut z = flate2::read::ZlibDecoder::new(data);
+    let mut tag = [0u8; 8];
+    z.read_exact(&mut tag).map_err(corrupt)?;
+    let word = |b: [u8; 4]| if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+    let ty = word([tag[0], tag[1], tag[2], tag[3]]);
+    let len = word([tag[4], tag[5], tag[6], tag[7]]) as usize;
+    if ty != MI_MATRIX {
+        return Ok(None);
     }
-    Ok(MatArray { name, dims, bytes, values })
+    if len > data.len().saturating_mul(MAX_INFLATE_RATIO) {
+        return Err(err(format!(
+            "a compressed element of {} bytes claims to hold {len} bytes, more than zlib can inflate it to",
+            data.len()
+        )));
+    }
+    let mut body = Vec::new();
+    (&mut z).take(len.min(MATRIX_HEADER_PREFIX) as u64).read_to_end(&mut body).map_err(corrupt)?;
+    let header = MatrixHeader::read(&body, big_endian, path)?;
+    if len < header.data_start + header.data_len || len > header.body_len() {
+        return Err(err(format!(
+            "variable '{}': a matrix of {} bytes declares {len} bytes",
+            header.name,
+            header.body_len()
+        )));
+    }
+    (&mut z).take((len - body.len()) as u64).read_to_end(&mut body).map_err(corrupt)?;
+    if body.len() != len {
+        return Err(err(format!("compressed element inflates to {} bytes, its tag declares {len}", body.len())));
+    }
+    Ok(Some(body))
 }
 
 /// Parses every numeric array of a MATLAB v5 file.
@@ -150,18 +255,8 @@ pub fn parse_mat(buf: &[u8], path: &Path) -> Result<Vec<MatArray>> {
         match ty {
             MI_MATRIX => arrays.push(parse_matrix(data, big_endian, path)?),
             MI_COMPRESSED => {
-                let mut inflated = Vec::new();
-                flate2::read::ZlibDecoder::new(data)
-                    .take(MAX_ELEMENT_BYTES + 1)
-                    .read_to_end(&mut inflated)
-                    .map_err(|e| err(format!("corrupt compressed element: {e}")))?;
-                if inflated.len() as u64 > MAX_ELEMENT_BYTES {
-                    return Err(err("compressed element inflates beyond the size limit".into()));
-                }
-                let mut inner = Reader { buf: &inflated, pos: 0, big_endian, path };
-                let (ity, idata) = inner.element()?;
-                if ity == MI_MATRIX {
-                    arrays.push(parse_matrix(idata, big_endian, path)?);
+                if let Some(body) = inflate_matrix(data, big_endian, path)? {
+                    arrays.push(parse_matrix(&body, big_endian, path)?);
                 }
             }
             _ => {}

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use snn_data::idx::read_maybe_gzip;
 use snn_data::mnist::{self, Split, OFFICIAL_SHA256};
 use snn_data::sha256_hex;
 
@@ -22,7 +21,9 @@ fn real_mnist_matches_official_checksums_and_shapes() {
     let Some(data) = shared_data() else { return };
     let dir = data.join("mnist");
     for (stem, sha) in OFFICIAL_SHA256 {
-        let bytes = read_maybe_gzip(&dir.join(format!("{stem}.gz"))).unwrap();
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(dir.join(format!("{stem}.gz"))).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut bytes).unwrap();
         assert_eq!(sha256_hex(&bytes), sha, "{stem}");
     }
     let train = mnist::load(&dir, Split::Train).unwrap();

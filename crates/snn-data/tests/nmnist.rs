@@ -47,7 +47,7 @@ fn binning_marks_exactly_the_distinct_bin_pixel_pairs() {
     let events = read_events(&path).unwrap();
     for steps in [1, 7, 20] {
         let mut frames = vec![0f32; steps * 2 * SENSOR * SENSOR];
-        bin_events(&events, steps, &mut frames);
+        bin_events(&events, steps, &mut frames).unwrap();
         // Independent binning in f64 arithmetic.
         let span = 311_176.0;
         let distinct: HashSet<(usize, bool, u8, u8)> =
@@ -71,7 +71,7 @@ fn hand_made_events_land_in_their_bins() {
     assert_eq!(events[1].x, 33);
     assert!(events[1].on && !events[0].on);
     let mut frames = vec![0f32; 4 * 2 * SENSOR * SENSOR];
-    bin_events(&events, 4, &mut frames);
+    bin_events(&events, 4, &mut frames).unwrap();
     let at = |bin: usize, on: usize, y: usize, x: usize| frames[((bin * 2 + on) * SENSOR + y) * SENSOR + x];
     assert_eq!(at(0, 0, 0, 0), 1.0);
     assert_eq!(at(0, 1, 1, 33), 1.0);
@@ -135,4 +135,28 @@ fn a_split_folder_reads_labels_from_digit_folders_and_batches_time_major() {
     let err = nmnist::load(empty.path(), Split::Train).unwrap_err().to_string();
     assert!(err.contains("Train"), "{err}");
     assert!(EventDataset::new(vec![PathBuf::from("x.bin")], vec![10]).is_err());
+}
+
+#[test]
+fn bad_binning_arguments_are_errors_not_panics() {
+    let events = parse_events(&encode(&[(1, 2, true, 10)]), std::path::Path::new("e.bin")).unwrap();
+    let frame: usize = FRAME_SHAPE.iter().product();
+    let mut out = vec![0f32; 3 * frame];
+    let err = bin_events(&events, 0, &mut out).unwrap_err().to_string();
+    assert!(err.contains("time step"), "{err}");
+    let err = bin_events(&events, 4, &mut out).unwrap_err().to_string();
+    assert!(err.contains("buffer"), "{err}");
+    let outside = [nmnist::Event { x: 34, y: 0, on: true, t_us: 0 }];
+    let err = bin_events(&outside, 3, &mut out).unwrap_err().to_string();
+    assert!(err.contains("outside"), "{err}");
+    bin_events(&events, 3, &mut out).unwrap();
+    assert_eq!(out.iter().sum::<f32>(), 1.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.bin");
+    std::fs::write(&path, encode(&[(0, 0, true, 0)])).unwrap();
+    let set = EventDataset::new(vec![path], vec![1]).unwrap();
+    let err = set.frames(&[0, 1], 2).unwrap_err().to_string();
+    assert!(err.contains("index 1"), "{err}");
+    assert!(set.frames(&[0], 0).is_err());
 }

@@ -135,7 +135,7 @@ impl CustomOp2 for ConvOp {
             conv2d_input_grad_at_events(x, w, grad, self.padding, self.stride)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?
         } else {
-            dense_input_grad(w, grad, self.padding, self.stride, x.dim(2)?)?
+            dense_input_grad(w, grad, self.padding, self.stride, (x.dim(2)?, x.dim(3)?))?
         };
         Ok((Some(gx), Some(gw)))
     }
@@ -155,26 +155,41 @@ pub(crate) fn dense_kernel_grad(
     gw.narrow(2, 0, kernel)?.narrow(3, 0, kernel)?.contiguous()
 }
 
-/// The full input gradient `[N, C, H, H]` of a convolution with kernel `w` `[O, C, k, k]` from its output
-/// gradient `grad`: for stride 1 a full correlation with the spatially flipped, transposed kernel, otherwise
-/// Candle's transposed convolution.
+/// The full input gradient `[N, C, H, W]` of a convolution with kernel `w` `[O, C, k, k]` from its output
+/// gradient `grad`, for an input of `input_hw = (H, W)`: for stride 1 a full correlation with the spatially
+/// flipped, transposed kernel, otherwise Candle's transposed convolution.
+///
+/// A strided convolution leaves up to `stride − 1` rows (columns) at the input's bottom (right) edge that no
+/// output position's window starts in, so the input size is not a function of the output size; the rows
+/// a transposed convolution would drop are restored by its output padding. Candle takes one output padding
+/// for both axes, so the larger of the two is used and the result cut to `H × W`.
 pub(crate) fn dense_input_grad(
     w: &Tensor,
     grad: &Tensor,
     padding: usize,
     stride: usize,
-    input_size: usize,
+    input_hw: (usize, usize),
 ) -> candle_core::Result<Tensor> {
     let (_, _, kh, kw) = w.dims4()?;
+    let (height, width) = input_hw;
     if stride == 1 && padding < kh && kh == kw {
         let rev: Vec<u32> = (0..kh as u32).rev().collect();
         let rev = Tensor::new(rev.as_slice(), w.device())?;
         let flipped = w.transpose(0, 1)?.contiguous()?.index_select(&rev, 2)?.index_select(&rev, 3)?;
         grad.conv2d(&flipped, kh - 1 - padding, 1, 1, 1)
     } else {
-        let (_, _, gh, _) = grad.dims4()?;
-        let out_size = (gh - 1) * stride + kh - 2 * padding;
-        grad.conv_transpose2d(w, padding, input_size - out_size, stride, 1)
+        let (_, _, gh, gw) = grad.dims4()?;
+        // Input rows (columns) reached by the transposed convolution without output padding.
+        let reached = |g: usize| ((g.max(1) - 1) * stride + kh).checked_sub(2 * padding);
+        let missing = |g: usize, len: usize| reached(g).and_then(|r| len.checked_sub(r));
+        let (Some(extra_h), Some(extra_w)) = (missing(gh, height), missing(gw, width)) else {
+            candle_core::bail!(
+                "input gradient: an output of {gh}×{gw} cannot come from a {height}×{width} input with kernel \
+                 {kh}, padding {padding}, stride {stride}"
+            );
+        };
+        let full = grad.conv_transpose2d(w, padding, extra_h.max(extra_w), stride, 1)?;
+        full.narrow(2, 0, height)?.narrow(3, 0, width)?.contiguous()
     }
 }
 

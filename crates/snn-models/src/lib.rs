@@ -21,7 +21,8 @@ mod tape;
 pub mod zoo;
 
 pub use checkpoint::{
-    load_checkpoint, parse_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Checkpoint,
+    checkpoint_bytes, load_checkpoint, parse_checkpoint, save_checkpoint, save_checkpoint_with, temp_path,
+    write_atomic, Checkpoint,
 };
 pub use error::{Error, Result};
 pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};

@@ -78,7 +78,13 @@ pub struct SpikingNetwork {
     dtype: DType,
     /// Float buffers of the taped training pass, kept from one call to the next.
     pub(crate) scratch: Scratch,
+    /// Identifies the network to the tapes it records ([`crate::Tape`]); never shared by two networks of a
+    /// process, even when one is dropped and the other takes its memory.
+    pub(crate) id: u64,
 }
+
+/// The next [`SpikingNetwork::id`].
+static NEXT_NETWORK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl SpikingNetwork {
     /// Builds the network with freshly initialised weights, `N(0, sqrt(init_gain / fan_in))` per weight
@@ -135,6 +141,7 @@ impl SpikingNetwork {
             device: device.clone(),
             dtype,
             scratch: Scratch::default(),
+            id: NEXT_NETWORK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -284,7 +291,7 @@ impl SpikingNetwork {
                     let w = self.weight(&f.name, track)?;
                     (linear(&frames.flatten_from(1)?, &w, events)?, self.lif)
                 }
-                LayerSpec::Pool(p) => (frames.avg_pool2d(p.kernel)?, self.pool),
+                LayerSpec::Pool(p) => (average_pool(&frames, p.kernel)?, self.pool),
                 LayerSpec::Readout(r) => {
                     let w = self.weight(&r.name, track)?;
                     let cur = linear(&frames.flatten_from(1)?, &w, events)?;
@@ -352,6 +359,18 @@ fn linear(inputs: &Tensor, w: &Tensor, events: bool) -> Result<Tensor> {
     } else {
         Ok(inputs.matmul(&w.t()?)?)
     }
+}
+
+/// Average pooling of frames `[N, C, H, W]` over `k × k` windows with stride `k`; rows and columns past the
+/// last whole window are left out. They are cut off before pooling because Candle's pooling gradient spreads
+/// the output gradient over the whole input by nearest-neighbour upsampling, which misplaces it (and feeds
+/// the left-out positions) when `H` or `W` is not a multiple of `k`.
+fn average_pool(frames: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, _, h, w) = frames.dims4()?;
+    let (h_used, w_used) = (h / k * k, w / k * k);
+    let frames =
+        if (h_used, w_used) == (h, w) { frames.clone() } else { frames.narrow(2, 0, h_used)?.narrow(3, 0, w_used)? };
+    Ok(frames.avg_pool2d(k)?)
 }
 
 /// Identity subsampling of frames `[N, C, H, W]`: keeps pixel `(s·i, s·j)`.

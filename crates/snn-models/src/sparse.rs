@@ -23,46 +23,57 @@ use snn_core::kernels::Real;
 
 use crate::{Error, Result};
 
-/// Above this share of non-zero inputs the callers use the dense layers (Candle's convolutions and
-/// products). Measured by `cargo xtask density` on 64 frames of VGG9's 3×3 convolutions: the event-driven
-/// forward pass stays ahead of Candle's convolution up to 50–100 % non-zero inputs for 64–256 channels (at any
-/// density for a 3-channel image), the event-driven kernel gradient up to 100 %; at 50 % every measured layer
-/// is on the faster path or level with it. (The input gradient at the events, which the taped pass computes in
-/// the same pass as the kernel gradient, was not timed against the dense input gradient.)
+/// The density limit of the event-driven layers: a synaptic layer whose input window has at most this share
+/// of non-zero entries (spikes that survived their dropout mask; a masked spike counts once whatever its mask
+/// value, a dropped one not at all) takes the event-driven kernels, a denser one the dense layers (Candle's
+/// convolutions and products). Both training passes and inference decide with this one measure
+/// ([`sparse_enough`] on a tensor, [`within_density_limit`] on counted entries).
+///
+/// Measured by `cargo xtask density` on 64 frames of VGG9's 3×3 convolutions: the event-driven forward pass
+/// stays ahead of Candle's convolution up to 50–100 % non-zero inputs for 64–256 channels (at any density for a
+/// 3-channel image), the event-driven kernel gradient up to 100 %; at 50 % every measured layer is on the
+/// faster path or level with it. (The input gradient at the events, which the taped pass computes in the same
+/// pass as the kernel gradient, was not timed against the dense input gradient.)
 pub const EVENT_DENSITY_LIMIT: f64 = 0.5;
 
-/// Whether a window of spikes `[N, ...]` (values 0 or ±1, dropout-masked spikes by their mask value) on the CPU
-/// is sparse enough for the event-driven layers: its summed magnitude, the number of spikes, is at most
-/// [`EVENT_DENSITY_LIMIT`] times its number of entries. One pass over the buffer, no temporaries.
-pub fn sparse_enough(spikes: &Tensor) -> Result<bool> {
-    let partial_sums = spikes.contiguous()?.apply_op1_no_bwd(&MagnitudeSums)?;
-    let events = partial_sums.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    Ok(events <= EVENT_DENSITY_LIMIT * spikes.elem_count() as f64)
+/// Whether `nonzero` non-zero entries out of `entries` are within [`EVENT_DENSITY_LIMIT`].
+pub fn within_density_limit(nonzero: usize, entries: usize) -> bool {
+    nonzero as f64 <= EVENT_DENSITY_LIMIT * entries as f64
 }
 
-/// Entries per partial sum of [`MagnitudeSums`]: small enough that a partial sum of spike magnitudes is exact
-/// in `f32`.
-const MAGNITUDE_CHUNK: usize = 1 << 20;
+/// Whether a window `[N, ...]` on the CPU is sparse enough for the event-driven layers: its share of non-zero
+/// entries is within [`EVENT_DENSITY_LIMIT`]. One pass over the buffer, no temporaries.
+pub fn sparse_enough(window: &Tensor) -> Result<bool> {
+    let partial_counts = window.contiguous()?.apply_op1_no_bwd(&NonzeroCounts)?;
+    let nonzero = partial_counts.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(within_density_limit(nonzero as usize, window.elem_count()))
+}
 
-/// `Σ |x|` over consecutive chunks of [`MAGNITUDE_CHUNK`] entries.
-struct MagnitudeSums;
+/// Entries per partial count of [`NonzeroCounts`]: small enough that a count is exact in `f32`.
+const COUNT_CHUNK: usize = 1 << 20;
 
-impl CpuKernel for MagnitudeSums {
-    const NAME: &'static str = "magnitude-sums";
+/// The number of non-zero entries of consecutive chunks of [`COUNT_CHUNK`] entries.
+struct NonzeroCounts;
+
+impl CpuKernel for NonzeroCounts {
+    const NAME: &'static str = "nonzero-counts";
 
     fn run<F: Real + WithDType>(&self, operands: &[&[F]]) -> Vec<F> {
-        operands[0].par_chunks(MAGNITUDE_CHUNK).map(|c| c.iter().fold(F::zero(), |s, v| s + v.abs())).collect()
+        operands[0]
+            .par_chunks(COUNT_CHUNK)
+            .map(|c| F::lit(c.iter().filter(|v| **v != F::zero()).count() as f64))
+            .collect()
     }
 }
 
-impl CustomOp1 for MagnitudeSums {
+impl CustomOp1 for NonzeroCounts {
     fn name(&self) -> &'static str {
         Self::NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let sums = run_cpu(self, &[(s, l)])?;
-        Ok((sums, Shape::from(l.shape().elem_count().div_ceil(MAGNITUDE_CHUNK))))
+        let counts = run_cpu(self, &[(s, l)])?;
+        Ok((counts, Shape::from(l.shape().elem_count().div_ceil(COUNT_CHUNK))))
     }
 }
 
@@ -139,11 +150,11 @@ pub fn conv2d_input_grad_at_events(
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
 }
 
-/// Whether the CPU runs the kernels' AVX2 + FMA variants (detected once, cached by the standard library).
+/// Whether the CPU runs the kernels' AVX2 variants (detected once, cached by the standard library).
 fn wide_vectors() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -151,16 +162,18 @@ fn wide_vectors() -> bool {
     }
 }
 
-/// Declares `$wide`, the kernel `$base` compiled for AVX2 and FMA on x86-64 (the body is inlined into it).
-/// The event kernels add or dot rows of 20–512 weights: with 256-bit vectors and fused multiply-adds a row
-/// takes half the instructions of the baseline target's 128-bit ones. Call it through [`dispatch!`].
+/// Declares `$wide`, the kernel `$base` compiled for AVX2 on x86-64 (the body is inlined into it). The event
+/// kernels add or dot rows of 20–512 weights: with 256-bit vectors a row takes half the instructions of the
+/// baseline target's 128-bit ones. The kernels multiply and add in separate operations (Rust never fuses
+/// `a * b + c` by itself), so both variants round alike and give the same bits. Call it through
+/// [`dispatch!`].
 macro_rules! wide_variant {
     (fn $wide:ident = $base:ident<$($g:ident: $bound:path),*>($($a:ident: $t:ty),* $(,)?)) => {
-        /// The kernel of the same name without `_wide`, compiled for AVX2 and FMA.
+        /// The kernel of the same name without `_wide`, compiled for AVX2.
         ///
         /// # Safety
-        /// Only call it on a CPU with AVX2 and FMA ([`wide_vectors`]).
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+        /// Only call it on a CPU with AVX2 ([`wide_vectors`]).
+        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
         unsafe fn $wide<$($g: $bound),*>($($a: $t),*) {
             $base($($a),*)
         }
@@ -171,7 +184,7 @@ macro_rules! wide_variant {
 macro_rules! dispatch {
     ($wide:ident, $base:ident($($arg:expr),* $(,)?)) => {
         if wide_vectors() {
-            // SAFETY: the CPU has AVX2 and FMA (checked by `wide_vectors`).
+            // SAFETY: the CPU has AVX2 (checked by `wide_vectors`).
             unsafe { $wide($($arg),*) }
         } else {
             $base($($arg),*)
@@ -250,14 +263,8 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
     fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, mut f: impl FnMut(usize, F)) {
         let bytes = &self.spikes[frame * self.frame_len..][range.clone()];
         let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][range.clone()]);
-        let mut base = 0;
-        // Eight silent neurons are skipped with one comparison.
-        for word in bytes.chunks(8) {
-            if word.len() == 8 && u64::from_ne_bytes(word.try_into().unwrap_or([0; 8])) == 0 {
-                base += 8;
-                continue;
-            }
-            for (j, &b) in word.iter().enumerate() {
+        let mut visit = |base: usize, chunk: &[u8]| {
+            for (j, &b) in chunk.iter().enumerate() {
                 if b != 0 {
                     let i = base + j;
                     match mask {
@@ -267,8 +274,16 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
                     }
                 }
             }
-            base += word.len();
+        };
+        // Eight silent neurons are skipped with one comparison; the last few bytes are visited one by one.
+        let words = bytes.chunks_exact(8);
+        let tail = words.remainder();
+        for (k, w) in words.enumerate() {
+            if u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) != 0 {
+                visit(8 * k, w);
+            }
         }
+        visit(bytes.len() - tail.len(), tail);
     }
 }
 

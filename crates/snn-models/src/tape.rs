@@ -37,7 +37,7 @@ use crate::conv::{dense_input_grad, dense_kernel_grad};
 use crate::network::{LayerActivity, Masks};
 use crate::sparse::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames, EVENT_DENSITY_LIMIT,
+    linear_weight_grad_events, transpose, within_density_limit, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
 use crate::spec::{LayerSpec, ShortcutKind, INPUT};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
@@ -57,8 +57,8 @@ pub struct Tape {
     readout_counts: Vec<f64>,
     /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
     prepared: Option<Box<dyn Any + Send + Sync>>,
-    /// Address of the network that made the tape: its prepared weights serve that network only.
-    owner: usize,
+    /// The id of the network that recorded the tape: only that network's backward pass accepts it.
+    network: u64,
 }
 
 impl Tape {
@@ -141,19 +141,21 @@ impl SpikingNetwork {
     /// transposed copy the tape carries for the event-driven layers, while the dense layers read the weight
     /// tensors themselves, which an optimizer step changes in place.
     pub fn backward(&self, mut tape: Tape, grad_output: &Tensor) -> Result<Gradients> {
-        // The forward pass's weights serve the network that made the tape only.
-        let own = tape.owner == std::ptr::from_ref(self) as usize;
-        let prepared = |tape: &mut Tape| tape.prepared.take().filter(|_| own);
+        if tape.network != self.id {
+            return Err(Error::Spec(
+                "the tape was recorded by another network; run forward_taped on this network first".into(),
+            ));
+        }
         fn typed<F: Real + WithDType>(prepared: Option<Box<dyn Any + Send + Sync>>) -> Option<Prepared<F>> {
             prepared.and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
         }
         match self.dtype() {
             DType::F32 => {
-                let prepared = typed::<f32>(prepared(&mut tape));
+                let prepared = typed::<f32>(tape.prepared.take());
                 Pass::<f32>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             DType::F64 => {
-                let prepared = typed::<f64>(prepared(&mut tape));
+                let prepared = typed::<f64>(tape.prepared.take());
                 Pass::<f64>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
@@ -228,13 +230,14 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
 }
 
 impl<F: Real + WithDType> Source<'_, F> {
-    /// Whether few enough entries are non-zero for the event-driven kernels.
+    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]): the
+    /// input's non-zero values, or the spikes that their dropout mask kept.
     fn sparse(&self) -> bool {
-        let (nonzero, len) = match self {
-            Source::Input(x) => (x.data.iter().filter(|v| **v != F::zero()).count(), x.data.len()),
-            Source::Spikes(x) => (x.spikes.iter().filter(|&&b| b != 0).count(), x.spikes.len()),
-        };
-        nonzero as f64 <= EVENT_DENSITY_LIMIT * len as f64
+        let mut nonzero = 0;
+        for f in 0..self.frames() {
+            self.for_each_event(f, |_, _| nonzero += 1);
+        }
+        within_density_limit(nonzero, self.frames() * self.frame_len())
     }
 
     /// The frames as a dense tensor `[N, ...frame]`.
@@ -472,9 +475,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let masks = self.mask_tensors.clone();
         let prepared: Box<dyn Any + Send + Sync> =
             Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
-        let owner = std::ptr::from_ref(self.net) as usize;
         let input = self.input.clone();
-        let tape = Tape { steps, batch, input, masks, spikes, readout_counts, prepared: Some(prepared), owner };
+        let network = self.net.id;
+        let tape = Tape { steps, batch, input, masks, spikes, readout_counts, prepared: Some(prepared), network };
         Ok((ForwardOutput { output, activity }, tape))
     }
 
@@ -594,7 +597,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     LayerSpec::Fc(f) => {
                         let w = self.weights(name)?;
                         let into = grad_spikes.get_mut(f.input.as_str());
-                        linear_backward(&x, w, f.out_features, &currents_grad, into, accumulator(&mut grads, name)?);
+                        linear_backward(&x, w, f.out_features, &currents_grad, into, accumulator(&mut grads, name)?)?;
                     }
                     LayerSpec::Pool(p) => {
                         if let Some(into) = grad_spikes.get_mut(p.input.as_str()) {
@@ -646,7 +649,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let dense = x.dense(&[g.channels, g.height, g.width])?;
             let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
             if let Some(into) = input_grad {
-                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, g.height)?;
+                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
                 add(into, &gx.flatten_all()?.to_vec1::<F>()?);
             }
             // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
@@ -749,7 +752,9 @@ fn linear_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, outputs: u
 }
 
 /// Adds the weight gradient of a fully connected layer over one part to `acc` (transposed, `[in, out]`),
-/// and its input gradient at the input's events into `input_grad` when the input is a spiking layer.
+/// and its input gradient into `input_grad` when the input is a spiking layer: event-driven (at the input's
+/// events) when the input is sparse, else as dense products (everywhere), as `Pass::conv_backward` does for a
+/// convolution.
 fn linear_backward<F: Real + WithDType>(
     x: &Source<F>,
     w: &Weights<F>,
@@ -757,11 +762,25 @@ fn linear_backward<F: Real + WithDType>(
     delta: &[F],
     input_grad: Option<&mut Vec<F>>,
     acc: &mut [F],
-) {
-    if let (Source::Spikes(_), Some(into)) = (x, input_grad) {
-        linear_input_grad_events(x, &w.rows, delta, outputs, into);
+) -> Result<()> {
+    let input_grad = match x {
+        Source::Input(_) => None,
+        Source::Spikes(_) => input_grad,
+    };
+    if x.sparse() {
+        if let Some(into) = input_grad {
+            linear_input_grad_events(x, &w.rows, delta, outputs, into);
+        }
+        linear_weight_grad_events(x, delta, outputs, acc);
+    } else {
+        let delta = Tensor::from_slice(delta, (x.frames(), outputs), &Device::Cpu)?;
+        if let Some(into) = input_grad {
+            add(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+        }
+        let inputs = x.dense(&[x.frame_len()])?;
+        add(acc, &inputs.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
     }
-    linear_weight_grad_events(x, delta, outputs, acc);
+    Ok(())
 }
 
 /// The transposed gradient accumulator of a layer's weight.
@@ -853,5 +872,30 @@ fn subsample_grad<F: Real>(shape: &[usize], stride: usize, out_shape: &[usize], 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The density of a masked spike window counts the spikes its mask kept, once each: 60 % of the
+    /// neurons spike but the mask drops half of those, so 30 % of the entries are non-zero (event-driven),
+    /// while 60 % kept spikes are dense.
+    #[test]
+    fn masked_spike_density_counts_the_kept_spikes() {
+        let (batch, n) = (2, 10);
+        let spikes: Vec<u8> = (0..batch * n).map(|i| u8::from(i % 10 < 6)).collect();
+        let dropped: Vec<f64> = (0..batch * n).map(|i| if i % 2 == 0 { 2.0 } else { 0.0 }).collect();
+        let kept = vec![2.0; batch * n];
+        let frames = |mask| Source::Spikes(SpikeFrames { spikes: &spikes, frame_len: n, batch, mask });
+        assert!(frames(Some(&dropped)).sparse(), "30 % kept spikes are within the limit");
+        assert!(!frames(Some(&kept)).sparse(), "60 % kept spikes are not");
+        assert!(!frames(None).sparse());
+        // Dense inputs: the share of non-zero values, whatever their magnitude.
+        let small: Vec<f64> = (0..20).map(|i| if i % 10 < 6 { 0.1 } else { 0.0 }).collect();
+        assert!(!Source::Input(DenseFrames { data: &small, frame_len: 10 }).sparse());
+        let large: Vec<f64> = (0..20).map(|i| if i % 10 < 4 { 3.0 } else { 0.0 }).collect();
+        assert!(Source::Input(DenseFrames { data: &large, frame_len: 10 }).sparse());
     }
 }

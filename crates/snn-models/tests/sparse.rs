@@ -155,3 +155,97 @@ fn event_gradients_are_the_same_bits_with_one_or_two_threads() {
         assert_eq!(bits(&run(2)), bits(&one));
     }
 }
+
+/// The density limit is a share of non-zero entries: dropout-scaled spikes (2.0 at p = 0.5) on 40 % of the
+/// entries are within it, small non-zero values on 60 % are not.
+#[test]
+fn the_density_measure_is_the_share_of_non_zero_entries() {
+    use snn_models::sparse::{sparse_enough, within_density_limit, EVENT_DENSITY_LIMIT};
+    let window = |value: f64, share: usize| {
+        let v: Vec<f64> = (0..1000).map(|i| if i % 10 < share { value } else { 0.0 }).collect();
+        Tensor::from_vec(v, (10, 100), &Device::Cpu).unwrap()
+    };
+    assert!(sparse_enough(&window(2.0, 4)).unwrap(), "40 % non-zero, magnitude 0.8 per entry");
+    assert!(!sparse_enough(&window(0.25, 6)).unwrap(), "60 % non-zero, magnitude 0.15 per entry");
+    assert!(sparse_enough(&window(-1.0, 5)).unwrap(), "exactly at the limit");
+    assert!(!sparse_enough(&window(1.0, 6).to_dtype(DType::F32).unwrap()).unwrap());
+    assert_eq!(EVENT_DENSITY_LIMIT, 0.5);
+    assert!(within_density_limit(50, 100) && !within_density_limit(51, 100));
+}
+
+/// Gradients of `L = Σ probe · conv(x, w)` by the definition: `∂L/∂x` and `∂L/∂w` with plain loops.
+#[allow(clippy::too_many_arguments)]
+fn reference_conv_grads(
+    x: &[f64],
+    w: &[f64],
+    probe: &[f64],
+    [n, c, h, wd]: [usize; 4],
+    o: usize,
+    k: usize,
+    p: usize,
+    s: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+    let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for b in 0..n {
+        for oc in 0..o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = probe[((b * o + oc) * oh + oy) * ow + ox];
+                    for ic in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (y, xx) =
+                                    ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd {
+                                    let xi = ((b * c + ic) * h + y as usize) * wd + xx as usize;
+                                    let wi = ((oc * c + ic) * k + ky) * k + kx;
+                                    gx[xi] += g * w[wi];
+                                    gw[wi] += g * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (gx, gw)
+}
+
+/// The differentiable convolution on non-square inputs (taller and wider, strides that leave uncovered rows
+/// or columns at the edge), dense and sparse input, against the definition: forward value and both
+/// gradients in f64.
+#[test]
+fn the_convolution_and_its_gradients_are_right_on_non_square_inputs() {
+    use candle_core::Var;
+    use snn_models::conv::{conv2d_frames, InputGrad};
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let dev = Device::Cpu;
+    for (h, wd, k, p, s) in
+        [(8, 9, 3, 1, 2), (9, 8, 3, 1, 2), (7, 10, 3, 0, 2), (10, 7, 5, 2, 3), (6, 11, 1, 0, 2), (5, 9, 3, 1, 1)]
+    {
+        for density in [0.15, 0.9] {
+            let (n, c, o) = (2, 3, 4);
+            let x = spikes(n * c * h * wd, density, &mut rng);
+            let w: Vec<f64> = (0..o * c * k * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let expected = reference_conv(&x, &w, [n, c, h, wd], o, k, p, s);
+            let probe: Vec<f64> = (0..expected.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let (gx, gw) = reference_conv_grads(&x, &w, &probe, [n, c, h, wd], o, k, p, s);
+            let xv = Var::from_vec(x, (n, c, h, wd), &dev).unwrap();
+            let wv = Var::from_vec(w, (o, c, k, k), &dev).unwrap();
+            let y = conv2d_frames(xv.as_tensor(), wv.as_tensor(), p, s, InputGrad::Full).unwrap();
+            let case = format!("{h}×{wd} k{k} p{p} s{s} density {density}");
+            let got = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(max_abs_diff(&got, &expected) < 1e-12, "forward {case}");
+            let probe = Tensor::from_vec(probe, y.shape(), &dev).unwrap();
+            let grads = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let got_x = grads.get(xv.as_tensor()).unwrap();
+            assert_eq!(got_x.dims(), [n, c, h, wd], "input gradient shape {case}");
+            let got_x = got_x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(max_abs_diff(&got_x, &gx) < 1e-10, "input gradient {case}");
+            let got_w = grads.get(wv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(max_abs_diff(&got_w, &gw) < 1e-10, "kernel gradient {case}");
+        }
+    }
+}

@@ -98,14 +98,15 @@ fn the_taped_pass_reproduces_autograd_on_every_layer_kind() {
     let (steps, batch) = (9, 16);
     for (density, excite) in [(0.1, false), (0.7, false), (0.5, true)] {
         let net = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
-        // With positive stem and a1 weights and positive input those layers fire at most steps, so the layers
-        // reading them (pool1, a2) take the dense fallback of the taped pass.
+        // With positive stem, a1, b1 and b2 weights and positive input those layers fire at most steps, so the
+        // layers reading them (pool1, a2, b2, fc0) take the dense fallback of the taped pass (convolution,
+        // pooling and fully connected).
         let weights: HashMap<String, Tensor> = net
             .weights()
             .iter()
             .map(|(n, v)| {
                 let t = v.as_tensor().clone();
-                let excited = excite && (n == "stem.weight" || n == "a1.weight");
+                let excited = excite && ["stem.weight", "a1.weight", "b1.weight", "b2.weight"].contains(&n.as_str());
                 (n.clone(), if excited { (t.abs().unwrap() * 3.0).unwrap() } else { t })
             })
             .collect();
@@ -158,6 +159,28 @@ fn bad_gradients_and_inputs_are_errors() {
     assert!(err.contains("[2, 3]"), "{err}");
     let bad_input = Tensor::zeros((3, 2, 1, 16, 16), DType::F64, &Device::Cpu).unwrap();
     assert!(net.forward_taped(&bad_input, &Masks::new()).is_err());
+}
+
+#[test]
+fn a_tape_serves_only_the_network_that_recorded_it() {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let x = input(&[3, 2, 2, 16, 16], 0.3, true, &mut rng);
+    let ones = Tensor::ones((2, 3), DType::F64, &Device::Cpu).unwrap();
+    let a = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+    let weights: HashMap<String, Tensor> =
+        a.weights().iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap())).collect();
+    let b = SpikingNetwork::from_weights(spec.clone(), weights.clone(), DType::F64, &Device::Cpu).unwrap();
+    let (_, tape) = a.forward_taped(&x, &Masks::new()).unwrap();
+    let err = b.backward(tape, &ones).unwrap_err().to_string();
+    assert!(err.contains("another network"), "{err}");
+    // A network dropped and replaced by a new one (which may reuse its memory) does not take its tapes.
+    let (_, tape) = a.forward_taped(&x, &Masks::new()).unwrap();
+    drop(a);
+    let c = SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap();
+    assert!(c.backward(tape, &ones).is_err());
+    let (_, tape) = c.forward_taped(&x, &Masks::new()).unwrap();
+    assert!(c.backward(tape, &ones).is_ok());
 }
 
 /// The taped pass's gradients on `net` for input `x`, with a loss gradient of ones.

@@ -263,7 +263,7 @@ pub fn analyse(
     let mut rng = stream_rng(seed, Stream::EvalInput);
     let mut correct = 0usize;
     let mut raster = None;
-    for idx in Batches::new::<rand_chacha::ChaCha8Rng>(data.len(), batch_size, None) {
+    for idx in Batches::new::<rand_chacha::ChaCha8Rng>(data.len(), batch_size, None)? {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         // Spike windows are kept only for the batch that supplies the raster.
         let keep_spikes = raster.is_none() && raster_layer.is_some();

@@ -20,6 +20,6 @@ pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::Recipe;
 pub use trainer::{
-    evaluate, stream_rng, train, train_run, train_step, BatchProgress, EpochMetrics, EvalResult, LayerRate, RunFiles,
-    RunOptions, Silent, Stream, TrainObserver, TrainSummary, STATE_FILE,
+    evaluate, stream_rng, train, train_run, train_step, BatchProgress, CrashPoint, EpochMetrics, EvalResult, LayerRate,
+    RunFiles, RunOptions, Silent, Stream, TrainObserver, TrainSummary, STATE_FILE,
 };

@@ -12,7 +12,7 @@ use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
-    load_checkpoint, save_checkpoint, save_checkpoint_with, write_atomic, Engine, ForwardOptions, ForwardOutput,
+    checkpoint_bytes, load_checkpoint, save_checkpoint, temp_path, write_atomic, Engine, ForwardOptions, ForwardOutput,
     Gradients, Masks, SpikingNetwork,
 };
 
@@ -199,7 +199,7 @@ pub fn evaluate(
     let mut correct = 0;
     let mut tally = ActivityTally::default();
     let opts = ForwardOptions { engine, ..ForwardOptions::default() };
-    for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None) {
+    for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None)? {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         let out = net.forward(&x, &Masks::new(), opts)?;
         correct += count_correct(&out.output, &labels)?;
@@ -402,6 +402,57 @@ pub struct RunOptions {
     /// When set (e.g. by a Ctrl-C handler), training stops after the current batch, saves its resumable
     /// state and returns [`Error::Interrupted`].
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Kill the process at a chosen point, to test that a crashed run resumes exactly.
+    pub crash: Option<CrashPoint>,
+}
+
+/// A point at which [`train_run`] aborts the whole process (`std::process::abort`: no unwinding, no
+/// destructors, files left as they are), to test recovery from a crash at a known place. Parsed from
+/// `batch:N` or `state-write:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after the `N`-th training batch of this process (counted from 1, across epochs, after any
+    /// state write that batch makes).
+    AfterBatch(usize),
+    /// Halfway through writing the `N`-th run state of this process: the temporary file holds the first half
+    /// of the new state and the previous state file is untouched.
+    DuringStateWrite(usize),
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("crash point '{s}' is not batch:N or state-write:N with N >= 1"));
+        let (kind, n) = s.split_once(':').ok_or_else(bad)?;
+        let n: usize = n.parse().ok().filter(|&n| n >= 1).ok_or_else(bad)?;
+        match kind {
+            "batch" => Ok(Self::AfterBatch(n)),
+            "state-write" => Ok(Self::DuringStateWrite(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Writes run states, counting them for [`CrashPoint::DuringStateWrite`].
+struct StateWriter {
+    path: PathBuf,
+    writes: usize,
+    crash_at: Option<usize>,
+}
+
+impl StateWriter {
+    fn save(&mut self, net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally: &ActivityTally) -> Result<()> {
+        self.writes += 1;
+        let bytes = state_bytes(net, opt, st, tally)?;
+        if self.crash_at == Some(self.writes) {
+            // Leave what a kill in the middle of the write leaves: half a temporary file.
+            let tmp = temp_path(&self.path);
+            let _ = std::fs::write(&tmp, &bytes[..bytes.len() / 2]);
+            std::process::abort();
+        }
+        write_atomic(&self.path, &bytes).map_err(|source| Error::Io { path: self.path.clone(), source })
+    }
 }
 
 /// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
@@ -451,12 +502,25 @@ pub fn train_run(
         None => None,
     };
     let start = Instant::now();
+    let mut writer = files.as_ref().map(|f| StateWriter {
+        path: f.state.clone(),
+        writes: 0,
+        crash_at: match opts.crash {
+            Some(CrashPoint::DuringStateWrite(n)) => Some(n),
+            _ => None,
+        },
+    });
+    let crash_after_batch = match opts.crash {
+        Some(CrashPoint::AfterBatch(n)) => Some(n),
+        _ => None,
+    };
+    let mut batches_run = 0;
     let mut opt = Sgd::new(net.weights().to_vec(), recipe.lr, recipe.momentum, recipe.weight_decay)?;
     let mut shuffle_rng = stream_rng(recipe.seed, Stream::Shuffle);
     let mut input_rng = stream_rng(recipe.seed, Stream::TrainInput);
     let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
     let mut augment_rng = stream_rng(recipe.seed, Stream::Augment);
-    let mut st = RunState::fresh(recipe, train.len());
+    let mut st = RunState::fresh(recipe, train.len(), net);
     let mut tally = ActivityTally::default();
     if opts.resume {
         let path = &files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?.state;
@@ -466,6 +530,18 @@ pub fn train_run(
                 "{}: the saved run used a different recipe or training set size",
                 path.display()
             )));
+        }
+        let now = RunState::fresh(recipe, train.len(), net);
+        for (what, saved, given) in [("element type", &state.dtype, &now.dtype), ("device", &state.device, &now.device)]
+        {
+            if let (Some(saved), Some(given)) = (saved, given) {
+                if saved != given {
+                    return Err(Error::Config(format!(
+                        "{}: the saved run trained with {what} {saved}; this network has {given}",
+                        path.display()
+                    )));
+                }
+            }
         }
         st = state;
         tally = restored;
@@ -484,7 +560,7 @@ pub fn train_run(
         } else {
             shuffle_rng.set_word_pos(st.shuffle_pos);
         }
-        let batches: Vec<Vec<usize>> = Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng)).collect();
+        let batches: Vec<Vec<usize>> = Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng))?.collect();
         let batch_count = batches.len();
         for (b, idx) in batches.into_iter().enumerate().skip(st.batches_done) {
             let augment = recipe.augment.then_some(&mut augment_rng);
@@ -517,17 +593,21 @@ pub fn train_run(
                 images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
             if opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
-                if let Some(files) = &files {
+                if let Some(writer) = &mut writer {
                     st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    save_state(&files.state, net, &opt, &st, &tally)?;
+                    writer.save(net, &opt, &st, &tally)?;
                 }
                 return Err(Error::Interrupted { epoch, batch: st.batches_done });
             }
-            if let (Some(files), Some(every)) = (&files, opts.checkpoint_every) {
+            if let (Some(writer), Some(every)) = (&mut writer, opts.checkpoint_every) {
                 if st.batches_done % every == 0 && st.batches_done < batch_count {
                     st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    save_state(&files.state, net, &opt, &st, &tally)?;
+                    writer.save(net, &opt, &st, &tally)?;
                 }
+            }
+            batches_run += 1;
+            if crash_after_batch == Some(batches_run) {
+                std::process::abort();
             }
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
@@ -585,7 +665,9 @@ pub fn train_run(
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
             st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
             st.shuffle_pos = shuffle_rng.get_word_pos();
-            save_state(&files.state, net, &opt, &st, &tally)?;
+            if let Some(writer) = &mut writer {
+                writer.save(net, &opt, &st, &tally)?;
+            }
         }
         observer.on_epoch(&metrics);
     }
@@ -631,11 +713,28 @@ struct RunState {
     history: Vec<EpochMetrics>,
     tally_layers: Vec<String>,
     tally_samples: usize,
+    /// Element type of the weights (`f32`, `f64`); absent in states saved before it was recorded.
+    #[serde(default)]
+    dtype: Option<String>,
+    /// Device of the weights (`cpu`, `cuda:0`, ...); absent in older states.
+    #[serde(default)]
+    device: Option<String>,
+}
+
+/// A device as the run state names it: `cpu`, `cuda:N` or `metal:N`.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 impl RunState {
-    fn fresh(recipe: &Recipe, train_images: usize) -> Self {
+    fn fresh(recipe: &Recipe, train_images: usize, net: &SpikingNetwork) -> Self {
         Self {
+            dtype: Some(net.dtype().as_str().to_string()),
+            device: Some(device_name(net.device())),
             recipe: recipe.clone(),
             train_images,
             epoch: 1,
@@ -663,7 +762,9 @@ impl RunState {
 
 const STATE_KEY: &str = "run_state";
 
-fn save_state(path: &Path, net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally: &ActivityTally) -> Result<()> {
+/// The run state file's bytes: weights, momentum buffers and activity tallies as tensors, the rest as JSON
+/// metadata.
+fn state_bytes(net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally: &ActivityTally) -> Result<Vec<u8>> {
     let mut st = st.clone();
     let mut extra: Vec<(String, Tensor)> =
         opt.momentum_state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t)).collect();
@@ -675,8 +776,7 @@ fn save_state(path: &Path, net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally
     }
     let mut meta = HashMap::new();
     meta.insert(STATE_KEY.to_string(), serde_json::to_string(&st).map_err(|e| Error::Config(e.to_string()))?);
-    save_checkpoint_with(path, net, &extra, &meta)?;
-    Ok(())
+    Ok(checkpoint_bytes(net, &extra, &meta)?)
 }
 
 fn load_state(path: &Path, net: &SpikingNetwork, opt: &mut Sgd) -> Result<(RunState, ActivityTally)> {

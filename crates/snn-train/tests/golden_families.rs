@@ -481,6 +481,42 @@ fn resnet_spec() -> Value {
     })
 }
 
+/// A VGG-style network on a non-square input (2 × 8 × 9) whose second convolution has stride 2 and padding 1
+/// (4 × 5 outputs, one input column that no window starts in) and whose pooling drops an odd column.
+fn vgg_non_square_spec() -> Value {
+    json!({
+        "family": "vgg", "input_shape": [2, 8, 9], "input_signed": false, "stats_after_mask": true,
+        "leak": LEAK, "threshold": THETA, "pool_threshold": POOL_THETA,
+        "layers": [
+            {"name": "cnn1", "kind": "conv", "input": "input", "in_channels": 2, "out_channels": 4, "kernel": 3, "stride": 1, "padding": 1, "dropout": true},
+            {"name": "cnn2", "kind": "conv", "input": "cnn1", "in_channels": 4, "out_channels": 5, "kernel": 3, "stride": 2, "padding": 1, "dropout": true},
+            {"name": "pool1", "kind": "pool", "input": "cnn2", "kernel": 2, "stride": 2, "padding": 0},
+            {"name": "fc0", "kind": "fc", "input": "pool1", "in_features": 20, "out_features": 12, "dropout": true},
+            {"name": "fc1", "kind": "readout", "input": "fc0", "in_features": 12, "out_features": 10}
+        ]
+    })
+}
+
+/// A ResNet-style network on a non-square input (3 × 7 × 10): pooling of an odd height, a `conv1x1`
+/// shortcut, and a stride-2 block with a `subsample` shortcut over 3 × 5 maps.
+fn resnet_non_square_spec() -> Value {
+    json!({
+        "family": "resnet", "input_shape": [3, 7, 10], "input_signed": true, "stats_after_mask": false,
+        "leak": LEAK, "threshold": THETA, "pool_threshold": POOL_THETA,
+        "layers": [
+            {"name": "cnn11", "kind": "conv", "input": "input", "in_channels": 3, "out_channels": 4, "kernel": 3, "stride": 1, "padding": 1, "dropout": true},
+            {"name": "pool1", "kind": "pool", "input": "cnn11", "kernel": 2, "stride": 2, "padding": 0},
+            {"name": "cnn21", "kind": "conv", "input": "pool1", "in_channels": 4, "out_channels": 6, "kernel": 3, "stride": 1, "padding": 1, "dropout": true},
+            {"name": "cnn22", "kind": "conv", "input": "cnn21", "in_channels": 6, "out_channels": 6, "kernel": 3, "stride": 1, "padding": 1, "dropout": true,
+             "shortcut": {"name": "shortcut1", "kind": "conv1x1", "input": "pool1", "stride": 1}},
+            {"name": "cnn32", "kind": "conv", "input": "cnn22", "in_channels": 6, "out_channels": 6, "kernel": 3, "stride": 2, "padding": 1, "dropout": true,
+             "shortcut": {"name": "shortcut2", "kind": "subsample", "input": "cnn22", "stride": 2}},
+            {"name": "fc0", "kind": "fc", "input": "cnn32", "in_features": 36, "out_features": 12, "dropout": true},
+            {"name": "fc1", "kind": "readout", "input": "fc0", "in_features": 12, "out_features": 10}
+        ]
+    })
+}
+
 /// Weight shapes in PyTorch layout for every weight of a spec.
 fn weight_shapes(case: &Case) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
@@ -504,8 +540,10 @@ fn weight_shapes(case: &Case) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Draws a case, runs the reference, and writes `<name>.json` + `<name>.safetensors` into `dir`.
-fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64) -> HashMap<String, Tensor> {
+/// Draws a case, runs the reference, and writes `<name>.json` + `<name>.safetensors` into `dir`. The weights
+/// named in `excite` are made positive and tripled, so those layers fire at most steps (with unsigned input)
+/// and the layers reading them take the dense paths.
+fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64, excite: &[&str]) -> HashMap<String, Tensor> {
     let (tt, bb) = (12, 3);
     let case = Case::new(spec.clone(), tt, bb);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -513,12 +551,17 @@ fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64) -> HashMap
     for (wname, shape) in weight_shapes(&case) {
         let fan_in: usize = shape[1..].iter().product();
         let std = (3.0 / fan_in as f64).sqrt();
-        let v: Vec<f64> =
+        let mut v: Vec<f64> =
             (0..shape.iter().product::<usize>()).map(|_| (rng.gen::<f64>() * 2.0 - 1.0) * std * 1.7).collect();
+        if excite.contains(&wname.as_str()) {
+            v.iter_mut().for_each(|w| *w = 3.0 * w.abs());
+        }
         weights.insert(wname, (v, shape));
     }
     let nin = case.input_shape.len();
-    let rates: Vec<f64> = (0..bb * nin).map(|_| rng.gen::<f64>() * 2.0 - 1.0).collect();
+    let signed = spec["input_signed"].as_bool() == Some(true);
+    let rates: Vec<f64> =
+        (0..bb * nin).map(|_| if signed { rng.gen::<f64>() * 2.0 - 1.0 } else { rng.gen::<f64>() }).collect();
     let input: Frames = (0..tt)
         .map(|_| {
             (0..bb)
@@ -602,8 +645,8 @@ fn write_case(dir: &Path, name: &str, spec: Value, p: f64, seed: u64) -> HashMap
 fn vgg_and_resnet_family_cases_replay_within_tolerance() {
     let dir = tempfile::tempdir().unwrap();
     // Masks of 1.25 and 2.0 are exact in binary, so pool-membrane ties behave the same in f32 and f64.
-    write_case(dir.path(), "vgg_masked", vgg_spec(), 0.2, 11);
-    write_case(dir.path(), "resnet_masked", resnet_spec(), 0.5, 12);
+    write_case(dir.path(), "vgg_masked", vgg_spec(), 0.2, 11, &[]);
+    write_case(dir.path(), "resnet_masked", resnet_spec(), 0.5, 12, &[]);
     // `SNN_GOLDEN_FAMILIES_OUT=DIR` also keeps the generated cases there (that is how the fixtures in
     // `tests/golden-families/` were made).
     if let Ok(out) = std::env::var("SNN_GOLDEN_FAMILIES_OUT") {
@@ -623,10 +666,32 @@ fn vgg_and_resnet_family_cases_replay_within_tolerance() {
     }
 }
 
+/// Non-square inputs through every op (strided convolutions' input gradients, pooling and subsampling of odd
+/// sizes, the event-driven kernels and, with the first layer excited, the dense fallback): both training
+/// passes against the plain-loop reference, gradients to the f64 tolerance.
+#[test]
+fn non_square_inputs_replay_within_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_case(dir.path(), "vgg_non_square", vgg_non_square_spec(), 0.2, 21, &["cnn1.weight"]);
+    // The excited layer fires densely, so the strided convolution reading it takes the dense input gradient.
+    let fired = t["stats.cnn1.total_spikes"].sum_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(fired > 0.7 * (12 * 3 * 4 * 8 * 9) as f64, "cnn1 must fire densely, fired {fired}");
+    write_case(dir.path(), "resnet_non_square", resnet_non_square_spec(), 0.5, 22, &[]);
+    for case in ["vgg_non_square", "resnet_non_square"] {
+        let c = GoldenCase::load(&dir.path().join(format!("{case}.json"))).unwrap();
+        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
+            let report = c.check(dtype, pass).unwrap();
+            let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+            assert!(failed.is_empty(), "{case} {dtype:?} {pass:?}: {failed:#?}");
+            assert!(report.checks.iter().filter(|c| c.name.starts_with("grad.")).count() >= 4);
+        }
+    }
+}
+
 #[test]
 fn the_checker_notices_a_wrong_gradient() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = write_case(dir.path(), "vgg_bad", vgg_spec(), 0.2, 11);
+    let mut t = write_case(dir.path(), "vgg_bad", vgg_spec(), 0.2, 11, &[]);
     let g = t["grad.cnn1.weight"].clone();
     t.insert("grad.cnn1.weight".into(), (g * 1.001).unwrap());
     candle_core::safetensors::save(&t, dir.path().join("vgg_bad.safetensors")).unwrap();
