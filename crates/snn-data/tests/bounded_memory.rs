@@ -91,10 +91,13 @@ fn svhn_bomb(dims: &[i32], declared: u32, matrix_len: u32) -> Vec<u8> {
     file
 }
 
+/// Reads a crafted file and returns the reader's error message.
+type Refusal = Box<dyn Fn() -> String>;
+
 #[test]
 fn crafted_files_claiming_gigabytes_are_refused_with_small_allocations() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cases: Vec<(&str, Box<dyn Fn() -> String>)> = Vec::new();
+    let mut cases: Vec<(&str, Refusal)> = Vec::new();
 
     // SVHN: dimensions of 40 GB with a matrix tag of 4 GB, and plausible tags over dimensions that need
     // 30 kB; both compressed elements are about 100 kB and inflate to 100 MB.
