@@ -1,6 +1,6 @@
 //! `cargo xtask density`: where the event-driven convolution stops paying.
 //!
-//! Times the event-driven forward convolution and kernel gradient of `snn_models::sparse` against Candle's
+//! Times the event-driven forward convolution and kernel gradient of `snn_core::events` against Candle's
 //! dense convolution (the same work the dense layers do) on 64 frames of random ±1 inputs of growing density,
 //! for the 3×3 convolutions of VGG9. The `EVENT_DENSITY_LIMIT` of the event-driven layers is read off this
 //! table. Each figure is the fastest of `reps` repetitions, both paths measured in the same run.
@@ -11,7 +11,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_models::sparse::{conv2d_events, conv2d_weight_grad_events, EVENT_DENSITY_LIMIT};
+use snn_core::events::{conv2d_events, conv2d_weight_grad_events, EVENT_DENSITY_LIMIT};
 
 /// Frames per measurement: one part of the taped training pass.
 const FRAMES: usize = 64;

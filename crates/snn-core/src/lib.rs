@@ -1,4 +1,4 @@
-//! # snn-core: spiking neuron dynamics for Candle
+//! # snn-core: the spiking compute core for Candle
 //!
 //! The neuron models of Lee et al. 2020 ("Enabling Spike-Based Backpropagation for Training Deep Neural
 //! Network Architectures"), written for **layer-major** execution: a neuron layer receives the input
@@ -14,23 +14,36 @@
 //! * [`dropout_mask`]: dropout masks held fixed over the whole window.
 //! * [`WindowStats`]: per-neuron spike counts and the leak-correction factor.
 //!
-//! The pure kernels live in [`kernels`]; they operate on slices and are usable without Candle tensors.
-//! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this and the other crates. With the
-//! `cuda` feature the neuron and readout ops also run on CUDA devices, through kernels compiled by `nvcc` at
-//! build time that compute the same recurrences.
+//! The synaptic and structural kernels that networks run between neuron layers live here too:
+//!
+//! * [`events`]: event-driven convolution, product, kernel gradient and at-spike input gradient (weights
+//!   added only where input spikes are), as tensor ops and as slice kernels over window parts, with the one
+//!   density measure that decides between them and the dense layers ([`events::EVENT_DENSITY_LIMIT`]).
+//! * [`conv`]: the differentiable convolution with a leaner backward pass than Candle's.
+//! * [`pool`]: average pooling and identity subsampling, on tensors and on window parts.
+//! * [`buffers`]: float buffers reused across the parts of a window and between passes.
+//!
+//! The pure neuron kernels live in [`kernels`]; they operate on slices and are usable without Candle tensors.
+//! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this crate. With the `cuda`
+//! feature the neuron and readout ops also run on CUDA devices, through kernels compiled by `nvcc` at build
+//! time that compute the same recurrences.
 //!
 //! Every random draw takes an explicit `rand::Rng`, so runs are reproducible from their seed.
 
 #![warn(missing_docs)]
 
+pub mod buffers;
+pub mod conv;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod dropout;
 pub mod encode;
 mod error;
+pub mod events;
 pub mod kernels;
 pub mod neuron;
+pub mod pool;
 pub mod readout;
 pub mod stats;
 

@@ -8,14 +8,16 @@
 //!
 //! The named architectures of Lee et al. 2020 are built-in specs ([`builtin`]); checkpoints are
 //! safetensors files carrying the spec in their metadata, so a file alone can be evaluated.
+//!
+//! This crate holds the structure (which layer feeds which) and walks it in both training passes; every
+//! kernel it runs (neuron recurrences, event-driven and dense synaptic layers, pooling, subsampling) lives in
+//! `snn-core`.
 
 #![warn(missing_docs)]
 
 mod checkpoint;
-pub mod conv;
 mod error;
 mod network;
-pub mod sparse;
 mod spec;
 mod tape;
 pub mod zoo;

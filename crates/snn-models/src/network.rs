@@ -7,11 +7,12 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
-use crate::conv::{conv2d_frames, InputGrad};
-use crate::sparse::{conv2d_events, linear_events, sparse_enough};
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
 use crate::tape::Scratch;
 use crate::{Error, Result};
+use snn_core::conv::{conv2d_frames, InputGrad};
+use snn_core::events::{conv2d_events, linear_events, sparse_enough};
+use snn_core::pool::{average_pool, subsample};
 
 /// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape).
 pub type Masks = HashMap<String, Tensor>;
@@ -22,9 +23,9 @@ pub enum Engine {
     /// Dense convolutions and matrix products over every input, spiking or not.
     #[default]
     Dense,
-    /// Event-driven accumulation over the non-zero input spikes only ([`crate::sparse`]), for inference on the
+    /// Event-driven accumulation over the non-zero input spikes only (`snn_core::events`), for inference on the
     /// CPU (on other devices the dense layers run), the window in parts (see [`SpikingNetwork::forward`]). When gradients are tracked the engine is not consulted:
-    /// the differentiable convolution of [`crate::conv`] takes the event path for sparse spike input itself.
+    /// the differentiable convolution of `snn_core::conv` takes the event path for sparse spike input itself.
     Sparse,
 }
 
@@ -325,14 +326,14 @@ impl SpikingNetwork {
 }
 
 /// A convolution over frames: Candle's own when no gradient is recorded (detached weights), else the op of
-/// [`crate::conv`], which skips the input gradient when `input_grad` is false (the network's input spikes) and
+/// `snn_core::conv`, which skips the input gradient when `input_grad` is false (the network's input spikes) and
 /// otherwise needs it only at the input's spikes (every other layer input is a neuron's spike train).
 fn conv(frames: &Tensor, w: &Tensor, padding: usize, stride: usize, input_grad: bool, events: bool) -> Result<Tensor> {
     if events && sparse_enough(frames)? {
-        conv2d_events(frames, w, padding, stride)
+        Ok(conv2d_events(frames, w, padding, stride)?)
     } else if w.is_variable() {
         let input_grad = if input_grad { InputGrad::AtSpikes } else { InputGrad::None };
-        conv2d_frames(frames, w, padding, stride, input_grad)
+        Ok(conv2d_frames(frames, w, padding, stride, input_grad)?)
     } else {
         Ok(frames.conv2d(w, padding, stride, 1, 1)?)
     }
@@ -355,30 +356,8 @@ pub fn spike_counts(window: &Tensor) -> Result<Tensor> {
 /// `inputs · wᵀ`, event-driven when asked and the inputs are sparse enough.
 fn linear(inputs: &Tensor, w: &Tensor, events: bool) -> Result<Tensor> {
     if events && sparse_enough(inputs)? {
-        linear_events(inputs, w)
+        Ok(linear_events(inputs, w)?)
     } else {
         Ok(inputs.matmul(&w.t()?)?)
     }
-}
-
-/// Average pooling of frames `[N, C, H, W]` over `k × k` windows with stride `k`; rows and columns past the
-/// last whole window are left out. They are cut off before pooling because Candle's pooling gradient spreads
-/// the output gradient over the whole input by nearest-neighbour upsampling, which misplaces it (and feeds
-/// the left-out positions) when `H` or `W` is not a multiple of `k`.
-fn average_pool(frames: &Tensor, k: usize) -> Result<Tensor> {
-    let (_, _, h, w) = frames.dims4()?;
-    let (h_used, w_used) = (h / k * k, w / k * k);
-    let frames =
-        if (h_used, w_used) == (h, w) { frames.clone() } else { frames.narrow(2, 0, h_used)?.narrow(3, 0, w_used)? };
-    Ok(frames.avg_pool2d(k)?)
-}
-
-/// Identity subsampling of frames `[N, C, H, W]`: keeps pixel `(s·i, s·j)`.
-fn subsample(frames: &Tensor, stride: usize) -> Result<Tensor> {
-    let (_, _, h, w) = frames.dims4()?;
-    let rows: Vec<u32> = (0..h as u32).step_by(stride).collect();
-    let cols: Vec<u32> = (0..w as u32).step_by(stride).collect();
-    let rows = Tensor::new(rows.as_slice(), frames.device())?;
-    let cols = Tensor::new(cols.as_slice(), frames.device())?;
-    Ok(frames.contiguous()?.index_select(&rows, 2)?.contiguous()?.index_select(&cols, 3)?)
 }

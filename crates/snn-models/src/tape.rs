@@ -25,20 +25,20 @@
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, WithDType};
-use rayon::prelude::*;
-use snn_core::kernels::{self, Real};
-
-use crate::conv::{dense_input_grad, dense_kernel_grad};
-use crate::network::{LayerActivity, Masks};
-use crate::sparse::{
+use snn_core::buffers::BufferPool;
+use snn_core::conv::{dense_input_grad, dense_kernel_grad};
+use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
     linear_weight_grad_events, transpose, within_density_limit, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
+use snn_core::kernels::{self, Real};
+use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
+
+use crate::network::{LayerActivity, Masks};
 use crate::spec::{LayerSpec, ShortcutKind, INPUT};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
 
@@ -400,7 +400,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                                 }
                                 ShortcutKind::Subsample => {
                                     let shape = self.shape(&sc.input);
-                                    subsample(&src, &shape, sc.stride, &self.shape(name), &mut term)?;
+                                    subsample_frames(&src, &shape, sc.stride, &self.shape(name), &mut term)?;
                                 }
                             }
                             currents.iter_mut().zip(&term).for_each(|(c, t)| *c += *t);
@@ -416,7 +416,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     LayerSpec::Pool(p) => {
                         let shape = self.shape(&p.input);
                         let mut currents = pool.zeroed(frames * self.neurons(name));
-                        average_pool(&x, &shape, p.kernel, &mut currents);
+                        average_pool_frames(&x, &shape, p.kernel, &mut currents);
                         (currents, self.net.pool)
                     }
                     LayerSpec::Readout(r) => {
@@ -687,54 +687,6 @@ impl<F: Real + WithDType> Drop for Pass<'_, F> {
     }
 }
 
-/// Float buffers reused from part to part (and layer to layer) of a pass, and kept by the network from one
-/// pass to the next: large windows handed back to the allocator are often returned to the system and
-/// faulted in again, page by page, when the next part allocates them.
-struct BufferPool<F> {
-    /// Free buffers, each with the number of passes that ended since it was last handed back.
-    free: RefCell<Vec<(Vec<F>, u8)>>,
-}
-
-impl<F> Default for BufferPool<F> {
-    fn default() -> Self {
-        Self { free: RefCell::new(Vec::new()) }
-    }
-}
-
-impl<F: Real> BufferPool<F> {
-    /// Passes a free buffer may sit unused before it is released: a training step is two passes (forward and
-    /// backward), which ask for different sizes.
-    const IDLE_PASSES: u8 = 2;
-
-    /// A buffer of `len` zeros: the smallest free one that holds them, else a new one.
-    fn zeroed(&self, len: usize) -> Vec<F> {
-        let mut free = self.free.borrow_mut();
-        let fitting =
-            free.iter().enumerate().filter(|(_, (b, _))| b.capacity() >= len).min_by_key(|(_, (b, _))| b.capacity());
-        let mut buffer = match fitting.map(|(i, _)| i) {
-            Some(i) => free.swap_remove(i).0,
-            None => Vec::with_capacity(len),
-        };
-        buffer.clear();
-        buffer.resize(len, F::zero());
-        buffer
-    }
-
-    /// Hands a buffer back for later [`BufferPool::zeroed`] calls.
-    fn recycle(&self, buffer: Vec<F>) {
-        self.free.borrow_mut().push((buffer, 0));
-    }
-
-    /// Ends a pass: releases the buffers that no pass has handed back for [`Self::IDLE_PASSES`] passes (sizes the
-    /// network no longer asks for, e.g. after a change of batch size).
-    fn end_pass(&mut self) {
-        self.free.get_mut().retain_mut(|(_, idle)| {
-            *idle += 1;
-            *idle <= Self::IDLE_PASSES
-        });
-    }
-}
-
 /// `dst += src`.
 fn add<F: Real>(dst: &mut [F], src: &[F]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
@@ -796,82 +748,6 @@ fn add_counts<F: Real + WithDType>(x: &Source<F>, counts: &mut [f64]) {
         let row = &mut counts[(f % batch) * len..][..len];
         let mut visit = |i: usize, v: F| row[i] += <F as WithDType>::to_f64(v);
         x.for_each_event(f, &mut visit);
-    }
-}
-
-/// Average pooling (window = stride = `k`, no padding) of the part's frames `[N, C, H, W]` into `out`
-/// `[N, C, H/k, W/k]`; frames in parallel.
-fn average_pool<F: Real + WithDType>(x: &Source<F>, shape: &[usize], k: usize, out: &mut [F]) {
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
-    let (oh, ow) = (h / k, w / k);
-    let scale = F::lit(1.0 / (k * k) as f64);
-    out.par_chunks_mut(c * oh * ow).enumerate().for_each(|(f, dst)| {
-        let mut visit = |i: usize, v: F| {
-            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
-            if y / k < oh && xx / k < ow {
-                dst[(ch * oh + y / k) * ow + xx / k] += v * scale;
-            }
-        };
-        x.for_each_event(f, &mut visit);
-    });
-}
-
-/// Gradient of [`average_pool`]: every input position of a window receives `1/k²` of the window's gradient;
-/// frames in parallel.
-fn average_pool_grad<F: Real>(shape: &[usize], k: usize, delta: &[F], into: &mut [F]) {
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
-    let (oh, ow) = (h / k, w / k);
-    let scale = F::lit(1.0 / (k * k) as f64);
-    into.par_chunks_mut(c * h * w).zip(delta.par_chunks(c * oh * ow)).for_each(|(dst, d)| {
-        for (plane, d) in dst.chunks_exact_mut(h * w).zip(d.chunks_exact(oh * ow)) {
-            for (rows, d_row) in plane.chunks_exact_mut(k * w).zip(d.chunks_exact(ow)) {
-                for row in rows.chunks_exact_mut(w) {
-                    for (cells, &g) in row.chunks_exact_mut(k).zip(d_row) {
-                        cells.iter_mut().for_each(|cell| *cell += g * scale);
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Identity subsampling shortcut: output `(c, i, j)` is input `(c, s·i, s·j)`; adds into `out`.
-fn subsample<F: Real + WithDType>(
-    x: &Source<F>,
-    shape: &[usize],
-    stride: usize,
-    out_shape: &[usize],
-    out: &mut [F],
-) -> Result<()> {
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
-    let (oh, ow) = (out_shape[1], out_shape[2]);
-    if out_shape[0] != c || h.div_ceil(stride) != oh || w.div_ceil(stride) != ow {
-        return Err(Error::Spec(format!("subsampling {shape:?} by {stride} does not give {out_shape:?}")));
-    }
-    for (f, dst) in out.chunks_exact_mut(c * oh * ow).enumerate() {
-        let mut visit = |i: usize, v: F| {
-            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
-            if y % stride == 0 && xx % stride == 0 {
-                dst[(ch * oh + y / stride) * ow + xx / stride] += v;
-            }
-        };
-        x.for_each_event(f, &mut visit);
-    }
-    Ok(())
-}
-
-/// Gradient of [`subsample`] into its input positions.
-fn subsample_grad<F: Real>(shape: &[usize], stride: usize, out_shape: &[usize], delta: &[F], into: &mut [F]) {
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
-    let (oh, ow) = (out_shape[1], out_shape[2]);
-    for (d, dst) in delta.chunks_exact(c * oh * ow).zip(into.chunks_exact_mut(c * h * w)) {
-        for ch in 0..c {
-            for i in 0..oh {
-                for j in 0..ow {
-                    dst[(ch * h + i * stride) * w + j * stride] += d[(ch * oh + i) * ow + j];
-                }
-            }
-        }
     }
 }
 

@@ -1,10 +1,9 @@
-//! The event-driven synaptic layers against plain f64 loops and against the dense network path.
+//! The event-driven synaptic layers and the differentiable convolution against plain f64 loops.
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_models::sparse::{conv2d_events, conv2d_weight_grad_events, linear_events};
-use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
+use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events};
 
 /// Spike-like values: 0 mostly, else +1 or -1.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -104,35 +103,6 @@ fn event_product_matches_the_definition() {
     assert!(linear_events(&xt, &wt.t().unwrap()).is_err(), "mismatched shapes are an error");
 }
 
-/// Dense and event-driven forward passes of a network in f64 (input spikes of the given density): same spikes in every layer, same readout up to
-/// rounding.
-fn engines_agree(model: &str, input_shape: [usize; 3], steps: usize, batch: usize, density: f64) {
-    let spec = builtin(model).unwrap();
-    let net = SpikingNetwork::new(spec, &mut ChaCha8Rng::seed_from_u64(2), DType::F64, &Device::Cpu).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let [c, h, w] = input_shape;
-    let x = spikes(steps * batch * c * h * w, density, &mut rng);
-    let x = Tensor::from_vec(x, (steps, batch, c, h, w), &Device::Cpu).unwrap();
-    let run = |engine| net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() }).unwrap();
-    let (dense, sparse) = (run(Engine::Dense), run(Engine::Sparse));
-    for (d, s) in dense.activity.iter().zip(&sparse.activity) {
-        let (d, s) = (d.neuron_counts.flatten_all().unwrap(), s.neuron_counts.flatten_all().unwrap());
-        assert_eq!(d.to_vec1::<f64>().unwrap(), s.to_vec1::<f64>().unwrap(), "{model}: spike counts differ");
-    }
-    let (d, s) = (dense.output.flatten_all().unwrap(), sparse.output.flatten_all().unwrap());
-    assert!(max_abs_diff(&d.to_vec1::<f64>().unwrap(), &s.to_vec1::<f64>().unwrap()) < 1e-9, "{model}");
-    assert!(dense.activity.iter().any(|a| a.neuron_counts.sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0));
-}
-
-#[test]
-fn the_event_engine_reproduces_the_dense_network() {
-    // Dense input (the first layer stays dense) and sparse input (every layer event-driven).
-    engines_agree("lenet", [1, 28, 28], 6, 2, 0.5);
-    engines_agree("lenet", [1, 28, 28], 6, 2, 0.1);
-    // 1×1 convolution shortcuts and signed input.
-    engines_agree("resnet7", [3, 32, 32], 4, 1, 0.1);
-}
-
 #[test]
 fn event_gradients_are_the_same_bits_with_one_or_two_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
@@ -160,7 +130,7 @@ fn event_gradients_are_the_same_bits_with_one_or_two_threads() {
 /// entries are within it, small non-zero values on 60 % are not.
 #[test]
 fn the_density_measure_is_the_share_of_non_zero_entries() {
-    use snn_models::sparse::{sparse_enough, within_density_limit, EVENT_DENSITY_LIMIT};
+    use snn_core::events::{sparse_enough, within_density_limit, EVENT_DENSITY_LIMIT};
     let window = |value: f64, share: usize| {
         let v: Vec<f64> = (0..1000).map(|i| if i % 10 < share { value } else { 0.0 }).collect();
         Tensor::from_vec(v, (10, 100), &Device::Cpu).unwrap()
@@ -219,7 +189,7 @@ fn reference_conv_grads(
 #[test]
 fn the_convolution_and_its_gradients_are_right_on_non_square_inputs() {
     use candle_core::Var;
-    use snn_models::conv::{conv2d_frames, InputGrad};
+    use snn_core::conv::{conv2d_frames, InputGrad};
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let dev = Device::Cpu;
     for (h, wd, k, p, s) in

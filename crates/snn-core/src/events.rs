@@ -12,16 +12,17 @@
 //! The weights are transposed once per call so that each event adds one contiguous row. Frames run in
 //! parallel. The sums are the dense sums taken in another order, so values agree with the dense layers up to
 //! floating-point rounding; every sum is taken in an order fixed by the data's shape, so results are the same
-//! bits whatever the thread count. The ops themselves are not differentiable: inference calls them directly, and
-//! training reaches them through the convolution of [`crate::conv`], whose backward uses the kernel- and
-//! input-gradient kernels here. They run on the CPU; on other devices the callers use the dense layers.
+//! bits whatever the thread count. The ops themselves are not differentiable: inference calls them directly;
+//! training reaches them through the convolution of [`crate::conv`], whose backward uses the kernel and
+//! input-gradient kernels here, and through the taped pass of `snn-models`, which calls the slice kernels
+//! ([`conv_events`], [`conv_grads_events`], [`linear_events_into`], ...) on the frames of each part of the
+//! window ([`EventFrames`]). They run on the CPU; on other devices the callers use the dense layers.
 
+use crate::cpu::{run_cpu, CpuKernel};
+use crate::kernels::Real;
+use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use snn_core::cpu::{run_cpu, CpuKernel};
-use snn_core::kernels::Real;
-
-use crate::{Error, Result};
 
 /// The density limit of the event-driven layers: a synaptic layer whose input window has at most this share
 /// of non-zero entries (spikes that survived their dropout mask; a masked spike counts once whatever its mask
@@ -84,11 +85,14 @@ pub fn conv2d_events(frames: &Tensor, kernel: &Tensor, padding: usize, stride: u
     let (_, c, _, _) = frames.dims4()?;
     let (_, kc, kh, kw) = kernel.dims4()?;
     if kc != c || kh != kw || stride == 0 {
-        return Err(Error::Spec(format!(
-            "event convolution needs a square kernel over the input's {c} channels and a positive stride, got \
-             kernel {:?}, stride {stride}",
-            kernel.dims()
-        )));
+        return Err(Error::Shape {
+            op: "event convolution",
+            msg: format!(
+                "needs a square kernel over the input's {c} channels and a positive stride, got kernel {:?}, \
+                 stride {stride}",
+                kernel.dims()
+            ),
+        });
     }
     let op = EventConv { padding, stride };
     Ok(frames.contiguous()?.apply_op2_no_bwd(&kernel.contiguous()?, &op)?)
@@ -100,10 +104,10 @@ pub fn linear_events(inputs: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (_, features) = inputs.dims2()?;
     let (_, w_in) = weight.dims2()?;
     if features != w_in {
-        return Err(Error::Spec(format!(
-            "event product of {features} inputs with a weight of shape {:?}",
-            weight.dims()
-        )));
+        return Err(Error::Shape {
+            op: "event product",
+            msg: format!("{features} inputs with a weight of shape {:?}", weight.dims()),
+        });
     }
     Ok(inputs.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &EventLinear)?)
 }
@@ -139,12 +143,10 @@ pub fn conv2d_input_grad_at_events(
     let (o, kc, k, _) = kernel.dims4()?;
     let (gn, go, out_h, out_w) = grad.dims4()?;
     if kc != c || gn != n || go != o {
-        return Err(Error::Spec(format!(
-            "input gradient of frames {:?}, kernel {:?}, output gradient {:?}",
-            frames.dims(),
-            kernel.dims(),
-            grad.dims()
-        )));
+        return Err(Error::Shape {
+            op: "event input gradient",
+            msg: format!("frames {:?}, kernel {:?}, output gradient {:?}", frames.dims(), kernel.dims(), grad.dims()),
+        });
     }
     let g = ConvGeometry { channels: c, height: h, width: w, outputs: o, kernel: k, padding, stride, out_h, out_w };
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
@@ -193,7 +195,7 @@ macro_rules! dispatch {
 }
 
 /// A window of input frames whose non-zero entries the event-driven kernels visit, frame by frame.
-pub(crate) trait EventFrames<F: Real>: Sync {
+pub trait EventFrames<F: Real>: Sync {
     /// Entries per frame.
     fn frame_len(&self) -> usize;
     /// Number of frames.
@@ -210,7 +212,7 @@ pub(crate) trait EventFrames<F: Real>: Sync {
 }
 
 /// Frames stored densely, zeros included.
-pub(crate) struct DenseFrames<'a, F> {
+pub struct DenseFrames<'a, F> {
     /// `frames · frame_len` values.
     pub data: &'a [F],
     /// Entries per frame.
@@ -239,7 +241,7 @@ impl<F: Real> EventFrames<F> for DenseFrames<'_, F> {
 
 /// Frames of a `[T, B, ...]` spike window stored as bytes (0 or 1), each spike weighted by its sample's
 /// dropout mask when there is one (frame `f` belongs to sample `f mod B`).
-pub(crate) struct SpikeFrames<'a, F> {
+pub struct SpikeFrames<'a, F> {
     /// `frames · frame_len` bytes.
     pub spikes: &'a [u8],
     /// Entries per frame.
@@ -323,13 +325,7 @@ impl CustomOp3 for EventInputGrad {
 /// Adds to `out` (laid out like the frames) the gradient of a convolution's input at the input's events:
 /// `out[f, c, y, x] += Σ_taps W[:, c, ky, kx] · grad[f, oy, ox, :]`, from the transposed kernel `rows`
 /// ([`kernel_rows`]) and the output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]).
-pub(crate) fn input_grad_events<F: Real, X: EventFrames<F>>(
-    x: &X,
-    rows: &[F],
-    grad: &[F],
-    g: ConvGeometry,
-    out: &mut [F],
-) {
+fn input_grad_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], grad: &[F], g: ConvGeometry, out: &mut [F]) {
     out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each(
         |(f, (dst, frame_grad))| dispatch!(input_grad_frame_wide, input_grad_frame(x, f, rows, frame_grad, g, dst)),
     );
@@ -379,7 +375,7 @@ struct EventWeightGrad {
 /// Adds the kernel gradient of a convolution, in the transposed layout `[C, k, k, O]` of [`kernel_rows`], to
 /// `acc`, from its input events and output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]):
 /// `Σ_f Σ_events v · grad[f, oy, ox, :]` into the tap `(c, ky, kx)`.
-pub(crate) fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry, acc: &mut [F]) {
+fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry, acc: &mut [F]) {
     conv_grads_events(x, grad, g, acc, None);
 }
 
@@ -390,7 +386,7 @@ pub(crate) fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], 
 /// Blocks of input channels run in parallel, each owning its slice of `acc` and of every frame of `out` and
 /// visiting the frames in order (one frame's gradient is read for all the block's channels while it is in
 /// cache), so every sum runs in the same order, whatever the thread count.
-pub(crate) fn conv_grads_events<F: Real, X: EventFrames<F>>(
+pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
     x: &X,
     grad: &[F],
     g: ConvGeometry,
@@ -537,15 +533,24 @@ struct EventConv {
 
 /// Geometry of one convolution: input `[C, H, W]`, kernel `[O, C, k, k]`, output `[O, Ho, Wo]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvGeometry {
+pub struct ConvGeometry {
+    /// Input channels `C`.
     pub channels: usize,
+    /// Input height `H`.
     pub height: usize,
+    /// Input width `W`.
     pub width: usize,
+    /// Output channels `O`.
     pub outputs: usize,
+    /// Kernel side `k`.
     pub kernel: usize,
+    /// Zero padding `p` on every side.
     pub padding: usize,
+    /// Stride `s`.
     pub stride: usize,
+    /// Output height `Ho = (H + 2p − k)/s + 1`.
     pub out_h: usize,
+    /// Output width `Wo = (W + 2p − k)/s + 1`.
     pub out_w: usize,
 }
 
@@ -594,7 +599,7 @@ impl ConvGeometry {
 }
 
 /// `src` as a `rows × cols` row-major matrix, transposed.
-pub(crate) fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
+pub fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
     transpose_into(src, rows, cols, &mut out);
     out
@@ -620,27 +625,27 @@ fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
 
 /// A convolution's output-shaped values `[N, O, Ho, Wo]` channel-last, `[N, Ho, Wo, O]` (the layout the
 /// backward kernels read: one contiguous row of `O` values per output position).
-pub(crate) fn channel_last<F: Real>(planes: &[F], g: ConvGeometry) -> Vec<F> {
+fn channel_last<F: Real>(planes: &[F], g: ConvGeometry) -> Vec<F> {
     let mut out = vec![F::zero(); planes.len()];
     channel_last_into(planes, g, &mut out);
     out
 }
 
 /// [`channel_last`] into `dst`, frames in parallel.
-pub(crate) fn channel_last_into<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
+pub fn channel_last_into<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
     dst.par_chunks_mut(g.frame_out())
         .zip(planes.par_chunks(g.frame_out()))
         .for_each(|(dst, planes)| transpose_into(planes, g.outputs, g.out_h * g.out_w, dst));
 }
 
 /// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`: one contiguous row of output weights per input tap.
-pub(crate) fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
+fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
     transpose(w, g.outputs, g.channels * g.kernel * g.kernel)
 }
 
 /// Event-driven convolution into `out` `[N, O, Ho, Wo]` (overwritten) from the input events and the
 /// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
-pub(crate) fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
+pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
     let coords = g.input_coordinates();
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
         // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
@@ -818,7 +823,7 @@ fn add_scaled_chunk<F: Real>(dst: &mut [F], row: &[F], v: F) {
 
 /// Event-driven product into `out` `[N, Out]` (overwritten): each input event adds its row of the transposed
 /// weight `rows` `[In, Out]`.
-pub(crate) fn linear_events_into<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], outputs: usize, out: &mut [F]) {
+pub fn linear_events_into<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], outputs: usize, out: &mut [F]) {
     out.par_chunks_mut(outputs)
         .enumerate()
         .for_each(|(f, dst)| dispatch!(linear_frame_wide, linear_frame(x, f, rows, outputs, dst)));
@@ -846,7 +851,7 @@ const INPUTS_PER_TASK: usize = 64;
 /// event kernels read), to `acc`, from its input events and output gradient `grad` `[N, Out]`:
 /// `Σ_f Σ_events v · grad[f, :]` into row `i`. Blocks of inputs run in parallel, each visiting the frames in
 /// order, so the sums are the same bits whatever the thread count.
-pub(crate) fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], outputs: usize, acc: &mut [F]) {
+pub fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], outputs: usize, acc: &mut [F]) {
     acc.par_chunks_mut(INPUTS_PER_TASK * outputs).enumerate().for_each(|(block, acc)| {
         let first = block * INPUTS_PER_TASK;
         dispatch!(linear_weight_grad_block_wide, linear_weight_grad_block(x, first, grad, outputs, acc))
@@ -881,7 +886,7 @@ fn linear_weight_grad_block<F: Real, X: EventFrames<F>>(
 
 /// Adds to `out` `[N, In]` the input gradient of a fully connected layer at the input's events:
 /// `out[f, i] += rows[i, :] · grad[f, :]`, with `rows` the transposed weight `[In, Out]`.
-pub(crate) fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
+pub fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
     x: &X,
     rows: &[F],
     grad: &[F],

@@ -2,23 +2,21 @@
 //!
 //! Candle differentiates `conv2d` with respect to its input through `conv_transpose2d`, which is about half
 //! as fast on the CPU as a plain convolution, and computes that gradient even when the input is data (the
-//! network's input spikes). Here the forward value comes from Candle's `conv2d` on detached operands; a
-//! custom op then ties it to the operands with a backward pass that
+//! network's input spikes). Here the forward value comes from Candle's `conv2d` (or the event-driven
+//! convolution) on detached operands; a custom op then ties it to the operands with a backward pass that
 //!
 //! * skips the input gradient when the input needs none, or computes it only at the input spikes when that
 //!   is all the neuron upstream reads ([`InputGrad::AtSpikes`]),
 //! * computes it for stride 1 as a convolution of the output gradient with the flipped, transposed kernel,
 //! * and the kernel gradient as Candle does (a convolution of the input with the output gradient).
 //!
-//! When the input is sparse spikes (at most [`crate::sparse::EVENT_DENSITY_LIMIT`] non-zero) on the CPU, the
-//! forward value and the kernel gradient are computed event-driven instead ([`crate::sparse`]).
-
-use std::sync::Mutex;
+//! When the input is sparse spikes (at most [`crate::events::EVENT_DENSITY_LIMIT`] non-zero) on the CPU, the
+//! forward value and the kernel gradient are computed event-driven instead ([`crate::events`]).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::sparse::{conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, sparse_enough};
+use crate::events::{conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, sparse_enough};
 use crate::Result;
 
 /// Which gradient with respect to its input a convolution computes.
@@ -29,7 +27,7 @@ pub enum InputGrad {
     /// The full gradient.
     Full,
     /// Only at the input's non-zero entries (zero elsewhere), when the input is a spike train whose neuron
-    /// backward reads the gradient only at spike times ([`crate::sparse::conv2d_input_grad_at_events`]); on
+    /// backward reads the gradient only at spike times ([`crate::events::conv2d_input_grad_at_events`]); on
     /// a dense input the full gradient is computed.
     AtSpikes,
 }
@@ -50,51 +48,40 @@ pub fn conv2d_frames(
     } else {
         frames.detach().conv2d(&kernel.detach(), padding, stride, 1, 1)?
     };
-    let op = ConvOp { padding, stride, input_grad, events, value: Mutex::new(Some(value)) };
-    Ok(frames.apply_op2(kernel, op)?)
+    let op = ConvOp { padding, stride, input_grad, events };
+    Ok(frames.apply_op3(kernel, &value.contiguous()?, op)?)
 }
 
+/// Ties a convolution's forward value (its third operand, computed from the detached input and kernel) to
+/// the input and kernel (its first two), with the backward pass of this module. Its forward is a copy of
+/// the value, so the op is a function of its operands.
 struct ConvOp {
     padding: usize,
     stride: usize,
     input_grad: InputGrad,
-    /// Whether the input is sparse spikes (event-driven forward and kernel gradient).
+    /// Whether the input is sparse spikes (event-driven kernel and input gradients).
     events: bool,
-    /// The forward value, computed by Candle before the op runs and handed over once.
-    value: Mutex<Option<Tensor>>,
 }
 
-impl ConvOp {
-    fn take_value(&self) -> candle_core::Result<Tensor> {
-        let mut slot = self.value.lock().map_err(|_| candle_core::Error::Msg("conv value lock poisoned".into()))?;
-        slot.take().ok_or_else(|| candle_core::Error::Msg("conv op value already consumed".into()))
-    }
-}
-
-impl CustomOp2 for ConvOp {
+impl CustomOp3 for ConvOp {
     fn name(&self) -> &'static str {
         "conv2d-frames"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        _s1: &CpuStorage,
         _l1: &Layout,
         _s2: &CpuStorage,
         _l2: &Layout,
+        value: &CpuStorage,
+        value_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let value = self.take_value()?;
-        let shape = value.shape().clone();
-        let flat = value.flatten_all()?;
-        let storage = match s1.dtype() {
-            candle_core::DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
-            candle_core::DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
-            other => candle_core::bail!("{}: unsupported dtype {other:?}", self.name()),
-        };
-        Ok((storage, shape))
+        whole_buffer(value_layout, self.name())?;
+        Ok((value.try_clone(value_layout)?, value_layout.shape().clone()))
     }
 
-    /// On a GPU the forward value comes from Candle's own convolution; the op hands over a copy of it.
+    /// On a GPU the value comes from Candle's own convolution; the op hands over a copy of it.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -102,49 +89,52 @@ impl CustomOp2 for ConvOp {
         _l1: &Layout,
         _s2: &candle_core::CudaStorage,
         _l2: &Layout,
+        value: &candle_core::CudaStorage,
+        value_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let value = self.take_value()?.contiguous()?;
-        let (storage, layout) = value.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cuda(s), Some((0, end))) if end == layout.shape().elem_count() => {
-                Ok((s.try_clone(layout)?, layout.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: the forward value is not a whole CUDA buffer", self.name()),
-        }
+        whole_buffer(value_layout, self.name())?;
+        Ok((value.try_clone(value_layout)?, value_layout.shape().clone()))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
+        _value: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, _) = w.dims4()?;
         let gw = if self.events {
-            conv2d_weight_grad_events(x, grad, kh, self.padding, self.stride)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            conv2d_weight_grad_events(x, grad, kh, self.padding, self.stride).map_err(candle_core::Error::wrap)?
         } else {
             dense_kernel_grad(x, grad, kh, self.padding, self.stride)?
         };
         if self.input_grad == InputGrad::None {
-            return Ok((None, Some(gw)));
+            return Ok((None, Some(gw), None));
         }
         let gx = if self.events && self.input_grad == InputGrad::AtSpikes {
-            conv2d_input_grad_at_events(x, w, grad, self.padding, self.stride)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            conv2d_input_grad_at_events(x, w, grad, self.padding, self.stride).map_err(candle_core::Error::wrap)?
         } else {
             dense_input_grad(w, grad, self.padding, self.stride, (x.dim(2)?, x.dim(3)?))?
         };
-        Ok((Some(gx), Some(gw)))
+        Ok((Some(gx), Some(gw), None))
+    }
+}
+
+/// Checks that a layout spans its whole (fresh, contiguous) buffer, as the forward value of [`ConvOp`] does,
+/// so that cloning the buffer copies exactly the value.
+fn whole_buffer(layout: &Layout, op: &'static str) -> candle_core::Result<()> {
+    match layout.contiguous_offsets() {
+        Some((0, _)) => Ok(()),
+        _ => candle_core::bail!("{op}: the forward value must be a contiguous tensor of its own"),
     }
 }
 
 /// The kernel gradient `[O, C, k, k]` of a convolution from its dense input `x` `[N, C, H, W]` and output
 /// gradient `grad` `[N, O, Ho, Wo]`: the input correlated with the output gradient, batch and channel axes
 /// swapped.
-pub(crate) fn dense_kernel_grad(
+pub fn dense_kernel_grad(
     x: &Tensor,
     grad: &Tensor,
     kernel: usize,
@@ -163,7 +153,7 @@ pub(crate) fn dense_kernel_grad(
 /// output position's window starts in, so the input size is not a function of the output size; the rows
 /// a transposed convolution would drop are restored by its output padding. Candle takes one output padding
 /// for both axes, so the larger of the two is used and the result cut to `H × W`.
-pub(crate) fn dense_input_grad(
+pub fn dense_input_grad(
     w: &Tensor,
     grad: &Tensor,
     padding: usize,

@@ -1,0 +1,53 @@
+//! Reusable float buffers for passes that run a window in parts.
+
+use std::cell::RefCell;
+
+use crate::kernels::Real;
+
+/// Float buffers reused from part to part (and layer to layer) of a pass, and kept by the network from one
+/// pass to the next: large windows handed back to the allocator are often returned to the system and
+/// faulted in again, page by page, when the next part allocates them.
+pub struct BufferPool<F> {
+    /// Free buffers, each with the number of passes that ended since it was last handed back.
+    free: RefCell<Vec<(Vec<F>, u8)>>,
+}
+
+impl<F> Default for BufferPool<F> {
+    fn default() -> Self {
+        Self { free: RefCell::new(Vec::new()) }
+    }
+}
+
+impl<F: Real> BufferPool<F> {
+    /// Passes a free buffer may sit unused before it is released: a training step is two passes (forward and
+    /// backward), which ask for different sizes.
+    const IDLE_PASSES: u8 = 2;
+
+    /// A buffer of `len` zeros: the smallest free one that holds them, else a new one.
+    pub fn zeroed(&self, len: usize) -> Vec<F> {
+        let mut free = self.free.borrow_mut();
+        let fitting =
+            free.iter().enumerate().filter(|(_, (b, _))| b.capacity() >= len).min_by_key(|(_, (b, _))| b.capacity());
+        let mut buffer = match fitting.map(|(i, _)| i) {
+            Some(i) => free.swap_remove(i).0,
+            None => Vec::with_capacity(len),
+        };
+        buffer.clear();
+        buffer.resize(len, F::zero());
+        buffer
+    }
+
+    /// Hands a buffer back for later [`BufferPool::zeroed`] calls.
+    pub fn recycle(&self, buffer: Vec<F>) {
+        self.free.borrow_mut().push((buffer, 0));
+    }
+
+    /// Ends a pass: releases the buffers that no pass has handed back for [`Self::IDLE_PASSES`] passes (sizes the
+    /// network no longer asks for, e.g. after a change of batch size).
+    pub fn end_pass(&mut self) {
+        self.free.get_mut().retain_mut(|(_, idle)| {
+            *idle += 1;
+            *idle <= Self::IDLE_PASSES
+        });
+    }
+}
