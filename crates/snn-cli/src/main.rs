@@ -374,17 +374,7 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
     let mut recipe = if a.paper {
         Recipe::paper_for(&a.model).with_context(|| format!("no paper recipe for model '{}'", a.model))?
     } else {
-        let mut r = Recipe::paper_for(&a.model).unwrap_or_else(|| {
-            if spec.input_shape[0] == 3 {
-                Recipe::paper_cifar10(0.0033)
-            } else {
-                Recipe::paper_mnist()
-            }
-        });
-        r.epochs = 1;
-        r.timesteps = 20;
-        r.test_timesteps = 20;
-        r
+        Recipe::paper_for_spec(&a.model, &spec).quick()
     };
     if let Some(path) = &a.config {
         recipe = apply_config(recipe, path)?;

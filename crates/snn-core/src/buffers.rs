@@ -1,6 +1,8 @@
 //! Reusable float buffers for passes that run a window in parts.
 
+use std::any::Any;
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use crate::kernels::Real;
 
@@ -49,5 +51,25 @@ impl<F: Real> BufferPool<F> {
             *idle += 1;
             *idle <= Self::IDLE_PASSES
         });
+    }
+}
+
+/// A slot for the [`BufferPool`] that an owner (a network) keeps from one pass to the next, for whichever
+/// float type it last ran in.
+#[derive(Debug, Default)]
+pub struct Scratch(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl Scratch {
+    /// The kept pool if it holds `F` buffers, else an empty one.
+    pub fn take<F: Real>(&self) -> BufferPool<F> {
+        let kept = self.0.lock().ok().and_then(|mut slot| slot.take());
+        kept.and_then(|b| b.downcast::<BufferPool<F>>().ok()).map(|b| *b).unwrap_or_default()
+    }
+
+    /// Keeps `pool` for the next pass.
+    pub fn put<F: Real>(&self, pool: BufferPool<F>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Box::new(pool));
+        }
     }
 }

@@ -7,8 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConf
 use candle_core::cuda_backend::{kernel_name, CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, WithDType};
 
-use crate::kernels::Real;
-use crate::neuron::Neuron;
+use crate::kernels::{BackwardRule, Real};
 
 /// The PTX of `src/cuda/neuron.cu`.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/neuron.ptx"));
@@ -54,16 +53,19 @@ macro_rules! on_float {
     };
 }
 
-/// Spikes `[T, ...]` of `neuron` driven by the currents `[T, ...]` (see [`crate::kernels::spike_forward`]).
+/// Spikes `[T, ...]` of neurons with `threshold` and `leak` driven by the currents `[T, ...]` (see
+/// [`crate::kernels::spike_forward`]).
 pub(crate) fn spike_forward(
     storage: &CudaStorage,
     layout: &Layout,
-    neuron: &Neuron,
+    threshold: f64,
+    leak: f64,
 ) -> candle_core::Result<CudaStorage> {
     fn run<F: CudaDType + DeviceRepr + WithDType>(
         storage: &CudaStorage,
         layout: &Layout,
-        neuron: &Neuron,
+        threshold: f64,
+        leak: f64,
     ) -> candle_core::Result<CudaStorage> {
         let dev = &storage.device;
         let currents = window::<F>(storage, layout, "spike-window")?;
@@ -71,30 +73,31 @@ pub(crate) fn spike_forward(
         let func = dev.get_or_load_custom_func(&kernel_name::<F>("spike_forward"), MODULE, PTX)?;
         // SAFETY: every element is written by the kernel.
         let spikes = unsafe { dev.alloc::<F>(n * steps)? };
-        let (threshold, leak) = (F::from_f64(neuron.threshold), F::from_f64(neuron.leak));
+        let (threshold, leak) = (F::from_f64(threshold), F::from_f64(leak));
         let mut launch = func.builder();
         launch.arg(&currents).arg(&spikes).arg(&n).arg(&steps).arg(&threshold).arg(&leak);
         // SAFETY: the argument list matches the kernel's signature; buffers hold `n * steps` elements.
         unsafe { launch.launch(launch_config(n)) }.w()?;
         Ok(F::wrap_cuda_slice(spikes, dev.clone()))
     }
-    on_float!(storage.dtype(), "spike-window", run(storage, layout, neuron))
+    on_float!(storage.dtype(), "spike-window", run(storage, layout, threshold, leak))
 }
 
-/// `∂L/∂currents` from the spikes and `∂L/∂spikes` of a window (see [`crate::kernels::spike_backward`]).
+/// `∂L/∂currents` from the spikes and `∂L/∂spikes` of a window under `rule` (see
+/// [`crate::kernels::spike_backward`]).
 pub(crate) fn spike_backward(
     spikes: &CudaStorage,
     spikes_layout: &Layout,
     grad: &CudaStorage,
     grad_layout: &Layout,
-    neuron: &Neuron,
+    rule: BackwardRule<f64>,
 ) -> candle_core::Result<CudaStorage> {
     fn run<F: Real + CudaDType + DeviceRepr + WithDType>(
         spikes: &CudaStorage,
         spikes_layout: &Layout,
         grad: &CudaStorage,
         grad_layout: &Layout,
-        neuron: &Neuron,
+        rule: BackwardRule<f64>,
     ) -> candle_core::Result<CudaStorage> {
         const OP: &str = "spike-window-backward";
         let dev = &spikes.device;
@@ -106,16 +109,15 @@ pub(crate) fn spike_backward(
         let func = dev.get_or_load_custom_func(&kernel_name::<F>("spike_backward"), MODULE, PTX)?;
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<F>(n * steps)? };
-        let rule = neuron.backward_rule::<F>();
         let leak_corrected = i32::from(rule.leak_correction.is_some());
-        let (scale, leak) = (rule.scale, rule.leak_correction.unwrap_or(F::one()));
+        let (scale, leak) = (F::from_f64(rule.scale), F::from_f64(rule.leak_correction.unwrap_or(1.0)));
         let mut launch = func.builder();
         launch.arg(&s).arg(&g).arg(&out).arg(&n).arg(&steps).arg(&scale).arg(&leak).arg(&leak_corrected);
         // SAFETY: the argument list matches the kernel's signature; buffers hold `n * steps` elements.
         unsafe { launch.launch(launch_config(n)) }.w()?;
         Ok(F::wrap_cuda_slice(out, dev.clone()))
     }
-    on_float!(spikes.dtype(), "spike-window-backward", run(spikes, spikes_layout, grad, grad_layout, neuron))
+    on_float!(spikes.dtype(), "spike-window-backward", run(spikes, spikes_layout, grad, grad_layout, rule))
 }
 
 /// The leaky readout `[...]` of a window of currents `[T, ...]` (see [`crate::kernels::readout_forward`]).

@@ -12,7 +12,6 @@
 //! * [`leaky_readout`]: the non-spiking leaky integrator of the output layer (membrane / θ / T).
 //! * [`RateEncoder`]: Bernoulli ("Poisson") rate coding of static images, a fresh draw every step.
 //! * [`dropout_mask`]: dropout masks held fixed over the whole window.
-//! * [`WindowStats`]: per-neuron spike counts and the leak-correction factor.
 //!
 //! The synaptic and structural kernels that networks run between neuron layers live here too:
 //!
@@ -45,14 +44,12 @@ pub mod kernels;
 pub mod neuron;
 pub mod pool;
 pub mod readout;
-pub mod stats;
 
 pub use dropout::dropout_mask;
 pub use encode::RateEncoder;
 pub use error::{Error, Result};
 pub use neuron::{Neuron, PseudoDerivative};
 pub use readout::leaky_readout;
-pub use stats::WindowStats;
 
 /// Guard used by the leak correction: counts at or below this value are treated as "never fired".
 pub const NG_EPS: f64 = 1e-3;

@@ -169,7 +169,7 @@ impl CustomOp1 for WindowOp {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((crate::cuda::spike_forward(storage, layout, &self.0)?, layout.shape().clone()))
+        Ok((crate::cuda::spike_forward(storage, layout, self.0.threshold, self.0.leak)?, layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -226,7 +226,7 @@ impl CustomOp2 for WindowBackwardOp {
         g: &candle_core::CudaStorage,
         lg: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Ok((crate::cuda::spike_backward(s, ls, g, lg, &self.0)?, ls.shape().clone()))
+        Ok((crate::cuda::spike_backward(s, ls, g, lg, self.0.backward_rule::<f64>())?, ls.shape().clone()))
     }
 }
 

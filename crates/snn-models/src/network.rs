@@ -8,8 +8,8 @@ use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
 use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
-use crate::tape::Scratch;
 use crate::{Error, Result};
+use snn_core::buffers::Scratch;
 use snn_core::conv::{conv2d_frames, InputGrad};
 use snn_core::events::{conv2d_events, linear_events, sparse_enough};
 use snn_core::pool::{average_pool, subsample};

@@ -26,7 +26,6 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use snn_core::buffers::BufferPool;
@@ -657,25 +656,6 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
         }
         Ok(())
-    }
-}
-
-/// The buffer pool a network keeps between taped passes, for whichever float type it last ran in.
-#[derive(Debug, Default)]
-pub(crate) struct Scratch(Mutex<Option<Box<dyn Any + Send>>>);
-
-impl Scratch {
-    /// The kept pool if it holds `F` buffers, else an empty one.
-    fn take<F: Real>(&self) -> BufferPool<F> {
-        let kept = self.0.lock().ok().and_then(|mut slot| slot.take());
-        kept.and_then(|b| b.downcast::<BufferPool<F>>().ok()).map(|b| *b).unwrap_or_default()
-    }
-
-    /// Keeps `pool` for the next pass.
-    fn put<F: Real>(&self, pool: BufferPool<F>) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(Box::new(pool));
-        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
-use snn_core::WindowStats;
 use snn_models::{ForwardOptions, Gradients, LayerSpec, Masks, NetworkSpec, SpikingNetwork};
 
 use crate::loss::sum_squared_error;
@@ -289,10 +288,48 @@ impl GoldenCase {
                     (true, Some(m)) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                     _ => spikes.clone(),
                 };
-                let ng = WindowStats::from_spikes(&counted_spikes, self.spec.leak)?.leak_correction()?;
+                let ng = leak_correction_of(&counted_spikes, self.spec.leak)?;
                 compare(&ng_name, &ng, false)?;
             }
         }
         Ok(CaseReport { case: self.name.clone(), dtype, pass, checks })
+    }
+}
+
+/// The leak-correction factor `NG` of every neuron of a spike window `[T, ...]`, computed with tensor ops (any
+/// device) from its statistics: the count `Tot = Σ_t s(t)` and the leak-filtered count
+/// `LF = Σ_t λ^(T−t) s(t)`, `NG = [LF > ε] + ln(λ)·LF / (Tot + [Tot < ε])` (see
+/// [`snn_core::kernels::leak_correction`]; 0 for neurons that never fired). This is the checker's own
+/// computation of what the neuron op computes inside its backward pass.
+fn leak_correction_of(spikes: &Tensor, leak: f64) -> Result<Tensor> {
+    let spikes = spikes.detach();
+    let steps = spikes.dim(0)?;
+    let decay: Vec<f64> = (0..steps).map(|t| leak.powi((steps - 1 - t) as i32)).collect();
+    let mut shape = vec![1usize; spikes.rank()];
+    shape[0] = steps;
+    let decay = Tensor::from_vec(decay, shape, spikes.device())?.to_dtype(spikes.dtype())?;
+    let count = spikes.sum(0)?;
+    let leaky_count = spikes.broadcast_mul(&decay)?.sum(0)?;
+    let dtype = count.dtype();
+    let fired = leaky_count.gt(snn_core::NG_EPS)?.to_dtype(dtype)?;
+    let guard = count.lt(snn_core::NG_EPS)?.to_dtype(dtype)?;
+    let ratio = leaky_count.div(&(&count + guard)?)?;
+    Ok((fired + (ratio * leak.ln())?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snn_core::kernels::leak_correction;
+
+    #[test]
+    fn the_leak_correction_matches_the_scalar_definition() -> Result<()> {
+        // Two neurons over T = 3: spikes at t = 1, 3 and never.
+        let s = Tensor::from_vec(vec![1.0f64, 0.0, 0.0, 0.0, 1.0, 0.0], (3, 2), &Device::Cpu)?;
+        let ng = leak_correction_of(&s, 0.99)?.to_vec1::<f64>()?;
+        let lf = 0.99f64.powi(2) + 1.0;
+        assert!((ng[0] - leak_correction(lf, 2.0, 0.99)).abs() < 1e-15);
+        assert_eq!(ng[1], 0.0);
+        Ok(())
     }
 }

@@ -3,7 +3,13 @@
 //! The training recipe of Lee et al. 2020 on top of `snn-models`: summed squared error of the leaky readout
 //! against one-hot targets, plain SGD with coupled weight decay and a step learning-rate schedule, a fresh
 //! Poisson input draw and one dropout mask per mini-batch, evaluation on the test set every epoch, and
-//! atomic checkpoints. [`golden`] replays reference training steps to check the numerics.
+//! atomic checkpoints.
+//!
+//! [`golden`] replays reference training steps (inputs, weights, masks and the reference outputs and
+//! gradients) through both training passes and reports every tensor's error. It is public API on purpose:
+//! it is how a build on another device or a modified kernel is checked against the method
+//! (`cargo xtask golden [--cuda]` and the test suites call it), and it checks the training step, so it
+//! lives with the step.
 
 #![warn(missing_docs)]
 
@@ -18,7 +24,7 @@ mod trainer;
 pub use analysis::{analyse, EnergyModel, SparsityReport};
 pub use error::{Error, Result};
 pub use optim::Sgd;
-pub use recipe::Recipe;
+pub use recipe::{Recipe, QUICK_TIMESTEPS, RESNET_CIFAR10_LR, VGG_CIFAR10_LR};
 pub use trainer::{
     evaluate, stream_rng, train, train_run, train_step, BatchProgress, CrashPoint, EpochMetrics, EvalResult, LayerRate,
     RunFiles, RunOptions, Silent, Stream, TrainObserver, TrainSummary, STATE_FILE,

@@ -1,8 +1,16 @@
 //! Training recipes: the hyperparameters of a run.
 
 use serde::{Deserialize, Serialize};
+use snn_models::NetworkSpec;
 
 use crate::{Error, Result};
+
+/// The paper's CIFAR-10 learning rate for the VGG family.
+pub const VGG_CIFAR10_LR: f64 = 0.0033;
+/// The paper's CIFAR-10 learning rate for the ResNet family.
+pub const RESNET_CIFAR10_LR: f64 = 0.0025;
+/// Time steps of the quick default run ([`Recipe::quick`]).
+pub const QUICK_TIMESTEPS: usize = 20;
 
 /// The hyperparameters of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,10 +89,29 @@ impl Recipe {
     pub fn paper_for(model: &str) -> Option<Self> {
         match model {
             "lenet" | "lenet-nmnist" => Some(Self::paper_mnist()),
-            "vgg9" | "vgg7" => Some(Self::paper_cifar10(0.0033)),
-            "resnet11" | "resnet9" | "resnet7" => Some(Self::paper_cifar10(0.0025)),
+            "vgg9" | "vgg7" => Some(Self::paper_cifar10(VGG_CIFAR10_LR)),
+            "resnet11" | "resnet9" | "resnet7" => Some(Self::paper_cifar10(RESNET_CIFAR10_LR)),
             _ => None,
         }
+    }
+
+    /// The paper's recipe for a network: that of its built-in name if it has one, otherwise that of the
+    /// paper's dataset its input implies (three input channels: the CIFAR-10 recipe with the VGG learning
+    /// rate; otherwise the MNIST recipe).
+    pub fn paper_for_spec(model: &str, spec: &NetworkSpec) -> Self {
+        Self::paper_for(model).unwrap_or_else(|| {
+            if spec.input_shape.first() == Some(&3) {
+                Self::paper_cifar10(VGG_CIFAR10_LR)
+            } else {
+                Self::paper_mnist()
+            }
+        })
+    }
+
+    /// The quick version of a recipe that `snn-cli train` runs by default: one epoch at
+    /// [`QUICK_TIMESTEPS`] steps for training and test, everything else unchanged.
+    pub fn quick(self) -> Self {
+        Self { epochs: 1, timesteps: QUICK_TIMESTEPS, test_timesteps: QUICK_TIMESTEPS, ..self }
     }
 
     /// The learning rate of a 1-based epoch.
