@@ -18,6 +18,7 @@
 mod checkpoint;
 mod error;
 mod network;
+mod plan;
 mod spec;
 mod tape;
 pub mod zoo;

@@ -7,7 +7,8 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use snn_core::{dropout_mask, leaky_readout, Neuron};
 
-use crate::spec::{LayerSpec, NetworkSpec, ShortcutKind, INPUT};
+use crate::plan::{Feed, Op, Plan, ShortcutMap};
+use crate::spec::{LayerSpec, NetworkSpec};
 use crate::{Error, Result};
 use snn_core::buffers::Scratch;
 use snn_core::conv::{conv2d_frames, InputGrad};
@@ -72,11 +73,12 @@ pub struct SpikingNetwork {
     spec: NetworkSpec,
     pub(crate) shapes: HashMap<String, Vec<usize>>,
     weights: Vec<(String, Var)>,
-    index: HashMap<String, usize>,
     pub(crate) lif: Neuron,
     pub(crate) pool: Neuron,
     device: Device,
     dtype: DType,
+    /// The layers resolved to indices, for both passes.
+    pub(crate) plan: Plan,
     /// Float buffers of the taped training pass, kept from one call to the next.
     pub(crate) scratch: Scratch,
     /// Identifies the network to the tapes it records ([`crate::Tape`]); never shared by two networks of a
@@ -131,14 +133,15 @@ impl SpikingNetwork {
         if let Some(extra) = weights.keys().next() {
             return Err(Error::Weights(format!("unexpected tensor '{extra}' for model '{}'", spec.name)));
         }
-        let index = vars.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+        let plan = Plan::new(&spec, &shapes, &names)?;
         Ok(Self {
+            plan,
             lif: spec.lif_neuron()?,
             pool: spec.pool_neuron()?,
             spec,
             shapes,
             weights: vars,
-            index,
             device: device.clone(),
             dtype,
             scratch: Scratch::default(),
@@ -198,11 +201,14 @@ impl SpikingNetwork {
         Ok(masks)
     }
 
-    pub(crate) fn weight(&self, name: &str, track: bool) -> Result<Tensor> {
-        let key = format!("{name}.weight");
-        let i = self.index.get(&key).ok_or_else(|| Error::Weights(format!("missing tensor '{key}'")))?;
-        let t = self.weights[*i].1.as_tensor();
-        Ok(if track { t.clone() } else { t.detach() })
+    /// The weight with index `i` in [`Self::weights`], tracked by autograd or detached.
+    fn weight_at(&self, i: usize, track: bool) -> Tensor {
+        let t = self.weights[i].1.as_tensor();
+        if track {
+            t.clone()
+        } else {
+            t.detach()
+        }
     }
 
     /// Checks an input window `[T, B, ...]` and its dropout masks against the spec; returns `(T, B)`.
@@ -236,92 +242,89 @@ impl SpikingNetwork {
     /// matrix product over all `T·B` frames), then its neurons run the window's recurrence in one op.
     /// `masks` holds the dropout masks (see [`Self::draw_masks`]); pass an empty map for inference.
     ///
-    /// Event-driven inference on the CPU (`Engine::Sparse`, no gradients, no kept spikes, f32 or f64) runs
-    /// the forward half of the taped training pass ([`Self::forward_taped`]) instead: the same event-driven
-    /// layers and recurrences, the window in parts, so its memory grows with `T` only by one byte per neuron
-    /// and step.
+    /// Event-driven inference on the CPU (`Engine::Sparse`, no gradients, f32 or f64) runs the forward half
+    /// of the taped training pass ([`Self::forward_taped`]) instead: the same event-driven layers and
+    /// recurrences, the window in parts, so its memory grows with `T` only by one byte per neuron and step;
+    /// kept spikes are read off its tape.
     pub fn forward(&self, input: &Tensor, masks: &Masks, opts: ForwardOptions) -> Result<ForwardOutput> {
         let (steps, batch) = self.check_input(input, masks)?;
         let track = opts.track_gradients;
         let events = opts.engine == Engine::Sparse && !track && input.device().is_cpu();
-        if events && !opts.keep_spikes && matches!(self.dtype, DType::F32 | DType::F64) {
+        if events && matches!(self.dtype, DType::F32 | DType::F64) {
             // The taped pass's forward computes the same readout and counts in parts of the window, with
-            // buffers sized by the part; its tape is not needed here.
-            return Ok(self.forward_taped(input, masks)?.0);
-        }
-
-        // Index of the last layer that reads each output, so windows are freed as soon as possible.
-        let mut last_use: HashMap<&str, usize> = HashMap::new();
-        for (i, layer) in self.spec.layers.iter().enumerate() {
-            last_use.insert(layer.input(), i);
-            if let LayerSpec::Conv(c) = layer {
-                if let Some(sc) = &c.shortcut {
-                    last_use.insert(&sc.input, i);
+            // buffers sized by the part; its tape holds every layer's spikes, which are handed out when asked.
+            let (mut out, tape) = self.forward_taped(input, masks)?;
+            if opts.keep_spikes {
+                for layer in &mut out.activity {
+                    layer.spikes = tape.spike_window(self, &layer.name, self.dtype)?;
                 }
             }
+            return Ok(out);
         }
 
-        let mut outputs: HashMap<&str, Tensor> = HashMap::new();
-        outputs.insert(INPUT, input.to_dtype(self.dtype)?);
-        let mut activity = Vec::new();
-        let mut readout = None;
-        let fetch = |outputs: &HashMap<&str, Tensor>, name: &str| -> Result<Tensor> {
-            outputs.get(name).cloned().ok_or_else(|| Error::Spec(format!("layer '{name}' has no output")))
+        // Windows by layer index; each is dropped after the last layer that reads it.
+        let input = input.to_dtype(self.dtype)?;
+        let mut outputs: Vec<Option<Tensor>> = vec![None; self.plan.layers.len()];
+        let fetch = |outputs: &[Option<Tensor>], from: Feed| -> Result<Tensor> {
+            match from {
+                Feed::Input => Ok(input.clone()),
+                Feed::Layer(j) => outputs[j].clone().ok_or_else(|| Error::Spec(format!("layer {j} has no output"))),
+            }
         };
-
-        for (i, layer) in self.spec.layers.iter().enumerate() {
-            let x = fetch(&outputs, layer.input())?;
-            let frames = x.flatten(0, 1)?; // [T·B, ...]
-            let (currents, neuron) = match layer {
-                LayerSpec::Conv(c) => {
-                    let w = self.weight(&c.name, track)?;
-                    let mut cur = conv(&frames, &w, c.padding, c.stride, c.input != INPUT, events)?;
-                    if let Some(sc) = &c.shortcut {
-                        let src = fetch(&outputs, &sc.input)?.flatten(0, 1)?;
-                        let term = match sc.kind {
-                            ShortcutKind::Conv1x1 => {
-                                conv(&src, &self.weight(&sc.name, track)?, 0, sc.stride, sc.input != INPUT, events)?
+        let mut activity = Vec::new();
+        for (i, layer) in self.plan.layers.iter().enumerate() {
+            let frames = fetch(&outputs, layer.from)?.flatten(0, 1)?; // [T·B, ...]
+            let needs_input_grad = layer.from != Feed::Input;
+            let currents = match &layer.op {
+                Op::Conv { weight, geometry: g, shortcut } => {
+                    let w = self.weight_at(*weight, track);
+                    let mut cur = conv(&frames, &w, g.padding, g.stride, needs_input_grad, events)?;
+                    if let Some(sc) = shortcut {
+                        let src = fetch(&outputs, sc.from)?.flatten(0, 1)?;
+                        let term = match &sc.map {
+                            ShortcutMap::Conv1x1 { weight, geometry } => {
+                                let w = self.weight_at(*weight, track);
+                                conv(&src, &w, geometry.padding, geometry.stride, sc.from != Feed::Input, events)?
                             }
-                            ShortcutKind::Subsample => subsample(&src, sc.stride)?,
+                            ShortcutMap::Subsample { stride, .. } => subsample(&src, *stride)?,
                         };
                         cur = (cur + term)?;
                     }
-                    (cur, self.lif)
+                    cur
                 }
-                LayerSpec::Fc(f) => {
-                    let w = self.weight(&f.name, track)?;
-                    (linear(&frames.flatten_from(1)?, &w, events)?, self.lif)
-                }
-                LayerSpec::Pool(p) => (average_pool(&frames, p.kernel)?, self.pool),
-                LayerSpec::Readout(r) => {
-                    let w = self.weight(&r.name, track)?;
-                    let cur = linear(&frames.flatten_from(1)?, &w, events)?;
-                    let cur = cur.reshape((steps, batch, r.out_features))?;
-                    readout = Some(leaky_readout(&cur, self.spec.threshold, self.spec.leak)?);
-                    break;
+                Op::Fc { weight, .. } => linear(&frames.flatten_from(1)?, &self.weight_at(*weight, track), events)?,
+                Op::Pool { kernel, .. } => average_pool(&frames, *kernel)?,
+                Op::Readout { weight, classes } => {
+                    let cur = linear(&frames.flatten_from(1)?, &self.weight_at(*weight, track), events)?;
+                    let cur = cur.reshape((steps, batch, *classes))?;
+                    let output = leaky_readout(&cur, self.spec.threshold, self.spec.leak)?;
+                    return Ok(ForwardOutput { output, activity });
                 }
             };
-            let name = layer.name();
+            let neuron = if layer.is_pool() { self.pool } else { self.lif };
             let mut shape = vec![steps, batch];
-            shape.extend_from_slice(&self.shapes[name]);
+            shape.extend_from_slice(&layer.shape);
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
             let neuron_counts = spike_counts(&spikes.detach())?;
-            let out = match masks.get(name) {
+            let out = match masks.get(&layer.name) {
                 Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
                 None => spikes.clone(),
             };
             activity.push(LayerActivity {
-                name: name.to_string(),
-                is_pool: matches!(layer, LayerSpec::Pool(_)),
-                neurons: self.shapes[name].iter().product(),
+                name: layer.name.clone(),
+                is_pool: layer.is_pool(),
+                neurons: layer.neurons,
                 neuron_counts,
                 spikes: opts.keep_spikes.then_some(spikes),
             });
-            outputs.insert(name, out);
-            outputs.retain(|k, _| last_use.get(k).is_some_and(|&last| last > i));
+            outputs[i] = Some(out);
+            for (j, earlier) in self.plan.layers[..=i].iter().enumerate() {
+                if earlier.last_read.is_none_or(|last| last <= i) {
+                    outputs[j] = None;
+                }
+            }
         }
-        let output = readout.ok_or_else(|| Error::Spec("network has no readout".into()))?;
-        Ok(ForwardOutput { output, activity })
+        Err(Error::Spec("network has no readout".into()))
     }
 }
 

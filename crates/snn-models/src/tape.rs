@@ -25,7 +25,6 @@
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
 use std::any::Any;
-use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, WithDType};
 use snn_core::buffers::BufferPool;
@@ -38,7 +37,7 @@ use snn_core::kernels::{self, Real};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
 
 use crate::network::{LayerActivity, Masks};
-use crate::spec::{LayerSpec, ShortcutKind, INPUT};
+use crate::plan::{Feed, Layer, Op, Plan, ShortcutMap};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
 
 /// Frames (`steps · batch`) per part of the window: the part's steps are `max(1, PART_FRAMES / B)`.
@@ -52,7 +51,8 @@ pub struct Tape {
     batch: usize,
     input: Tensor,
     masks: Masks,
-    spikes: HashMap<String, Vec<u8>>,
+    /// Every layer's spikes `[T, B, neurons]` as bytes, by layer index (empty for the readout).
+    spikes: Vec<Vec<u8>>,
     readout_counts: Vec<f64>,
     /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
     prepared: Option<Box<dyn Any + Send + Sync>>,
@@ -71,15 +71,16 @@ impl Tape {
     /// its float copy of the masks to the backward pass, which would otherwise rebuild them; those copies, the
     /// size of the weights and of the masks, are not counted.)
     pub fn bytes(&self) -> usize {
-        self.spikes.values().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
+        self.spikes.iter().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
     }
 
     /// The spike window `[T, B, ...]` of a spiking layer (before its mask) as 0/1 in `dtype`, if the layer
     /// exists.
     pub fn spike_window(&self, net: &SpikingNetwork, layer: &str, dtype: DType) -> Result<Option<Tensor>> {
-        let (Some(bytes), Some(shape)) = (self.spikes.get(layer), net.layer_shape(layer)) else { return Ok(None) };
+        let Some(i) = net.plan.position(layer).filter(|&i| net.plan.layers[i].spikes()) else { return Ok(None) };
+        let bytes = &self.spikes[i];
         let mut dims = vec![self.steps, self.batch];
-        dims.extend_from_slice(shape);
+        dims.extend_from_slice(&net.plan.layers[i].shape);
         Ok(Some(Tensor::from_slice(bytes.as_slice(), dims, &Device::Cpu)?.to_dtype(dtype)?))
     }
 }
@@ -162,29 +163,29 @@ impl SpikingNetwork {
     }
 }
 
-/// What a pass derives from the network and the masks before it starts: each layer's weights as slices, and
-/// the masks as slices. The forward pass hands it to the backward pass through the tape.
+/// What a pass derives from the network and the masks before it starts: every weight as slices (in weight
+/// order) and every layer's dropout mask as a slice (in layer order). The forward pass hands it to the
+/// backward pass through the tape.
 struct Prepared<F> {
-    masks: HashMap<String, Vec<F>>,
-    weights: HashMap<String, Weights<F>>,
+    masks: Vec<Option<Vec<F>>>,
+    weights: Vec<Weights<F>>,
 }
 
 impl<F: Real + WithDType> Prepared<F> {
     fn new(net: &SpikingNetwork, masks: &Masks) -> Result<Self> {
-        let masks = masks
+        let slice = |m: &Tensor| -> Result<Vec<F>> { Ok(m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?) };
+        let masks = net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>()?;
+        let weights = net
+            .weights()
             .iter()
-            .map(|(k, m)| Ok((k.clone(), m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)))
+            .map(|(_, var)| {
+                let tensor = var.as_tensor().detach();
+                let values = tensor.flatten_all()?.to_vec1::<F>()?;
+                let outputs = tensor.dims()[0];
+                let rows = transpose(&values, outputs, values.len() / outputs);
+                Ok(Weights { tensor, rows })
+            })
             .collect::<Result<_>>()?;
-        let mut weights = HashMap::new();
-        for (name, var) in net.weights() {
-            let tensor = var.as_tensor().detach();
-            let values = tensor.flatten_all()?.to_vec1::<F>()?;
-            let dims = tensor.dims();
-            let (outputs, fan_in) = (dims[0], values.len() / dims[0]);
-            let rows = transpose(&values, outputs, fan_in);
-            let layer = name.strip_suffix(".weight").unwrap_or(name).to_string();
-            weights.insert(layer, Weights { tensor, rows });
-        }
         Ok(Self { masks, weights })
     }
 }
@@ -261,17 +262,28 @@ impl<F: Real + WithDType> Source<'_, F> {
 /// The state of one taped pass over a network, for one float type.
 struct Pass<'a, F: Real + WithDType> {
     net: &'a SpikingNetwork,
+    plan: &'a Plan,
     input: &'a Tensor,
     steps: usize,
     batch: usize,
     /// Steps per part.
     part: usize,
-    masks: HashMap<String, Vec<F>>,
+    /// Each layer's dropout mask `[B, neurons]`, if it has one (by layer index).
+    masks: Vec<Option<Vec<F>>>,
     /// The masks as given (tensors share their storage), for the tape.
     mask_tensors: Masks,
-    weights: HashMap<String, Weights<F>>,
+    /// The weights, in the network's weight order.
+    weights: Vec<Weights<F>>,
     /// Float buffers reused from part to part.
     pool: BufferPool<F>,
+}
+
+/// The input gradient buffer of what `from` names, if it is a spiking layer whose gradient this part needs.
+fn feed_grad<F>(from: Feed, grad_spikes: &mut [Option<Vec<F>>]) -> Option<&mut Vec<F>> {
+    match from {
+        Feed::Input => None,
+        Feed::Layer(j) => grad_spikes[j].as_mut(),
+    }
 }
 
 impl<'a, F: Real + WithDType> Pass<'a, F> {
@@ -285,192 +297,108 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         };
         let part = (PART_FRAMES / batch).clamp(1, steps);
         let pool = net.scratch.take();
-        Ok(Self { net, input, steps, batch, part, masks, mask_tensors, weights, pool })
+        Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool })
     }
 
-    fn weights(&self, layer: &str) -> Result<&Weights<F>> {
-        self.weights.get(layer).ok_or_else(|| Error::Weights(format!("missing tensor '{layer}.weight'")))
-    }
-
-    fn neurons(&self, layer: &str) -> usize {
-        self.net.shapes.get(layer).map_or(0, |s| s.iter().product())
-    }
-
-    /// Per-sample shape of a layer's output, or of the input.
-    fn shape(&self, layer: &str) -> Vec<usize> {
-        if layer == INPUT {
-            self.net.spec().input_shape.clone()
-        } else {
-            self.net.shapes.get(layer).cloned().unwrap_or_default()
+    /// The frames of part `[t0, t0 + len)` of what `from` names: the input window's part, or a spiking
+    /// layer's tape with its mask.
+    fn source<'s>(&'s self, from: Feed, t0: usize, len: usize, input: &'s [F], spikes: &'s [Vec<u8>]) -> Source<'s, F> {
+        match from {
+            Feed::Input => Source::Input(DenseFrames { data: input, frame_len: self.plan.feed_len(Feed::Input) }),
+            Feed::Layer(j) => {
+                let n = self.plan.layers[j].neurons;
+                let span = self.batch * n;
+                Source::Spikes(SpikeFrames {
+                    spikes: &spikes[j][t0 * span..(t0 + len) * span],
+                    frame_len: n,
+                    batch: self.batch,
+                    mask: self.masks[j].as_deref(),
+                })
+            }
         }
     }
 
-    /// The input frames of part `[t0, t0 + steps)` of `layer`'s output (or of the input window).
-    fn source<'s>(
-        &'s self,
-        layer: &str,
-        t0: usize,
-        steps: usize,
-        input: &'s [F],
-        spikes: &'s HashMap<String, Vec<u8>>,
-    ) -> Result<Source<'s, F>> {
-        if layer == INPUT {
-            let frame_len = self.net.spec().input_shape.iter().product();
-            return Ok(Source::Input(DenseFrames { data: input, frame_len }));
-        }
-        let n = self.neurons(layer);
-        let bytes = spikes.get(layer).ok_or_else(|| Error::Spec(format!("layer '{layer}' has no output")))?;
-        let span = self.batch * n;
-        Ok(Source::Spikes(SpikeFrames {
-            spikes: &bytes[t0 * span..(t0 + steps) * span],
-            frame_len: n,
-            batch: self.batch,
-            mask: self.masks.get(layer).map(Vec::as_slice),
-        }))
+    /// The input window's part `[t0, t0 + len)`.
+    fn input_part(&self, t0: usize, len: usize) -> Result<Vec<F>> {
+        Ok(self.input.narrow(0, t0, len)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
     }
 
-    /// The input window's part `[t0, t0 + steps)`.
-    fn input_part(&self, t0: usize, steps: usize) -> Result<Vec<F>> {
-        Ok(self.input.narrow(0, t0, steps)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
-    }
-
-    fn geometry(
+    /// The input currents of `layer` over part `[t0, t0 + len)`, its input frames `x` (and a shortcut's
+    /// source, read from `input` or `spikes`) given.
+    fn currents(
         &self,
-        input: &str,
-        outputs: usize,
-        kernel: usize,
-        padding: usize,
-        stride: usize,
-    ) -> Result<ConvGeometry> {
-        let shape = self.shape(input);
-        let [c, h, w] = shape[..] else {
-            return Err(Error::Spec(format!("convolution input '{input}' is not [C, H, W]: {shape:?}")));
-        };
-        ConvGeometry::new([c, h, w], outputs, kernel, padding, stride)
-            .ok_or_else(|| Error::Spec(format!("kernel {kernel} does not fit input '{input}' {shape:?}")))
-    }
-
-    /// Currents of a convolution over the part's frames, event-driven when the input is sparse.
-    fn conv_forward(&self, x: &Source<F>, w: &Weights<F>, g: ConvGeometry, out: &mut [F]) -> Result<()> {
-        if x.sparse() {
-            conv_events(x, &w.rows, g, out);
-        } else {
-            let y = x.dense(&[g.channels, g.height, g.width])?.conv2d(&w.tensor, g.padding, g.stride, 1, 1)?;
-            out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
+        layer: &Layer,
+        x: &Source<F>,
+        (t0, len): (usize, usize),
+        input: &[F],
+        spikes: &[Vec<u8>],
+    ) -> Result<Vec<F>> {
+        let frames = len * self.batch;
+        let mut currents = self.pool.zeroed(frames * layer.neurons);
+        match &layer.op {
+            Op::Conv { weight, geometry, shortcut } => {
+                synapse_forward(x, &self.weights[*weight], Synapse::Conv(*geometry), &mut currents)?;
+                if let Some(sc) = shortcut {
+                    let src = self.source(sc.from, t0, len, input, spikes);
+                    let mut term = self.pool.zeroed(currents.len());
+                    match &sc.map {
+                        ShortcutMap::Conv1x1 { weight, geometry } => {
+                            synapse_forward(&src, &self.weights[*weight], Synapse::Conv(*geometry), &mut term)?;
+                        }
+                        ShortcutMap::Subsample { stride, in_shape } => {
+                            subsample_frames(&src, in_shape, *stride, &layer.shape, &mut term)?;
+                        }
+                    }
+                    add(&mut currents, &term);
+                    self.pool.recycle(term);
+                }
+            }
+            Op::Fc { weight, outputs: n } | Op::Readout { weight, classes: n } => {
+                synapse_forward(x, &self.weights[*weight], Synapse::Linear(*n), &mut currents)?;
+            }
+            Op::Pool { kernel, in_shape } => average_pool_frames(x, in_shape, *kernel, &mut currents),
         }
-        Ok(())
+        Ok(currents)
     }
 
     fn forward(mut self) -> Result<(ForwardOutput, Tape)> {
-        let spec = self.net.spec();
+        let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
-        let mut spikes: HashMap<String, Vec<u8>> = HashMap::new();
-        let mut membranes: HashMap<String, Vec<F>> = HashMap::new();
-        for layer in &spec.layers {
-            if !matches!(layer, LayerSpec::Readout(_)) {
-                let n = self.neurons(layer.name());
-                spikes.insert(layer.name().to_string(), vec![0; steps * batch * n]);
-                membranes.insert(layer.name().to_string(), vec![F::zero(); batch * n]);
-            }
-        }
-        let mut readout = Vec::new();
-        let mut readout_counts = Vec::new();
-        let pool = &self.pool;
+        let spec = self.net.spec();
+        let sized = |l: &Layer, per_sample: usize| if l.spikes() { per_sample * l.neurons } else { 0 };
+        let mut spikes: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; sized(l, steps * batch)]).collect();
+        let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| vec![F::zero(); sized(l, batch)]).collect();
+        let (readout, _, classes) = plan.readout()?;
+        let mut readout_membrane = vec![F::zero(); batch * classes];
+        let mut readout_counts = vec![0.0; batch * plan.feed_len(readout.from)];
 
         for t0 in (0..steps).step_by(self.part) {
             let len = self.part.min(steps - t0);
-            let frames = len * batch;
             let input = self.input_part(t0, len)?;
-            for layer in &spec.layers {
-                let name = layer.name();
-                let x = self.source(layer.input(), t0, len, &input, &spikes)?;
-                let (currents, neuron) = match layer {
-                    LayerSpec::Conv(c) => {
-                        let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
-                        let mut currents = pool.zeroed(frames * g.frame_out());
-                        self.conv_forward(&x, self.weights(name)?, g, &mut currents)?;
-                        if let Some(sc) = &c.shortcut {
-                            let src = self.source(&sc.input, t0, len, &input, &spikes)?;
-                            let mut term = pool.zeroed(currents.len());
-                            match sc.kind {
-                                ShortcutKind::Conv1x1 => {
-                                    let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
-                                    self.conv_forward(&src, self.weights(&sc.name)?, g, &mut term)?;
-                                }
-                                ShortcutKind::Subsample => {
-                                    let shape = self.shape(&sc.input);
-                                    subsample_frames(&src, &shape, sc.stride, &self.shape(name), &mut term)?;
-                                }
-                            }
-                            currents.iter_mut().zip(&term).for_each(|(c, t)| *c += *t);
-                            pool.recycle(term);
-                        }
-                        (currents, self.net.lif)
-                    }
-                    LayerSpec::Fc(f) => {
-                        let mut currents = pool.zeroed(frames * f.out_features);
-                        linear_forward(&x, self.weights(name)?, f.out_features, &mut currents)?;
-                        (currents, self.net.lif)
-                    }
-                    LayerSpec::Pool(p) => {
-                        let shape = self.shape(&p.input);
-                        let mut currents = pool.zeroed(frames * self.neurons(name));
-                        average_pool_frames(&x, &shape, p.kernel, &mut currents);
-                        (currents, self.net.pool)
-                    }
-                    LayerSpec::Readout(r) => {
-                        let mut currents = pool.zeroed(frames * r.out_features);
-                        linear_forward(&x, self.weights(name)?, r.out_features, &mut currents)?;
-                        if readout.is_empty() {
-                            readout = vec![F::zero(); batch * r.out_features];
-                            readout_counts = vec![0.0; batch * x.frame_len()];
-                        }
-                        kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout);
-                        add_counts(&x, &mut readout_counts);
-                        pool.recycle(currents);
-                        break;
-                    }
-                };
-                let n = self.neurons(name);
-                let span = batch * n;
-                let (Some(membrane), Some(tape)) = (membranes.get_mut(name), spikes.get_mut(name)) else {
-                    return Err(Error::Spec(format!("layer '{name}' has no state")));
-                };
-                kernels::spike_forward_from(
-                    &currents,
-                    F::lit(neuron.threshold),
-                    F::lit(neuron.leak),
-                    membrane,
-                    &mut tape[t0 * span..(t0 + len) * span],
-                );
-                pool.recycle(currents);
+            for (i, layer) in plan.layers.iter().enumerate() {
+                let x = self.source(layer.from, t0, len, &input, &spikes);
+                let currents = self.currents(layer, &x, (t0, len), &input, &spikes)?;
+                if !layer.spikes() {
+                    kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout_membrane);
+                    add_counts(&x, &mut readout_counts);
+                } else {
+                    let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
+                    let span = batch * layer.neurons;
+                    kernels::spike_forward_from(
+                        &currents,
+                        F::lit(neuron.threshold),
+                        F::lit(neuron.leak),
+                        &mut membranes[i],
+                        &mut spikes[i][t0 * span..(t0 + len) * span],
+                    );
+                }
+                self.pool.recycle(currents);
             }
         }
 
-        let Some(LayerSpec::Readout(r)) = spec.layers.iter().find(|l| matches!(l, LayerSpec::Readout(_))) else {
-            return Err(Error::Spec("network has no readout".into()));
-        };
-        kernels::readout_normalise(&mut readout, F::lit(spec.threshold), steps);
-        let output = Tensor::from_vec(readout, (batch, r.out_features), &Device::Cpu)?;
-
-        let mut activity = Vec::new();
-        for layer in &spec.layers {
-            let Some(bytes) = spikes.get(layer.name()) else { continue };
-            let shape = self.shape(layer.name());
-            let n = shape.iter().product::<usize>();
-            let mut counts = vec![0u32; n];
-            for frame in bytes.chunks_exact(n) {
-                counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
-            }
-            let counts: Vec<f64> = counts.into_iter().map(f64::from).collect();
-            activity.push(LayerActivity {
-                name: layer.name().to_string(),
-                is_pool: matches!(layer, LayerSpec::Pool(_)),
-                neurons: n,
-                neuron_counts: Tensor::from_vec(counts, shape, &Device::Cpu)?,
-                spikes: None,
-            });
-        }
+        kernels::readout_normalise(&mut readout_membrane, F::lit(spec.threshold), steps);
+        let output = Tensor::from_vec(readout_membrane, (batch, classes), &Device::Cpu)?;
+        let activity = self.activity(&spikes)?;
         let masks = self.mask_tensors.clone();
         let prepared: Box<dyn Any + Send + Sync> =
             Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
@@ -480,58 +408,51 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok((ForwardOutput { output, activity }, tape))
     }
 
+    /// Every spiking layer's spike counts per neuron, summed over the window and the batch.
+    fn activity(&self, spikes: &[Vec<u8>]) -> Result<Vec<LayerActivity>> {
+        let mut activity = Vec::new();
+        for (layer, bytes) in self.plan.layers.iter().zip(spikes).filter(|(l, _)| l.spikes()) {
+            let mut counts = vec![0u32; layer.neurons];
+            for frame in bytes.chunks_exact(layer.neurons) {
+                counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
+            }
+            let counts: Vec<f64> = counts.into_iter().map(f64::from).collect();
+            activity.push(LayerActivity {
+                name: layer.name.clone(),
+                is_pool: layer.is_pool(),
+                neurons: layer.neurons,
+                neuron_counts: Tensor::from_vec(counts, layer.shape.clone(), &Device::Cpu)?,
+                spikes: None,
+            });
+        }
+        Ok(activity)
+    }
+
     fn backward(self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
-        let spec = self.net.spec();
+        let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
-        let Some(LayerSpec::Readout(r)) = spec.layers.iter().find(|l| matches!(l, LayerSpec::Readout(_))) else {
-            return Err(Error::Spec("network has no readout".into()));
-        };
-        if grad_output.dims() != [batch, r.out_features] {
+        let (readout, readout_weight, classes) = plan.readout()?;
+        if grad_output.dims() != [batch, classes] {
             return Err(Error::Spec(format!(
-                "output gradient has shape {:?}, expected [{batch}, {}]",
-                grad_output.dims(),
-                r.out_features
+                "output gradient has shape {:?}, expected [{batch}, {classes}]",
+                grad_output.dims()
             )));
         }
         let spikes = &tape.spikes;
-        // The readout: ∂y/∂I(t) = 1/(θT) at every step.
-        let norm = F::lit(1.0 / (spec.threshold * steps as f64));
-        let readout_delta: Vec<F> =
-            grad_output.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?.into_iter().map(|g| g * norm).collect();
-        let classes = r.out_features;
-        let fan_in = r.in_features;
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
-        let mut grads: HashMap<String, Vec<F>> =
-            self.weights.iter().map(|(k, w)| (k.clone(), vec![F::zero(); w.rows.len()])).collect();
-        {
-            let gw = accumulator(&mut grads, &r.name)?;
-            for b in 0..batch {
-                let counts = &tape.readout_counts[b * fan_in..][..fan_in];
-                let delta = &readout_delta[b * classes..][..classes];
-                for (row, &c) in gw.chunks_exact_mut(classes).zip(counts) {
-                    row.iter_mut().zip(delta).for_each(|(g, &d)| *g += d * F::lit(c));
-                }
-            }
-        }
-        // Gradient of the readout's input spikes, the same at every step: [B, in].
-        let readout_rows = &self.weights(&r.name)?.rows;
-        let readout_input_grad: Vec<F> = (0..batch * fan_in)
-            .map(|j| {
-                let (b, i) = (j / fan_in, j % fan_in);
-                (0..classes).fold(F::zero(), |s, k| s + readout_rows[i * classes + k] * readout_delta[b * classes + k])
-            })
-            .collect();
+        let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| vec![F::zero(); w.rows.len()]).collect();
+        let readout_input_grad = self.readout_backward(tape, grad_output, &mut grads[readout_weight])?;
+        let fan_in = plan.feed_len(readout.from);
 
         // Per spiking layer: the factor at spike times (θ⁻¹·NG or 1) and the running error δ(t+1).
-        let mut gains: HashMap<&str, Vec<F>> = HashMap::new();
-        let mut deltas: HashMap<&str, Vec<F>> = HashMap::new();
-        for layer in &spec.layers {
-            let name = layer.name();
-            let Some(bytes) = spikes.get(name) else { continue };
-            let span = batch * self.neurons(name);
-            let neuron = if matches!(layer, LayerSpec::Pool(_)) { self.net.pool } else { self.net.lif };
-            gains.insert(name, kernels::spike_gains(bytes, span, neuron.backward_rule()));
-            deltas.insert(name, vec![F::zero(); span]);
+        let mut gains: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
+        let mut deltas: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
+        for (layer, bytes) in plan.layers.iter().zip(spikes) {
+            let span = batch * layer.neurons;
+            let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
+            let spiking = layer.spikes();
+            gains.push(if spiking { kernels::spike_gains(bytes, span, neuron.backward_rule()) } else { Vec::new() });
+            deltas.push(if spiking { vec![F::zero(); span] } else { Vec::new() });
         }
 
         let pool = &self.pool;
@@ -540,79 +461,32 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let len = self.part.min(steps - t0);
             let frames = len * batch;
             let input = self.input_part(t0, len)?;
-            let mut grad_spikes: HashMap<&str, Vec<F>> = HashMap::new();
-            for layer in &spec.layers {
-                if spikes.contains_key(layer.name()) {
-                    grad_spikes.insert(layer.name(), pool.zeroed(frames * self.neurons(layer.name())));
-                }
-            }
-            if let Some(g) = grad_spikes.get_mut(r.input.as_str()) {
+            let mut grad_spikes: Vec<Option<Vec<F>>> =
+                plan.layers.iter().map(|l| l.spikes().then(|| pool.zeroed(frames * l.neurons))).collect();
+            if let Some(g) = feed_grad(readout.from, &mut grad_spikes) {
                 for row in g.chunks_exact_mut(batch * fan_in) {
-                    row.iter_mut().zip(&readout_input_grad).for_each(|(g, &d)| *g += d);
+                    add(row, &readout_input_grad);
                 }
             }
-            for layer in spec.layers.iter().rev() {
-                let name = layer.name();
-                let Some(mut grad) = grad_spikes.remove(name) else { continue };
-                let n = self.neurons(name);
-                if let Some(mask) = self.masks.get(name) {
-                    for row in grad.chunks_exact_mut(batch * n) {
+            for (i, layer) in plan.layers.iter().enumerate().rev() {
+                let Some(mut grad) = grad_spikes[i].take() else { continue };
+                if let Some(mask) = &self.masks[i] {
+                    for row in grad.chunks_exact_mut(batch * layer.neurons) {
                         row.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
                     }
                 }
-                let span = batch * n;
-                let (Some(gain), Some(delta)) = (gains.get(name), deltas.get_mut(name)) else { continue };
+                let span = batch * layer.neurons;
                 let mut currents_grad = pool.zeroed(grad.len());
-                let own = &spikes[name][t0 * span..(t0 + len) * span];
-                kernels::spike_backward_from(own, &grad, gain, delta, &mut currents_grad);
+                let own = &spikes[i][t0 * span..(t0 + len) * span];
+                kernels::spike_backward_from(own, &grad, &gains[i], &mut deltas[i], &mut currents_grad);
                 pool.recycle(grad);
-                let x = self.source(layer.input(), t0, len, &input, spikes)?;
-                match layer {
-                    LayerSpec::Conv(c) => {
-                        let g = self.geometry(&c.input, c.out_channels, c.kernel, c.padding, c.stride)?;
-                        let w = self.weights(name)?;
-                        let into = grad_spikes.get_mut(c.input.as_str());
-                        let acc = accumulator(&mut grads, name)?;
-                        self.conv_backward(&x, w, g, &currents_grad, into, acc)?;
-                        if let Some(sc) = &c.shortcut {
-                            let src = self.source(&sc.input, t0, len, &input, spikes)?;
-                            let into = grad_spikes.get_mut(sc.input.as_str());
-                            match sc.kind {
-                                ShortcutKind::Conv1x1 => {
-                                    let g = self.geometry(&sc.input, c.out_channels, 1, 0, sc.stride)?;
-                                    let w = self.weights(&sc.name)?;
-                                    let acc = accumulator(&mut grads, &sc.name)?;
-                                    self.conv_backward(&src, w, g, &currents_grad, into, acc)?;
-                                }
-                                ShortcutKind::Subsample => {
-                                    if let Some(into) = into {
-                                        let shape = self.shape(&sc.input);
-                                        subsample_grad(&shape, sc.stride, &self.shape(name), &currents_grad, into);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    LayerSpec::Fc(f) => {
-                        let w = self.weights(name)?;
-                        let into = grad_spikes.get_mut(f.input.as_str());
-                        linear_backward(&x, w, f.out_features, &currents_grad, into, accumulator(&mut grads, name)?)?;
-                    }
-                    LayerSpec::Pool(p) => {
-                        if let Some(into) = grad_spikes.get_mut(p.input.as_str()) {
-                            average_pool_grad(&self.shape(&p.input), p.kernel, &currents_grad, into);
-                        }
-                    }
-                    LayerSpec::Readout(_) => {}
-                }
+                self.backward_layer(layer, &currents_grad, (t0, len), &input, spikes, &mut grad_spikes, &mut grads)?;
                 pool.recycle(currents_grad);
             }
         }
 
-        let mut out = Vec::new();
-        for (name, var) in self.net.weights() {
-            let layer = name.strip_suffix(".weight").unwrap_or(name);
-            let g = grads.remove(layer).ok_or_else(|| Error::Weights(format!("missing '{name}'")))?;
+        let mut out = Vec::with_capacity(grads.len());
+        for ((name, var), g) in self.net.weights().iter().zip(grads) {
             let outputs = var.dims()[0];
             let g = transpose(&g, g.len() / outputs, outputs);
             out.push((name.clone(), Tensor::from_vec(g, var.dims(), &Device::Cpu)?));
@@ -620,40 +494,78 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(Gradients(out))
     }
 
-    /// Adds the kernel gradient of a convolution over one part to `acc` (transposed, `[C·k·k, O]`), and its
-    /// input gradient (at the input's events,
-    /// or everywhere for a dense input) into `input_grad` when the input is a spiking layer.
-    fn conv_backward(
-        &self,
-        x: &Source<F>,
-        w: &Weights<F>,
-        g: ConvGeometry,
-        delta: &[F],
-        input_grad: Option<&mut Vec<F>>,
-        acc: &mut [F],
-    ) -> Result<()> {
-        let input_grad = match x {
-            Source::Input(_) => None,
-            Source::Spikes(_) => input_grad,
-        };
-        if x.sparse() {
-            // The kernels read the error channel-last; one pass over the events gives both gradients.
-            let mut delta_rows = self.pool.zeroed(delta.len());
-            channel_last_into(delta, g, &mut delta_rows);
-            let input = input_grad.map(|into| (w.rows.as_slice(), into.as_mut_slice()));
-            conv_grads_events(x, &delta_rows, g, acc, input);
-            self.pool.recycle(delta_rows);
-        } else {
-            let frames = x.frames();
-            let dense = x.dense(&[g.channels, g.height, g.width])?;
-            let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
-            if let Some(into) = input_grad {
-                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
-                add(into, &gx.flatten_all()?.to_vec1::<F>()?);
+    /// The readout's backward pass: adds its weight gradient (transposed) into `acc` and returns the gradient
+    /// of its input spikes `[B, in]`, the same at every step (`∂y/∂I(t) = 1/(θT)`).
+    fn readout_backward(&self, tape: &Tape, grad_output: &Tensor, acc: &mut [F]) -> Result<Vec<F>> {
+        let (readout, weight, classes) = self.plan.readout()?;
+        let (batch, fan_in) = (self.batch, self.plan.feed_len(readout.from));
+        let norm = F::lit(1.0 / (self.net.spec().threshold * self.steps as f64));
+        let delta: Vec<F> =
+            grad_output.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?.into_iter().map(|g| g * norm).collect();
+        for b in 0..batch {
+            let counts = &tape.readout_counts[b * fan_in..][..fan_in];
+            let d = &delta[b * classes..][..classes];
+            for (row, &c) in acc.chunks_exact_mut(classes).zip(counts) {
+                row.iter_mut().zip(d).for_each(|(g, &d)| *g += d * F::lit(c));
             }
-            // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
-            let gw = dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?;
-            add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
+        }
+        let rows = &self.weights[weight].rows;
+        Ok((0..batch * fan_in)
+            .map(|j| {
+                let (b, i) = (j / fan_in, j % fan_in);
+                (0..classes).fold(F::zero(), |s, k| s + rows[i * classes + k] * delta[b * classes + k])
+            })
+            .collect())
+    }
+
+    /// The backward pass of one layer over part `[t0, t0 + len)` from the gradient of its input currents
+    /// `delta`: adds its weight gradients into `grads` and the gradient of its inputs' spikes into
+    /// `grad_spikes`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_layer(
+        &self,
+        layer: &Layer,
+        delta: &[F],
+        (t0, len): (usize, usize),
+        input: &[F],
+        spikes: &[Vec<u8>],
+        grad_spikes: &mut [Option<Vec<F>>],
+        grads: &mut [Vec<F>],
+    ) -> Result<()> {
+        let x = self.source(layer.from, t0, len, input, spikes);
+        let pool = &self.pool;
+        match &layer.op {
+            Op::Conv { weight, geometry, shortcut } => {
+                let (w, map, into) =
+                    (&self.weights[*weight], Synapse::Conv(*geometry), feed_grad(layer.from, grad_spikes));
+                synapse_backward(&x, w, map, delta, into, (&mut grads[*weight], pool))?;
+                if let Some(sc) = shortcut {
+                    let src = self.source(sc.from, t0, len, input, spikes);
+                    let into = feed_grad(sc.from, grad_spikes);
+                    match &sc.map {
+                        ShortcutMap::Conv1x1 { weight, geometry } => {
+                            let (w, map) = (&self.weights[*weight], Synapse::Conv(*geometry));
+                            synapse_backward(&src, w, map, delta, into, (&mut grads[*weight], pool))?;
+                        }
+                        ShortcutMap::Subsample { stride, in_shape } => {
+                            if let Some(into) = into {
+                                subsample_grad(in_shape, *stride, &layer.shape, delta, into);
+                            }
+                        }
+                    }
+                }
+            }
+            Op::Fc { weight, outputs } => {
+                let (w, map, into) =
+                    (&self.weights[*weight], Synapse::Linear(*outputs), feed_grad(layer.from, grad_spikes));
+                synapse_backward(&x, w, map, delta, into, (&mut grads[*weight], pool))?;
+            }
+            Op::Pool { kernel, in_shape } => {
+                if let Some(into) = feed_grad(layer.from, grad_spikes) {
+                    average_pool_grad(in_shape, *kernel, delta, into);
+                }
+            }
+            Op::Readout { .. } => {}
         }
         Ok(())
     }
@@ -672,52 +584,97 @@ fn add<F: Real>(dst: &mut [F], src: &[F]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
-/// Currents of a fully connected layer over the part's frames `[N, out]`.
-fn linear_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, outputs: usize, out: &mut [F]) -> Result<()> {
-    if x.sparse() {
-        linear_events_into(x, &w.rows, outputs, out);
-    } else {
-        let y = x.dense(&[x.frame_len()])?.matmul(&w.tensor.t()?)?;
-        out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
+/// A synaptic map between a layer's input frames and its input currents.
+#[derive(Debug, Clone, Copy)]
+enum Synapse {
+    /// A convolution.
+    Conv(ConvGeometry),
+    /// A fully connected map to `outputs` currents.
+    Linear(usize),
+}
+
+impl Synapse {
+    /// The dense input frames `[N, ...]` the dense layers take.
+    fn frame_shape(self, x: &Source<impl Real + WithDType>) -> Vec<usize> {
+        match self {
+            Synapse::Conv(g) => vec![g.channels, g.height, g.width],
+            Synapse::Linear(_) => vec![x.frame_len()],
+        }
     }
+}
+
+/// Currents of a synaptic map over the part's frames into `out`: event-driven when the input is sparse
+/// ([`within_density_limit`]), else the dense layer (Candle's convolution or product).
+fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Synapse, out: &mut [F]) -> Result<()> {
+    if x.sparse() {
+        match map {
+            Synapse::Conv(g) => conv_events(x, &w.rows, g, out),
+            Synapse::Linear(outputs) => linear_events_into(x, &w.rows, outputs, out),
+        }
+        return Ok(());
+    }
+    let dense = x.dense(&map.frame_shape(x))?;
+    let y = match map {
+        Synapse::Conv(g) => dense.conv2d(&w.tensor, g.padding, g.stride, 1, 1)?,
+        Synapse::Linear(_) => dense.matmul(&w.tensor.t()?)?,
+    };
+    out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
     Ok(())
 }
 
-/// Adds the weight gradient of a fully connected layer over one part to `acc` (transposed, `[in, out]`),
-/// and its input gradient into `input_grad` when the input is a spiking layer: event-driven (at the input's
-/// events) when the input is sparse, else as dense products (everywhere), as `Pass::conv_backward` does for a
-/// convolution.
-fn linear_backward<F: Real + WithDType>(
+/// The backward pass of a synaptic map over one part: adds its weight gradient to `acc` (transposed,
+/// `[fan-in, outputs]`) and, when given a buffer (the input is a spiking layer), its input gradient into
+/// `input_grad`. Sparse inputs take the event-driven kernels (the input gradient at the input's events only,
+/// all the neuron backward reads), dense ones the dense layers (the input gradient everywhere).
+fn synapse_backward<F: Real + WithDType>(
     x: &Source<F>,
     w: &Weights<F>,
-    outputs: usize,
+    map: Synapse,
     delta: &[F],
     input_grad: Option<&mut Vec<F>>,
-    acc: &mut [F],
+    (acc, pool): (&mut [F], &BufferPool<F>),
 ) -> Result<()> {
-    let input_grad = match x {
-        Source::Input(_) => None,
-        Source::Spikes(_) => input_grad,
-    };
     if x.sparse() {
-        if let Some(into) = input_grad {
-            linear_input_grad_events(x, &w.rows, delta, outputs, into);
+        match map {
+            Synapse::Conv(g) => {
+                // The kernels read the error channel-last; one pass over the events gives both gradients.
+                let mut delta_rows = pool.zeroed(delta.len());
+                channel_last_into(delta, g, &mut delta_rows);
+                let input = input_grad.map(|into| (w.rows.as_slice(), into.as_mut_slice()));
+                conv_grads_events(x, &delta_rows, g, acc, input);
+                pool.recycle(delta_rows);
+            }
+            Synapse::Linear(outputs) => {
+                if let Some(into) = input_grad {
+                    linear_input_grad_events(x, &w.rows, delta, outputs, into);
+                }
+                linear_weight_grad_events(x, delta, outputs, acc);
+            }
         }
-        linear_weight_grad_events(x, delta, outputs, acc);
-    } else {
-        let delta = Tensor::from_slice(delta, (x.frames(), outputs), &Device::Cpu)?;
-        if let Some(into) = input_grad {
-            add(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+        return Ok(());
+    }
+    let dense = x.dense(&map.frame_shape(x))?;
+    let frames = x.frames();
+    match map {
+        Synapse::Conv(g) => {
+            let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
+            if let Some(into) = input_grad {
+                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
+                add(into, &gx.flatten_all()?.to_vec1::<F>()?);
+            }
+            // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
+            let gw = dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?;
+            add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
         }
-        let inputs = x.dense(&[x.frame_len()])?;
-        add(acc, &inputs.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
+        Synapse::Linear(outputs) => {
+            let delta = Tensor::from_slice(delta, (frames, outputs), &Device::Cpu)?;
+            if let Some(into) = input_grad {
+                add(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+            }
+            add(acc, &dense.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
+        }
     }
     Ok(())
-}
-
-/// The transposed gradient accumulator of a layer's weight.
-fn accumulator<'m, F>(grads: &'m mut HashMap<String, Vec<F>>, layer: &str) -> Result<&'m mut [F]> {
-    grads.get_mut(layer).map(Vec::as_mut_slice).ok_or_else(|| Error::Weights(format!("missing '{layer}.weight'")))
 }
 
 /// Adds the part's input frames, summed over its steps, into `counts` `[B, in]`.

@@ -5,21 +5,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_models::{builtin, Engine, ForwardOptions, Masks, SpikingNetwork};
 
-/// Spike-like values: 0 mostly, else +1 or -1.
+/// Signed input spikes: each entry is ±1 with probability `density` (either sign alike), else 0.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            if rng.gen_bool(density) {
-                if rng.gen_bool(0.5) {
-                    1.0
-                } else {
-                    -1.0
-                }
-            } else {
-                0.0
-            }
-        })
-        .collect()
+    let signs = [1.0, -1.0];
+    (0..n).map(|_| if rng.gen_bool(density) { signs[rng.gen_range(0..2)] } else { 0.0 }).collect()
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -41,6 +30,18 @@ fn engines_agree(model: &str, input_shape: [usize; 3], steps: usize, batch: usiz
     for (d, s) in dense.activity.iter().zip(&sparse.activity) {
         let (d, s) = (d.neuron_counts.flatten_all().unwrap(), s.neuron_counts.flatten_all().unwrap());
         assert_eq!(d.to_vec1::<f64>().unwrap(), s.to_vec1::<f64>().unwrap(), "{model}: spike counts differ");
+    }
+    // Kept spike windows: the same spikes from the event-driven engine (read off its tape) as from the dense.
+    let keep = |engine| {
+        net.forward(&x, &Masks::new(), ForwardOptions { engine, keep_spikes: true, ..ForwardOptions::default() })
+            .unwrap()
+    };
+    let (kept_dense, kept_sparse) = (keep(Engine::Dense), keep(Engine::Sparse));
+    for (d, s) in kept_dense.activity.iter().zip(&kept_sparse.activity) {
+        let (d, s) = (d.spikes.as_ref().unwrap(), s.spikes.as_ref().unwrap());
+        assert_eq!(d.dims(), s.dims());
+        let (d, s) = (d.flatten_all().unwrap(), s.flatten_all().unwrap());
+        assert_eq!(d.to_vec1::<f64>().unwrap(), s.to_vec1::<f64>().unwrap(), "{model}: kept spikes differ");
     }
     let (d, s) = (dense.output.flatten_all().unwrap(), sparse.output.flatten_all().unwrap());
     assert!(max_abs_diff(&d.to_vec1::<f64>().unwrap(), &s.to_vec1::<f64>().unwrap()) < 1e-9, "{model}");
