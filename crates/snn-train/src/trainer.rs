@@ -488,50 +488,121 @@ pub fn train_run(
     opts: &RunOptions,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
-    recipe.validate()?;
-    check_dataset(net, train, "training")?;
-    check_dataset(net, test, "test")?;
-    if opts.checkpoint_every == Some(0) {
-        return Err(Error::Config("checkpoint interval must be at least 1 batch".into()));
-    }
-    let files = match &opts.out_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-            Some(RunFiles::in_dir(dir))
-        }
-        None => None,
-    };
     let start = Instant::now();
-    let mut writer = files.as_ref().map(|f| StateWriter {
-        path: f.state.clone(),
-        writes: 0,
-        crash_at: match opts.crash {
-            Some(CrashPoint::DuringStateWrite(n)) => Some(n),
-            _ => None,
-        },
-    });
-    let crash_after_batch = match opts.crash {
-        Some(CrashPoint::AfterBatch(n)) => Some(n),
-        _ => None,
-    };
-    let mut batches_run = 0;
-    let mut opt = Sgd::new(net.weights().to_vec(), recipe.lr, recipe.momentum, recipe.weight_decay)?;
-    let mut shuffle_rng = stream_rng(recipe.seed, Stream::Shuffle);
-    let mut input_rng = stream_rng(recipe.seed, Stream::TrainInput);
-    let mut dropout_rng = stream_rng(recipe.seed, Stream::Dropout);
-    let mut augment_rng = stream_rng(recipe.seed, Stream::Augment);
-    let mut st = RunState::fresh(recipe, train.len(), net);
-    let mut tally = ActivityTally::default();
-    if opts.resume {
-        let path = &files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?.state;
-        let (state, restored) = load_state(path, net, &mut opt)?;
-        if state.recipe != *recipe || state.train_images != train.len() {
+    let mut run = Run::start(net, train, test, recipe, opts)?;
+    while run.st.epoch <= recipe.epochs {
+        let epoch_start = Instant::now();
+        run.train_epoch(observer, epoch_start)?;
+        run.end_epoch(observer, epoch_start)?;
+    }
+    Ok(run.summary(start))
+}
+
+/// The random streams that a training run draws from, with their positions saved in the run state.
+struct TrainStreams {
+    shuffle: ChaCha8Rng,
+    input: ChaCha8Rng,
+    dropout: ChaCha8Rng,
+    augment: ChaCha8Rng,
+}
+
+impl TrainStreams {
+    fn new(seed: u64) -> Self {
+        Self {
+            shuffle: stream_rng(seed, Stream::Shuffle),
+            input: stream_rng(seed, Stream::TrainInput),
+            dropout: stream_rng(seed, Stream::Dropout),
+            augment: stream_rng(seed, Stream::Augment),
+        }
+    }
+
+    /// Puts every stream where a saved state left it.
+    fn restore(&mut self, st: &RunState) {
+        self.shuffle.set_word_pos(st.shuffle_pos);
+        self.input.set_word_pos(st.input_pos);
+        self.dropout.set_word_pos(st.dropout_pos);
+        self.augment.set_word_pos(st.augment_pos);
+    }
+
+    /// Records the streams that advance batch by batch in the state (the shuffle stream is recorded at the
+    /// start of each epoch).
+    fn record(&self, st: &mut RunState) {
+        st.input_pos = self.input.get_word_pos();
+        st.dropout_pos = self.dropout.get_word_pos();
+        st.augment_pos = self.augment.get_word_pos();
+    }
+}
+
+/// A training run in progress: what [`train_run`] carries from batch to batch and epoch to epoch.
+struct Run<'a> {
+    net: &'a SpikingNetwork,
+    train: &'a Samples,
+    test: &'a Samples,
+    recipe: &'a Recipe,
+    opts: &'a RunOptions,
+    files: Option<RunFiles>,
+    writer: Option<StateWriter>,
+    opt: Sgd,
+    streams: TrainStreams,
+    st: RunState,
+    tally: ActivityTally,
+    /// Batches trained by this process (for [`CrashPoint::AfterBatch`]).
+    batches_run: usize,
+}
+
+impl<'a> Run<'a> {
+    /// Checks the inputs, creates the output folder and starts afresh or from the saved state.
+    fn start(
+        net: &'a SpikingNetwork,
+        train: &'a Samples,
+        test: &'a Samples,
+        recipe: &'a Recipe,
+        opts: &'a RunOptions,
+    ) -> Result<Self> {
+        recipe.validate()?;
+        check_dataset(net, train, "training")?;
+        check_dataset(net, test, "test")?;
+        if opts.checkpoint_every == Some(0) {
+            return Err(Error::Config("checkpoint interval must be at least 1 batch".into()));
+        }
+        let files = match &opts.out_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+                Some(RunFiles::in_dir(dir))
+            }
+            None => None,
+        };
+        let writer = files.as_ref().map(|f| StateWriter {
+            path: f.state.clone(),
+            writes: 0,
+            crash_at: match opts.crash {
+                Some(CrashPoint::DuringStateWrite(n)) => Some(n),
+                _ => None,
+            },
+        });
+        let opt = Sgd::new(net.weights().to_vec(), recipe.lr, recipe.momentum, recipe.weight_decay)?;
+        let st = RunState::fresh(recipe, train.len(), net);
+        let streams = TrainStreams::new(recipe.seed);
+        let tally = ActivityTally::default();
+        let mut run = Self { net, train, test, recipe, opts, files, writer, opt, streams, st, tally, batches_run: 0 };
+        if opts.resume {
+            run.resume()?;
+        }
+        Ok(run)
+    }
+
+    /// Restores the weights, momentum, streams and running statistics from the saved state, after checking
+    /// that it belongs to this run (recipe, training set size, element type, device).
+    fn resume(&mut self) -> Result<()> {
+        let path = &self.files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?.state;
+        let (state, restored) = load_state(path, self.net, &mut self.opt)?;
+        if state.recipe != *self.recipe || state.train_images != self.train.len() {
             return Err(Error::Config(format!(
                 "{}: the saved run used a different recipe or training set size",
                 path.display()
             )));
         }
-        let now = RunState::fresh(recipe, train.len(), net);
+        let now = &self.st;
         for (what, saved, given) in [("element type", &state.dtype, &now.dtype), ("device", &state.device, &now.device)]
         {
             if let (Some(saved), Some(given)) = (saved, given) {
@@ -543,80 +614,96 @@ pub fn train_run(
                 }
             }
         }
-        st = state;
-        tally = restored;
-        shuffle_rng.set_word_pos(st.shuffle_pos);
-        input_rng.set_word_pos(st.input_pos);
-        dropout_rng.set_word_pos(st.dropout_pos);
-        augment_rng.set_word_pos(st.augment_pos);
+        self.streams.restore(&state);
+        self.st = state;
+        self.tally = restored;
+        Ok(())
     }
 
-    while st.epoch <= recipe.epochs {
-        let epoch = st.epoch;
-        let epoch_start = Instant::now();
-        opt.lr = recipe.lr_at(epoch);
-        if st.batches_done == 0 {
-            st.shuffle_pos = shuffle_rng.get_word_pos();
-        } else {
-            shuffle_rng.set_word_pos(st.shuffle_pos);
+    /// Writes the run state, if the run has an output folder.
+    fn save_state(&mut self) -> Result<()> {
+        if let Some(writer) = &mut self.writer {
+            self.streams.record(&mut self.st);
+            writer.save(self.net, &self.opt, &self.st, &self.tally)?;
         }
-        let batches: Vec<Vec<usize>> = Batches::new(train.len(), recipe.batch_size, Some(&mut shuffle_rng))?.collect();
+        Ok(())
+    }
+
+    /// Trains the batches of the current epoch that are not done yet.
+    fn train_epoch(&mut self, observer: &mut dyn TrainObserver, epoch_start: Instant) -> Result<()> {
+        let (recipe, train) = (self.recipe, self.train);
+        let epoch = self.st.epoch;
+        self.opt.lr = recipe.lr_at(epoch);
+        if self.st.batches_done == 0 {
+            self.st.shuffle_pos = self.streams.shuffle.get_word_pos();
+        } else {
+            self.streams.shuffle.set_word_pos(self.st.shuffle_pos);
+        }
+        let batches: Vec<Vec<usize>> =
+            Batches::new(train.len(), recipe.batch_size, Some(&mut self.streams.shuffle))?.collect();
         let batch_count = batches.len();
-        for (b, idx) in batches.into_iter().enumerate().skip(st.batches_done) {
-            let augment = recipe.augment.then_some(&mut augment_rng);
-            let (x, labels) = encode_augmented(net, train, &idx, recipe.timesteps, &mut input_rng, augment)?;
-            let masks = net.draw_masks(idx.len(), &mut dropout_rng)?;
-            let (out, loss) = match train_step(net, &mut opt, &x, &labels, &masks) {
-                Ok(step) => step,
-                Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
-                    for (name, var) in net.weights() {
-                        ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, b)?;
-                    }
-                    tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
-                    st.skipped += 1;
-                    st.batches_done = b + 1;
-                    continue;
-                }
-                Err(e) => return Err(locate(e, epoch, b)),
-            };
-            st.loss_sum += loss;
-            st.correct += count_correct(&out.output, &labels)?;
-            tally.add(&out, idx.len(), recipe.timesteps)?;
-            st.batches_done = b + 1;
-            let seen = tally.samples;
+        for (b, idx) in batches.into_iter().enumerate().skip(self.st.batches_done) {
+            self.train_batch(epoch, b, &idx)?;
+            let seen = self.tally.samples.max(1);
             observer.on_batch(&BatchProgress {
                 epoch,
-                samples: seen,
+                samples: self.tally.samples,
                 epoch_samples: train.len(),
-                loss: st.loss_sum / seen as f64,
-                accuracy: st.correct as f64 / seen as f64,
-                images_per_sec: seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+                loss: self.st.loss_sum / seen as f64,
+                accuracy: self.st.correct as f64 / seen as f64,
+                images_per_sec: self.tally.samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
-            if opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
-                if let Some(writer) = &mut writer {
-                    st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    writer.save(net, &opt, &st, &tally)?;
-                }
-                return Err(Error::Interrupted { epoch, batch: st.batches_done });
+            if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                self.save_state()?;
+                return Err(Error::Interrupted { epoch, batch: self.st.batches_done });
             }
-            if let (Some(writer), Some(every)) = (&mut writer, opts.checkpoint_every) {
-                if st.batches_done % every == 0 && st.batches_done < batch_count {
-                    st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-                    writer.save(net, &opt, &st, &tally)?;
+            if let Some(every) = self.opts.checkpoint_every {
+                if self.st.batches_done % every == 0 && self.st.batches_done < batch_count {
+                    self.save_state()?;
                 }
             }
-            batches_run += 1;
-            if crash_after_batch == Some(batches_run) {
+            self.batches_run += 1;
+            if self.opts.crash == Some(CrashPoint::AfterBatch(self.batches_run)) {
                 std::process::abort();
             }
         }
+        Ok(())
+    }
+
+    /// One batch: fresh input spikes (and augmentation) and dropout masks, one training step, and the
+    /// non-finite policy of the recipe.
+    fn train_batch(&mut self, epoch: usize, b: usize, idx: &[usize]) -> Result<()> {
+        let (net, recipe) = (self.net, self.recipe);
+        let augment = recipe.augment.then_some(&mut self.streams.augment);
+        let (x, labels) = encode_augmented(net, self.train, idx, recipe.timesteps, &mut self.streams.input, augment)?;
+        let masks = net.draw_masks(idx.len(), &mut self.streams.dropout)?;
+        let (out, loss) = match train_step(net, &mut self.opt, &x, &labels, &masks) {
+            Ok(step) => step,
+            Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
+                ensure_weights_finite(net, epoch, b)?;
+                tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
+                self.st.skipped += 1;
+                self.st.batches_done = b + 1;
+                return Ok(());
+            }
+            Err(e) => return Err(locate(e, epoch, b)),
+        };
+        self.st.loss_sum += loss;
+        self.st.correct += count_correct(&out.output, &labels)?;
+        self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        self.st.batches_done = b + 1;
+        Ok(())
+    }
+
+    /// Evaluates after an epoch, records its metrics and writes the checkpoints, the metrics and the state.
+    fn end_epoch(&mut self, observer: &mut dyn TrainObserver, epoch_start: Instant) -> Result<()> {
+        let (net, recipe) = (self.net, self.recipe);
+        let epoch = self.st.epoch;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
-        for (name, var) in net.weights() {
-            ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, 0)?;
-        }
+        ensure_weights_finite(net, epoch, 0)?;
         let eval = evaluate(
             net,
-            test,
+            self.test,
             recipe.test_timesteps,
             recipe.test_batch_size,
             recipe.seed,
@@ -624,20 +711,21 @@ pub fn train_run(
             &mut |d, t| observer.on_eval(d, t),
         )?;
         // Means over the samples actually trained on (all of them unless batches were skipped).
-        let trained = tally.samples.max(1) as f64;
+        let trained = self.tally.samples.max(1) as f64;
         let metrics = EpochMetrics {
             epoch,
-            loss: st.loss_sum / trained,
-            train_accuracy: st.correct as f64 / trained,
+            loss: self.st.loss_sum / trained,
+            train_accuracy: self.st.correct as f64 / trained,
             test_accuracy: eval.accuracy,
-            lr: opt.lr,
-            images_per_sec: train.len() as f64 / train_seconds.max(1e-9),
-            train_spikes: tally.rates(),
+            lr: self.opt.lr,
+            images_per_sec: self.train.len() as f64 / train_seconds.max(1e-9),
+            train_spikes: self.tally.rates(),
             test_spikes: eval.layers.clone(),
-            skipped_batches: st.skipped,
+            skipped_batches: self.st.skipped,
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
         tracing::info!(epoch, loss = metrics.loss, test_accuracy = metrics.test_accuracy, "epoch done");
+        let st = &mut self.st;
         st.history.push(metrics.clone());
         let improved = st.best.is_none_or(|(acc, _)| eval.accuracy > acc);
         if improved {
@@ -648,8 +736,8 @@ pub fn train_run(
         st.loss_sum = 0.0;
         st.correct = 0;
         st.skipped = 0;
-        tally = ActivityTally::default();
-        if let Some(files) = &files {
+        self.tally = ActivityTally::default();
+        if let Some(files) = &self.files {
             let mut meta = HashMap::new();
             meta.insert("epoch".to_string(), epoch.to_string());
             meta.insert("recipe".to_string(), serde_json::to_string(recipe).unwrap_or_default());
@@ -660,32 +748,42 @@ pub fn train_run(
                 save_checkpoint(&files.best, net, &meta)?;
             }
             let lines: String =
-                st.history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
+                self.st.history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
             write_atomic(&files.metrics, lines.as_bytes())
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
-            st.record_rngs(&input_rng, &dropout_rng, &augment_rng);
-            st.shuffle_pos = shuffle_rng.get_word_pos();
-            if let Some(writer) = &mut writer {
-                writer.save(net, &opt, &st, &tally)?;
-            }
+            self.st.shuffle_pos = self.streams.shuffle.get_word_pos();
+            self.save_state()?;
         }
         observer.on_epoch(&metrics);
+        Ok(())
     }
-    let last = st.history.last().map_or(0.0, |m| m.test_accuracy);
-    let (best_acc, best_epoch) = st.best.unwrap_or((0.0, 0));
-    Ok(TrainSummary {
-        test_accuracy: last,
-        best_test_accuracy: best_acc,
-        best_epoch,
-        epochs: recipe.epochs,
-        timesteps: recipe.timesteps,
-        test_timesteps: recipe.test_timesteps,
-        train_images: train.len(),
-        test_images: test.len(),
-        seconds: start.elapsed().as_secs_f64(),
-        history: st.history,
-        files,
-    })
+
+    /// The outcome of the finished run.
+    fn summary(self, start: Instant) -> TrainSummary {
+        let last = self.st.history.last().map_or(0.0, |m| m.test_accuracy);
+        let (best_acc, best_epoch) = self.st.best.unwrap_or((0.0, 0));
+        TrainSummary {
+            test_accuracy: last,
+            best_test_accuracy: best_acc,
+            best_epoch,
+            epochs: self.recipe.epochs,
+            timesteps: self.recipe.timesteps,
+            test_timesteps: self.recipe.test_timesteps,
+            train_images: self.train.len(),
+            test_images: self.test.len(),
+            seconds: start.elapsed().as_secs_f64(),
+            history: self.st.history,
+            files: self.files,
+        }
+    }
+}
+
+/// A non-finite error naming the first weight that is not finite, if any.
+fn ensure_weights_finite(net: &SpikingNetwork, epoch: usize, batch: usize) -> Result<()> {
+    for (name, var) in net.weights() {
+        ensure_finite(&var.as_tensor().sum_all()?, &format!("weight {name}"), epoch, batch)?;
+    }
+    Ok(())
 }
 
 /// File name of the resumable run state inside the output folder.
@@ -751,12 +849,6 @@ impl RunState {
             tally_layers: Vec::new(),
             tally_samples: 0,
         }
-    }
-
-    fn record_rngs(&mut self, input: &ChaCha8Rng, dropout: &ChaCha8Rng, augment: &ChaCha8Rng) {
-        self.input_pos = input.get_word_pos();
-        self.dropout_pos = dropout.get_word_pos();
-        self.augment_pos = augment.get_word_pos();
     }
 }
 
