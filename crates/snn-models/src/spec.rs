@@ -272,23 +272,56 @@ impl NetworkSpec {
 
     /// Checks the spec and returns the per-sample output shape of every layer, by name.
     pub fn output_shapes(&self) -> Result<HashMap<String, Vec<usize>>> {
-        let bad = |msg: String| Err(Error::Spec(msg));
+        self.check_constants()?;
+        let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
+        shapes.insert(INPUT.to_string(), self.input_shape.clone());
+        let n = self.layers.len();
+        if n == 0 {
+            return spec_error("no layers".into());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = layer.name();
+            if name.is_empty() || shapes.contains_key(name) {
+                return spec_error(format!("layer name '{name}' is empty or used twice"));
+            }
+            let Some(in_shape) = shapes.get(layer.input()) else {
+                return spec_error(format!("layer '{name}' reads '{}', which is not an earlier layer", layer.input()));
+            };
+            if (i + 1 == n) != matches!(layer, LayerSpec::Readout(_)) {
+                return spec_error("exactly one readout layer, and it must be last".into());
+            }
+            let out = match layer {
+                LayerSpec::Conv(c) => c.output_shape(in_shape, &shapes)?,
+                LayerSpec::Fc(f) => flat_output(name, "fc", f.in_features, f.out_features, in_shape)?,
+                LayerSpec::Readout(r) => flat_output(name, "readout", r.in_features, r.out_features, in_shape)?,
+                LayerSpec::Pool(p) => p.output_shape(in_shape)?,
+            };
+            shapes.insert(name.to_string(), out);
+        }
+        Ok(shapes)
+    }
+
+    /// Checks the input shape, the input coding and normalisation, and the neuron and dropout constants.
+    fn check_constants(&self) -> Result<()> {
         if self.input_shape.len() != 3 || self.input_shape.contains(&0) {
-            return bad(format!("input_shape must be [C, H, W] with positive sizes, got {:?}", self.input_shape));
+            return spec_error(format!(
+                "input_shape must be [C, H, W] with positive sizes, got {:?}",
+                self.input_shape
+            ));
         }
         if !(self.dropout_p >= 0.0 && self.dropout_p < 1.0) {
-            return bad(format!("dropout_p must lie in [0, 1), got {}", self.dropout_p));
+            return spec_error(format!("dropout_p must lie in [0, 1), got {}", self.dropout_p));
         }
         if !(self.init_gain.is_finite() && self.init_gain > 0.0) {
-            return bad(format!("init_gain must be positive, got {}", self.init_gain));
+            return spec_error(format!("init_gain must be positive, got {}", self.init_gain));
         }
         if !(self.input_gain.is_finite() && self.input_gain >= 0.0) {
-            return bad(format!("input_gain must be >= 0, got {}", self.input_gain));
+            return spec_error(format!("input_gain must be >= 0, got {}", self.input_gain));
         }
         if self.input_mean.len() != self.input_std.len()
             || !(self.input_mean.is_empty() || self.input_mean.len() == self.input_shape[0])
         {
-            return bad(format!(
+            return spec_error(format!(
                 "input_mean and input_std need one value per input channel ({}), got {} and {}",
                 self.input_shape[0],
                 self.input_mean.len(),
@@ -297,105 +330,11 @@ impl NetworkSpec {
         }
         if self.input_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.input_mean.iter().any(|m| !m.is_finite())
         {
-            return bad("input_std must be positive and input_mean finite".into());
+            return spec_error("input_std must be positive and input_mean finite".into());
         }
         self.lif_neuron()?;
         self.pool_neuron()?;
-        let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
-        shapes.insert(INPUT.to_string(), self.input_shape.clone());
-        let n = self.layers.len();
-        if n == 0 {
-            return bad("no layers".into());
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let name = layer.name();
-            if name.is_empty() || shapes.contains_key(name) {
-                return bad(format!("layer name '{name}' is empty or used twice"));
-            }
-            let Some(in_shape) = shapes.get(layer.input()).cloned() else {
-                return bad(format!("layer '{name}' reads '{}', which is not an earlier layer", layer.input()));
-            };
-            let is_last = i + 1 == n;
-            if is_last != matches!(layer, LayerSpec::Readout(_)) {
-                return bad("exactly one readout layer, and it must be last".into());
-            }
-            let out = match layer {
-                LayerSpec::Conv(c) => {
-                    if in_shape.len() != 3 || in_shape[0] != c.in_channels {
-                        return bad(format!(
-                            "conv '{name}' expects {} input channels, its input has shape {in_shape:?}",
-                            c.in_channels
-                        ));
-                    }
-                    if c.kernel == 0 || c.stride == 0 || c.out_channels == 0 {
-                        return bad(format!("conv '{name}': kernel, stride and out_channels must be positive"));
-                    }
-                    let side = |x: usize| (x + 2 * c.padding).checked_sub(c.kernel).map(|v| v / c.stride + 1);
-                    let (Some(h), Some(w)) = (side(in_shape[1]), side(in_shape[2])) else {
-                        return bad(format!(
-                            "conv '{name}': kernel {} larger than padded input {in_shape:?}",
-                            c.kernel
-                        ));
-                    };
-                    let out = vec![c.out_channels, h, w];
-                    if let Some(sc) = &c.shortcut {
-                        let Some(sc_in) = shapes.get(&sc.input) else {
-                            return bad(format!("shortcut '{}' reads unknown layer '{}'", sc.name, sc.input));
-                        };
-                        if sc_in.len() != 3 || sc.stride == 0 {
-                            return bad(format!("shortcut '{}' needs a [C, H, W] input and stride > 0", sc.name));
-                        }
-                        let sub = |x: usize| (x - 1) / sc.stride + 1;
-                        let channels = match sc.kind {
-                            ShortcutKind::Conv1x1 => c.out_channels,
-                            ShortcutKind::Subsample => sc_in[0],
-                        };
-                        let sc_out = vec![channels, sub(sc_in[1]), sub(sc_in[2])];
-                        if sc_out != out {
-                            return bad(format!(
-                                "shortcut '{}' gives {sc_out:?} but conv '{name}' gives {out:?}",
-                                sc.name
-                            ));
-                        }
-                        if shapes.contains_key(&sc.name) || sc.name == name {
-                            return bad(format!("shortcut name '{}' is used twice", sc.name));
-                        }
-                    }
-                    out
-                }
-                LayerSpec::Fc(f) => {
-                    let flat: usize = in_shape.iter().product();
-                    if flat != f.in_features || f.out_features == 0 {
-                        return bad(format!(
-                            "fc '{name}' expects {} inputs, its input has {flat} ({in_shape:?})",
-                            f.in_features
-                        ));
-                    }
-                    vec![f.out_features]
-                }
-                LayerSpec::Readout(r) => {
-                    let flat: usize = in_shape.iter().product();
-                    if flat != r.in_features || r.out_features == 0 {
-                        return bad(format!(
-                            "readout '{name}' expects {} inputs, its input has {flat} ({in_shape:?})",
-                            r.in_features
-                        ));
-                    }
-                    vec![r.out_features]
-                }
-                LayerSpec::Pool(p) => {
-                    if p.kernel == 0 || p.kernel != p.stride || p.padding != 0 {
-                        return bad(format!("pool '{name}': kernel must equal stride and padding must be 0"));
-                    }
-                    if in_shape.len() != 3 || in_shape[1] < p.kernel || in_shape[2] < p.kernel {
-                        return bad(format!("pool '{name}': input {in_shape:?} too small"));
-                    }
-                    vec![in_shape[0], in_shape[1] / p.kernel, in_shape[2] / p.kernel]
-                }
-            };
-            shapes.insert(name.to_string(), out);
-        }
-        Ok(shapes)
+        Ok(())
     }
 
     /// Checks the spec for consistency (shapes, names, order, constants).
@@ -456,5 +395,83 @@ impl NetworkSpec {
     /// Total number of trainable parameters.
     pub fn parameter_count(&self) -> Result<usize> {
         Ok(self.weight_shapes()?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())
+    }
+}
+
+fn spec_error<T>(msg: String) -> Result<T> {
+    Err(Error::Spec(msg))
+}
+
+/// The output shape `[outputs]` of a layer that flattens its input (fully connected, readout), after checking
+/// the input size.
+fn flat_output(name: &str, kind: &str, inputs: usize, outputs: usize, in_shape: &[usize]) -> Result<Vec<usize>> {
+    let flat: usize = in_shape.iter().product();
+    if flat != inputs || outputs == 0 {
+        return spec_error(format!("{kind} '{name}' expects {inputs} inputs, its input has {flat} ({in_shape:?})"));
+    }
+    Ok(vec![outputs])
+}
+
+impl ConvSpec {
+    /// The output shape `[O, H', W']` for an input of `in_shape`, after checking the convolution and its
+    /// shortcut against the shapes of the earlier layers.
+    fn output_shape(&self, in_shape: &[usize], shapes: &HashMap<String, Vec<usize>>) -> Result<Vec<usize>> {
+        let name = &self.name;
+        if in_shape.len() != 3 || in_shape[0] != self.in_channels {
+            return spec_error(format!(
+                "conv '{name}' expects {} input channels, its input has shape {in_shape:?}",
+                self.in_channels
+            ));
+        }
+        if self.kernel == 0 || self.stride == 0 || self.out_channels == 0 {
+            return spec_error(format!("conv '{name}': kernel, stride and out_channels must be positive"));
+        }
+        let side = |x: usize| (x + 2 * self.padding).checked_sub(self.kernel).map(|v| v / self.stride + 1);
+        let (Some(h), Some(w)) = (side(in_shape[1]), side(in_shape[2])) else {
+            return spec_error(format!("conv '{name}': kernel {} larger than padded input {in_shape:?}", self.kernel));
+        };
+        let out = vec![self.out_channels, h, w];
+        if let Some(sc) = &self.shortcut {
+            sc.check(name, &out, shapes)?;
+        }
+        Ok(out)
+    }
+}
+
+impl ShortcutSpec {
+    /// Checks that the shortcut maps its input to `out`, the shape of conv `owner`'s output.
+    fn check(&self, owner: &str, out: &[usize], shapes: &HashMap<String, Vec<usize>>) -> Result<()> {
+        let Some(sc_in) = shapes.get(&self.input) else {
+            return spec_error(format!("shortcut '{}' reads unknown layer '{}'", self.name, self.input));
+        };
+        if sc_in.len() != 3 || self.stride == 0 {
+            return spec_error(format!("shortcut '{}' needs a [C, H, W] input and stride > 0", self.name));
+        }
+        let sub = |x: usize| (x - 1) / self.stride + 1;
+        let channels = match self.kind {
+            ShortcutKind::Conv1x1 => out[0],
+            ShortcutKind::Subsample => sc_in[0],
+        };
+        let sc_out = vec![channels, sub(sc_in[1]), sub(sc_in[2])];
+        if sc_out != out {
+            return spec_error(format!("shortcut '{}' gives {sc_out:?} but conv '{owner}' gives {out:?}", self.name));
+        }
+        if shapes.contains_key(&self.name) || self.name == owner {
+            return spec_error(format!("shortcut name '{}' is used twice", self.name));
+        }
+        Ok(())
+    }
+}
+
+impl PoolSpec {
+    /// The output shape `[C, ⌊H/k⌋, ⌊W/k⌋]` for an input of `in_shape`.
+    fn output_shape(&self, in_shape: &[usize]) -> Result<Vec<usize>> {
+        if self.kernel == 0 || self.kernel != self.stride || self.padding != 0 {
+            return spec_error(format!("pool '{}': kernel must equal stride and padding must be 0", self.name));
+        }
+        if in_shape.len() != 3 || in_shape[1] < self.kernel || in_shape[2] < self.kernel {
+            return spec_error(format!("pool '{}': input {in_shape:?} too small", self.name));
+        }
+        Ok(vec![in_shape[0], in_shape[1] / self.kernel, in_shape[2] / self.kernel])
     }
 }
