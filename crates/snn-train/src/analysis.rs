@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use snn_data::{Batches, Samples};
-use snn_models::{spike_counts, Engine, ForwardOptions, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
+use snn_models::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
 use crate::loss::count_correct;
 use crate::trainer::{check_dataset, encode, stream_rng, ActivityTally, Stream};
@@ -258,52 +258,103 @@ pub fn analyse(
             return Err(Error::Config(format!("'{name}' is not a spiking layer of model '{}'", spec.name)));
         }
     }
-    let mut input_counts: Option<Vec<f64>> = None;
-    let mut tally = ActivityTally::default();
+    let observed = observe(net, data, timesteps, batch_size, seed, raster_layer)?;
+    let layers = layer_analyses(net, &observed, data.len() as f64, timesteps)?;
+    let totals = Totals::of(&layers, &energy);
+    Ok(SparsityReport {
+        model: spec.name.clone(),
+        images: data.len(),
+        timesteps,
+        accuracy: observed.correct as f64 / data.len() as f64,
+        layers,
+        totals,
+        energy,
+        assumptions: assumptions(&energy, timesteps),
+        raster: observed.raster,
+    })
+}
+
+/// What one event-driven pass over a dataset observes.
+struct Observed {
+    /// Correct predictions.
+    correct: usize,
+    /// Per-layer spike counts per neuron, summed over the dataset.
+    tally: ActivityTally,
+    /// Input spikes per input position (by magnitude), summed over the dataset.
+    input_counts: Vec<f64>,
+    /// The raster of the first sample, when asked for.
+    raster: Option<Raster>,
+}
+
+/// Runs the dataset through the network (event-driven, no masks) and counts its spikes; the first batch also
+/// keeps `raster_layer`'s spike window for the raster of its first sample.
+fn observe(
+    net: &SpikingNetwork,
+    data: &Samples,
+    timesteps: usize,
+    batch_size: usize,
+    seed: u64,
+    raster_layer: Option<&str>,
+) -> Result<Observed> {
+    let mut observed = Observed { correct: 0, tally: ActivityTally::default(), input_counts: Vec::new(), raster: None };
     let mut rng = stream_rng(seed, Stream::EvalInput);
-    let mut correct = 0usize;
-    let mut raster = None;
     for idx in Batches::new::<rand_chacha::ChaCha8Rng>(data.len(), batch_size, None)? {
         let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
         // Spike windows are kept only for the batch that supplies the raster.
-        let keep_spikes = raster.is_none() && raster_layer.is_some();
-        let out = net.forward(
-            &x,
-            &Masks::new(),
-            ForwardOptions { track_gradients: false, keep_spikes, engine: Engine::Sparse },
-        )?;
-        correct += count_correct(&out.output, &labels)?;
-        tally.add(&out, idx.len(), timesteps)?;
+        let keep_spikes = observed.raster.is_none() && raster_layer.is_some();
+        let opts = ForwardOptions { track_gradients: false, keep_spikes, engine: Engine::Sparse };
+        let out = net.forward(&x, &Masks::new(), opts)?;
+        observed.correct += count_correct(&out.output, &labels)?;
+        observed.tally.add(&out, idx.len(), timesteps)?;
         let batch_counts = window_counts(&x)?;
-        match &mut input_counts {
-            Some(acc) => acc.iter_mut().zip(batch_counts).for_each(|(a, c)| *a += c),
-            None => input_counts = Some(batch_counts),
+        if observed.input_counts.is_empty() {
+            observed.input_counts = batch_counts;
+        } else {
+            observed.input_counts.iter_mut().zip(batch_counts).for_each(|(a, c)| *a += c);
         }
         if let (true, Some(name)) = (keep_spikes, raster_layer) {
-            let window = out
-                .activity
-                .iter()
-                .find(|a| a.name == name)
-                .and_then(|a| a.spikes.as_ref())
-                .ok_or_else(|| Error::Config(format!("no spike window for '{name}'")))?;
-            let s = window.narrow(1, 0, 1)?.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let events = s
-                .iter()
-                .enumerate()
-                .flat_map(|(t, row)| {
-                    row.iter().enumerate().filter(|(_, &v)| v != 0.0).map(move |(n, _)| (t as u32, n as u32))
-                })
-                .collect();
-            let neurons = net.layer_shape(name).map_or(0, |s| s.iter().product());
-            raster = Some(Raster { layer: name.to_string(), neurons, timesteps, events });
+            observed.raster = Some(Raster::of_first_sample(net, &out, name, timesteps)?);
         }
     }
+    Ok(observed)
+}
+
+impl Raster {
+    /// The spikes of the first sample of a batch in `layer`, from a forward pass that kept its window.
+    fn of_first_sample(net: &SpikingNetwork, out: &ForwardOutput, layer: &str, timesteps: usize) -> Result<Self> {
+        let window = out
+            .activity
+            .iter()
+            .find(|a| a.name == layer)
+            .and_then(|a| a.spikes.as_ref())
+            .ok_or_else(|| Error::Config(format!("no spike window for '{layer}'")))?;
+        let s = window.narrow(1, 0, 1)?.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let events = s
+            .iter()
+            .enumerate()
+            .flat_map(|(t, row)| {
+                row.iter().enumerate().filter(|(_, &v)| v != 0.0).map(move |(n, _)| (t as u32, n as u32))
+            })
+            .collect();
+        let neurons = net.layer_shape(layer).map_or(0, |s| s.iter().product());
+        Ok(Self { layer: layer.to_string(), neurons, timesteps, events })
+    }
+}
+
+/// Per-layer spikes, synaptic operations and the dense MACs of the same layers, per image.
+fn layer_analyses(
+    net: &SpikingNetwork,
+    observed: &Observed,
+    images: f64,
+    timesteps: usize,
+) -> Result<Vec<LayerAnalysis>> {
+    let spec = net.spec();
     // No masks at test time, so the forward pass's per-neuron counts are what each consumer receives.
-    let mut counts: HashMap<&str, Vec<f64>> = tally.layers.iter().map(|(name, c)| (name.as_str(), c.clone())).collect();
-    counts.insert("input", input_counts.unwrap_or_default());
+    let mut counts: HashMap<&str, Vec<f64>> =
+        observed.tally.layers.iter().map(|(name, c)| (name.as_str(), c.clone())).collect();
+    counts.insert("input", observed.input_counts.clone());
     let (input_spikes, ac): (Vec<f64>, Vec<f64>) = synaptic_ops(net, &counts)?.into_iter().unzip();
-    let images = data.len() as f64;
-    let rates = tally.rates();
+    let rates = observed.tally.rates();
     let macs: HashMap<String, u64> = spec.dense_macs()?.into_iter().collect();
     let mut layers = Vec::new();
     for (l, layer) in spec.layers.iter().enumerate() {
@@ -329,30 +380,26 @@ pub fn analyse(
             neuron_updates: (neurons * timesteps) as f64,
         });
     }
-    let synops: f64 = layers.iter().map(|l| l.snn_ac).sum();
-    let updates: f64 = layers.iter().map(|l| l.neuron_updates).sum();
-    let snn_ac = synops + if energy.count_neuron_updates { updates } else { 0.0 };
-    let ann_mac: f64 = layers.iter().map(|l| l.ann_mac).sum();
-    let (snn_e, ann_e) = (snn_ac * energy.ac_pj, ann_mac * energy.mac_pj);
-    let totals = Totals {
-        snn_ac,
-        ann_mac,
-        ac_per_mac: snn_ac / ann_mac,
-        snn_energy_pj: snn_e,
-        ann_energy_pj: ann_e,
-        energy_gain: ann_e / snn_e,
-    };
-    Ok(SparsityReport {
-        model: spec.name.clone(),
-        images: data.len(),
-        timesteps,
-        accuracy: correct as f64 / images,
-        layers,
-        totals,
-        energy,
-        assumptions: assumptions(&energy, timesteps),
-        raster,
-    })
+    Ok(layers)
+}
+
+impl Totals {
+    /// The network's totals from its layers under an energy model.
+    fn of(layers: &[LayerAnalysis], energy: &EnergyModel) -> Self {
+        let synops: f64 = layers.iter().map(|l| l.snn_ac).sum();
+        let updates: f64 = layers.iter().map(|l| l.neuron_updates).sum();
+        let snn_ac = synops + if energy.count_neuron_updates { updates } else { 0.0 };
+        let ann_mac: f64 = layers.iter().map(|l| l.ann_mac).sum();
+        let (snn_e, ann_e) = (snn_ac * energy.ac_pj, ann_mac * energy.mac_pj);
+        Self {
+            snn_ac,
+            ann_mac,
+            ac_per_mac: snn_ac / ann_mac,
+            snn_energy_pj: snn_e,
+            ann_energy_pj: ann_e,
+            energy_gain: ann_e / snn_e,
+        }
+    }
 }
 
 fn assumptions(e: &EnergyModel, timesteps: usize) -> Vec<String> {
