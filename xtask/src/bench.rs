@@ -14,7 +14,7 @@ use rand::Rng;
 use serde::Serialize;
 use snn_core::RateEncoder;
 use snn_data::mnist::{builtin_subset, Split};
-use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, SpikingNetwork};
+use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
 use snn_train::loss::sum_squared_error;
 use snn_train::{stream_rng, train_step, Sgd, Stream};
 
@@ -145,24 +145,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(bad) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         anyhow::bail!("unknown mode '{bad}' (available: {})", MODES.join(", "));
     }
-    let macs_per_step: u64 = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
-    // MNIST models get real digits; other input shapes get seeded uniform pixels (speed depends on the image
-    // content only through the spike rates it causes).
-    let (mut pixels, labels, batch) = if spec.input_shape == [1, 28, 28] {
-        let data = builtin_subset(Split::Train)?;
-        let idx: Vec<usize> = (0..args.batch.min(data.len())).collect();
-        let (p, l) = data.batch(&idx);
-        (p, l, idx.len())
-    } else {
-        let mut rng = stream_rng(7, Stream::TrainInput);
-        let n = args.batch * spec.input_shape.iter().product::<usize>();
-        let pixels = (0..n).map(|_| rng.gen::<f32>()).collect();
-        (pixels, (0..args.batch as u32).map(|i| i % spec.classes() as u32).collect(), args.batch)
-    };
-    spec.normalize(&mut pixels);
-    let idx: Vec<usize> = (0..batch).collect();
-    let mut shape = vec![batch];
-    shape.extend_from_slice(&spec.input_shape);
     let device = &args.device;
     if !device.is_cpu() {
         anyhow::ensure!(args.peers.is_none(), "--peers times the peers on the CPU; compare against a CPU run");
@@ -171,6 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "mode infer-sparse (the event-driven engine) runs on the CPU only"
         );
     }
+    let inputs = BenchInputs::new(&spec, args.batch)?;
     let baseline = matmul_gflops(args.reps, device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
@@ -179,51 +162,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let mut rng = stream_rng(1, Stream::TrainInput);
-        let encoder = RateEncoder::new(spec.input_gain)?;
         for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
-            let (_, rss_before) = rss_mb();
-            let mut times = Vec::new();
-            for rep in 0..=args.reps {
-                let start = Instant::now();
-                let x = encoder.encode(&pixels, &shape, t, &mut rng, DType::F32, device)?;
-                if mode == "train" {
-                    let masks = net.draw_masks(idx.len(), &mut rng)?;
-                    train_step(&net, &mut opt, &x, &labels, &masks)?;
-                } else if mode == "train-graph" {
-                    // The same step through Candle's autograd (the path other devices take).
-                    let masks = net.draw_masks(idx.len(), &mut rng)?;
-                    let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
-                    let out = net.forward(&x, &masks, opts)?;
-                    let grads = sum_squared_error(&out.output, &labels)?.backward()?;
-                    opt.step(&Gradients::from_grad_store(&grads, &net))?;
-                } else {
-                    let engine = if mode == "infer" { Engine::Dense } else { Engine::Sparse };
-                    net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() })?;
-                }
-                device.synchronize()?;
-                if rep > 0 {
-                    times.push(start.elapsed().as_secs_f64()); // rep 0 is a warm-up
-                }
-            }
-            let (peak, _) = rss_mb();
-            let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-            let med = median(&mut times);
-            let flops_per_pass = 2.0 * macs_per_step as f64 * t as f64 * idx.len() as f64;
-            let flops = if mode.starts_with("train") { 3.0 * flops_per_pass } else { flops_per_pass };
-            let gflops = flops / med / 1e9;
-            rows.push(Row {
-                model: args.model.clone(),
-                mode,
-                batch: idx.len(),
-                timesteps: t,
-                median_s: med,
-                min_s: min,
-                images_per_s: idx.len() as f64 / med,
-                gflops,
-                ratio_to_matmul: gflops / baseline,
-                peak_rss_mb: peak,
-                rss_before_mb: rss_before,
-            });
+            rows.push(time_mode(&args, &net, &mut opt, &inputs, (mode, t), &mut rng, baseline)?);
         }
         if let Some(peers) = &args.peers {
             // Interleaved with ours: the same T right after our own rows, for the modes timed here.
@@ -232,7 +172,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .filter(|m| rows.iter().any(|r| r.timesteps == t && r.mode.starts_with(m)))
             {
                 for implementation in IMPLS {
-                    peer_rows.push(peers.run(implementation, &args.model, batch, t, mode, args.reps, threads)?);
+                    peer_rows.push(peers.run(
+                        implementation,
+                        &args.model,
+                        inputs.batch,
+                        t,
+                        mode,
+                        args.reps,
+                        threads,
+                    )?);
                 }
             }
         }
@@ -242,33 +190,129 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "device {}; baseline: dense f32 matmul 1024² in Candle there, {:.1} GFLOP/s ({} CPU threads)",
-            report.device, report.matmul_gflops, report.threads
-        );
-        println!(
-            "{:<7} {:<12} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
-            "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
-        );
-        for r in &report.rows {
-            println!(
-                "{:<7} {:<12} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
-                r.model,
-                r.mode,
-                r.batch,
-                r.timesteps,
-                r.median_s,
-                r.min_s,
-                r.images_per_s,
-                r.gflops,
-                r.ratio_to_matmul,
-                r.peak_rss_mb
-            );
-        }
-        println!(
-            "GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak host RSS so far."
-        );
-        print_peers(&report);
+        print_report(&report);
     }
     Ok(())
+}
+
+/// The images and labels every timed step encodes.
+struct BenchInputs {
+    /// Normalised pixels `[B, C, H, W]`.
+    pixels: Vec<f32>,
+    labels: Vec<u32>,
+    batch: usize,
+    /// `[B, C, H, W]`.
+    shape: Vec<usize>,
+    /// Dense multiply-accumulates of one image and step.
+    macs_per_step: u64,
+}
+
+impl BenchInputs {
+    /// MNIST models get real digits; other input shapes get seeded uniform pixels (speed depends on the image
+    /// content only through the spike rates it causes).
+    fn new(spec: &NetworkSpec, batch: usize) -> Result<Self> {
+        let (mut pixels, labels, batch) = if spec.input_shape == [1, 28, 28] {
+            let data = builtin_subset(Split::Train)?;
+            let idx: Vec<usize> = (0..batch.min(data.len())).collect();
+            let (p, l) = data.batch(&idx);
+            (p, l, idx.len())
+        } else {
+            let mut rng = stream_rng(7, Stream::TrainInput);
+            let n = batch * spec.input_shape.iter().product::<usize>();
+            let pixels = (0..n).map(|_| rng.gen::<f32>()).collect();
+            (pixels, (0..batch as u32).map(|i| i % spec.classes() as u32).collect(), batch)
+        };
+        spec.normalize(&mut pixels);
+        let mut shape = vec![batch];
+        shape.extend_from_slice(&spec.input_shape);
+        let macs_per_step = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
+        Ok(Self { pixels, labels, batch, shape, macs_per_step })
+    }
+}
+
+/// Times one mode at one `T`: a warm-up, then `args.reps` repetitions, each encoding fresh input spikes.
+fn time_mode(
+    args: &BenchArgs,
+    net: &SpikingNetwork,
+    opt: &mut Sgd,
+    inputs: &BenchInputs,
+    (mode, t): (&'static str, usize),
+    rng: &mut rand_chacha::ChaCha8Rng,
+    baseline: f64,
+) -> Result<Row> {
+    let device = &args.device;
+    let encoder = RateEncoder::new(net.spec().input_gain)?;
+    let (batch, labels) = (inputs.batch, &inputs.labels);
+    let (_, rss_before) = rss_mb();
+    let mut times = Vec::new();
+    for rep in 0..=args.reps {
+        let start = Instant::now();
+        let x = encoder.encode(&inputs.pixels, &inputs.shape, t, rng, DType::F32, device)?;
+        if mode == "train" {
+            let masks = net.draw_masks(batch, rng)?;
+            train_step(net, opt, &x, labels, &masks)?;
+        } else if mode == "train-graph" {
+            // The same step through Candle's autograd (the path other devices take).
+            let masks = net.draw_masks(batch, rng)?;
+            let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
+            let out = net.forward(&x, &masks, opts)?;
+            let grads = sum_squared_error(&out.output, labels)?.backward()?;
+            opt.step(&Gradients::from_grad_store(&grads, net))?;
+        } else {
+            let engine = if mode == "infer" { Engine::Dense } else { Engine::Sparse };
+            net.forward(&x, &Masks::new(), ForwardOptions { engine, ..ForwardOptions::default() })?;
+        }
+        device.synchronize()?;
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64()); // rep 0 is a warm-up
+        }
+    }
+    let (peak, _) = rss_mb();
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let med = median(&mut times);
+    let flops_per_pass = 2.0 * inputs.macs_per_step as f64 * t as f64 * batch as f64;
+    let flops = if mode.starts_with("train") { 3.0 * flops_per_pass } else { flops_per_pass };
+    let gflops = flops / med / 1e9;
+    Ok(Row {
+        model: args.model.clone(),
+        mode,
+        batch,
+        timesteps: t,
+        median_s: med,
+        min_s: min,
+        images_per_s: batch as f64 / med,
+        gflops,
+        ratio_to_matmul: gflops / baseline,
+        peak_rss_mb: peak,
+        rss_before_mb: rss_before,
+    })
+}
+
+/// Prints the rows as a table, then the peers.
+fn print_report(report: &Report) {
+    println!(
+        "device {}; baseline: dense f32 matmul 1024² in Candle there, {:.1} GFLOP/s ({} CPU threads)",
+        report.device, report.matmul_gflops, report.threads
+    );
+    println!(
+        "{:<7} {:<12} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+        "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<7} {:<12} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
+            r.model,
+            r.mode,
+            r.batch,
+            r.timesteps,
+            r.median_s,
+            r.min_s,
+            r.images_per_s,
+            r.gflops,
+            r.ratio_to_matmul,
+            r.peak_rss_mb
+        );
+    }
+    println!("GFLOP/s counts dense conv/linear work (training = 3 × forward); peak MB is the process's peak host RSS so far.");
+    print_peers(report);
 }
