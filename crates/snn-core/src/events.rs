@@ -209,6 +209,39 @@ pub trait EventFrames<F: Real>: Sync {
     fn for_each_event(&self, frame: usize, f: impl FnMut(usize, F)) {
         self.for_each_event_in(frame, 0..self.frame_len(), f);
     }
+
+    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]).
+    fn sparse_enough(&self) -> bool {
+        let mut nonzero = 0;
+        for f in 0..self.frames() {
+            self.for_each_event(f, |_, _| nonzero += 1);
+        }
+        within_density_limit(nonzero, self.frames() * self.frame_len())
+    }
+
+    /// The frames written out densely, zeros included: `frames · frame_len` values.
+    fn to_dense(&self) -> Vec<F> {
+        let len = self.frame_len();
+        let mut v = vec![F::zero(); self.frames() * len];
+        for (f, dst) in v.chunks_exact_mut(len.max(1)).enumerate().take(self.frames()) {
+            self.for_each_event(f, |i, value| dst[i] = value);
+        }
+        v
+    }
+
+    /// Adds every frame's entries into `counts` `[B, frame_len]`, frame `f` into row `f mod B`: the window's
+    /// input summed over its steps, per sample.
+    fn add_to_counts(&self, counts: &mut [f64])
+    where
+        F: WithDType,
+    {
+        let len = self.frame_len();
+        let batch = counts.len() / len.max(1);
+        for f in 0..self.frames() {
+            let row = &mut counts[(f % batch) * len..][..len];
+            self.for_each_event(f, |i, v| row[i] += <F as WithDType>::to_f64(v));
+        }
+    }
 }
 
 /// Frames stored densely, zeros included.

@@ -242,6 +242,53 @@ pub fn readout_normalise<F: Real>(membrane: &mut [F], threshold: F, steps: usize
     membrane.iter_mut().for_each(|m| *m = *m / norm);
 }
 
+/// The readout's weight gradient from its input spike counts, added into `acc` (transposed, `[in, classes]`):
+/// `acc[i, k] += Σ_b δ[b, k] · counts[b, i]`, where `δ = ∂L/∂y / (θT)` is the gradient of every step's
+/// current (the readout's backward is the same at every step, so the counts over the window suffice).
+pub fn readout_weight_grad<F: Real>(counts: &[f64], delta: &[F], classes: usize, acc: &mut [F]) {
+    let fan_in = acc.len() / classes.max(1);
+    for (counts, d) in counts.chunks_exact(fan_in.max(1)).zip(delta.chunks_exact(classes.max(1))) {
+        for (row, &c) in acc.chunks_exact_mut(classes).zip(counts) {
+            row.iter_mut().zip(d).for_each(|(g, &d)| *g += d * F::lit(c));
+        }
+    }
+}
+
+/// The gradient of the readout's input spikes `[B, in]`, the same at every step: `Σ_k W[k, i] · δ[b, k]`, from
+/// the transposed weight `rows` `[in, classes]` and `δ` `[B, classes]`.
+pub fn readout_input_grad<F: Real>(rows: &[F], delta: &[F], classes: usize) -> Vec<F> {
+    let fan_in = rows.len() / classes.max(1);
+    let batch = delta.len() / classes.max(1);
+    (0..batch * fan_in)
+        .map(|j| {
+            let (b, i) = (j / fan_in, j % fan_in);
+            (0..classes).fold(F::zero(), |s, k| s + rows[i * classes + k] * delta[b * classes + k])
+        })
+        .collect()
+}
+
+/// Multiplies every row `[.., mask.len()]` of `values` entry by entry with `mask` (a dropout mask held over the
+/// window: one row per frame, the mask's rows per sample).
+pub fn apply_mask<F: Real>(values: &mut [F], mask: &[F]) {
+    for row in values.chunks_exact_mut(mask.len().max(1)) {
+        row.iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
+    }
+}
+
+/// `dst += src`, entry by entry.
+pub fn add_into<F: Real>(dst: &mut [F], src: &[F]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+}
+
+/// Spikes of every neuron summed over the frames of a byte spike window `[frames, neurons]`.
+pub fn count_spikes(spikes: &[u8], neurons: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; neurons];
+    for frame in spikes.chunks_exact(neurons.max(1)) {
+        counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, within_density_limit, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
+    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
 use snn_core::kernels::{self, Real};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
@@ -229,36 +229,6 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
     }
 }
 
-impl<F: Real + WithDType> Source<'_, F> {
-    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]): the
-    /// input's non-zero values, or the spikes that their dropout mask kept.
-    fn sparse(&self) -> bool {
-        let mut nonzero = 0;
-        for f in 0..self.frames() {
-            self.for_each_event(f, |_, _| nonzero += 1);
-        }
-        within_density_limit(nonzero, self.frames() * self.frame_len())
-    }
-
-    /// The frames as a dense tensor `[N, ...frame]`.
-    fn dense(&self, frame: &[usize]) -> Result<Tensor> {
-        let mut dims = vec![self.frames()];
-        dims.extend_from_slice(frame);
-        let values = match self {
-            Source::Input(x) => x.data.to_vec(),
-            Source::Spikes(x) => {
-                let mut v = vec![F::zero(); x.spikes.len()];
-                for f in 0..x.frames() {
-                    let dst = &mut v[f * x.frame_len..][..x.frame_len];
-                    x.for_each_event(f, |i, value| dst[i] = value);
-                }
-                v
-            }
-        };
-        Ok(Tensor::from_vec(values, dims, &Device::Cpu)?)
-    }
-}
-
 /// The state of one taped pass over a network, for one float type.
 struct Pass<'a, F: Real + WithDType> {
     net: &'a SpikingNetwork,
@@ -349,7 +319,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                             subsample_frames(&src, in_shape, *stride, &layer.shape, &mut term)?;
                         }
                     }
-                    add(&mut currents, &term);
+                    kernels::add_into(&mut currents, &term);
                     self.pool.recycle(term);
                 }
             }
@@ -380,7 +350,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 let currents = self.currents(layer, &x, (t0, len), &input, &spikes)?;
                 if !layer.spikes() {
                     kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout_membrane);
-                    add_counts(&x, &mut readout_counts);
+                    x.add_to_counts(&mut readout_counts);
                 } else {
                     let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
                     let span = batch * layer.neurons;
@@ -412,11 +382,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     fn activity(&self, spikes: &[Vec<u8>]) -> Result<Vec<LayerActivity>> {
         let mut activity = Vec::new();
         for (layer, bytes) in self.plan.layers.iter().zip(spikes).filter(|(l, _)| l.spikes()) {
-            let mut counts = vec![0u32; layer.neurons];
-            for frame in bytes.chunks_exact(layer.neurons) {
-                counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
-            }
-            let counts: Vec<f64> = counts.into_iter().map(f64::from).collect();
+            let counts: Vec<f64> = kernels::count_spikes(bytes, layer.neurons).into_iter().map(f64::from).collect();
             activity.push(LayerActivity {
                 name: layer.name.clone(),
                 is_pool: layer.is_pool(),
@@ -465,15 +431,13 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 plan.layers.iter().map(|l| l.spikes().then(|| pool.zeroed(frames * l.neurons))).collect();
             if let Some(g) = feed_grad(readout.from, &mut grad_spikes) {
                 for row in g.chunks_exact_mut(batch * fan_in) {
-                    add(row, &readout_input_grad);
+                    kernels::add_into(row, &readout_input_grad);
                 }
             }
             for (i, layer) in plan.layers.iter().enumerate().rev() {
                 let Some(mut grad) = grad_spikes[i].take() else { continue };
                 if let Some(mask) = &self.masks[i] {
-                    for row in grad.chunks_exact_mut(batch * layer.neurons) {
-                        row.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
-                    }
+                    kernels::apply_mask(&mut grad, mask);
                 }
                 let span = batch * layer.neurons;
                 let mut currents_grad = pool.zeroed(grad.len());
@@ -497,25 +461,12 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     /// The readout's backward pass: adds its weight gradient (transposed) into `acc` and returns the gradient
     /// of its input spikes `[B, in]`, the same at every step (`∂y/∂I(t) = 1/(θT)`).
     fn readout_backward(&self, tape: &Tape, grad_output: &Tensor, acc: &mut [F]) -> Result<Vec<F>> {
-        let (readout, weight, classes) = self.plan.readout()?;
-        let (batch, fan_in) = (self.batch, self.plan.feed_len(readout.from));
+        let (_, weight, classes) = self.plan.readout()?;
         let norm = F::lit(1.0 / (self.net.spec().threshold * self.steps as f64));
         let delta: Vec<F> =
             grad_output.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?.into_iter().map(|g| g * norm).collect();
-        for b in 0..batch {
-            let counts = &tape.readout_counts[b * fan_in..][..fan_in];
-            let d = &delta[b * classes..][..classes];
-            for (row, &c) in acc.chunks_exact_mut(classes).zip(counts) {
-                row.iter_mut().zip(d).for_each(|(g, &d)| *g += d * F::lit(c));
-            }
-        }
-        let rows = &self.weights[weight].rows;
-        Ok((0..batch * fan_in)
-            .map(|j| {
-                let (b, i) = (j / fan_in, j % fan_in);
-                (0..classes).fold(F::zero(), |s, k| s + rows[i * classes + k] * delta[b * classes + k])
-            })
-            .collect())
+        kernels::readout_weight_grad(&tape.readout_counts, &delta, classes, acc);
+        Ok(kernels::readout_input_grad(&self.weights[weight].rows, &delta, classes))
     }
 
     /// The backward pass of one layer over part `[t0, t0 + len)` from the gradient of its input currents
@@ -579,11 +530,6 @@ impl<F: Real + WithDType> Drop for Pass<'_, F> {
     }
 }
 
-/// `dst += src`.
-fn add<F: Real>(dst: &mut [F], src: &[F]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-}
-
 /// A synaptic map between a layer's input frames and its input currents.
 #[derive(Debug, Clone, Copy)]
 enum Synapse {
@@ -603,17 +549,24 @@ impl Synapse {
     }
 }
 
+/// The frames of a part as a dense tensor `[N, ...frame]`.
+fn dense_frames<F: Real + WithDType>(x: &Source<F>, frame: &[usize]) -> Result<Tensor> {
+    let mut dims = vec![x.frames()];
+    dims.extend_from_slice(frame);
+    Ok(Tensor::from_vec(x.to_dense(), dims, &Device::Cpu)?)
+}
+
 /// Currents of a synaptic map over the part's frames into `out`: event-driven when the input is sparse
-/// ([`within_density_limit`]), else the dense layer (Candle's convolution or product).
+/// (`EventFrames::sparse_enough`, the one density measure), else the dense layer (Candle's convolution or product).
 fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Synapse, out: &mut [F]) -> Result<()> {
-    if x.sparse() {
+    if x.sparse_enough() {
         match map {
             Synapse::Conv(g) => conv_events(x, &w.rows, g, out),
             Synapse::Linear(outputs) => linear_events_into(x, &w.rows, outputs, out),
         }
         return Ok(());
     }
-    let dense = x.dense(&map.frame_shape(x))?;
+    let dense = dense_frames(x, &map.frame_shape(x))?;
     let y = match map {
         Synapse::Conv(g) => dense.conv2d(&w.tensor, g.padding, g.stride, 1, 1)?,
         Synapse::Linear(_) => dense.matmul(&w.tensor.t()?)?,
@@ -634,7 +587,7 @@ fn synapse_backward<F: Real + WithDType>(
     input_grad: Option<&mut Vec<F>>,
     (acc, pool): (&mut [F], &BufferPool<F>),
 ) -> Result<()> {
-    if x.sparse() {
+    if x.sparse_enough() {
         match map {
             Synapse::Conv(g) => {
                 // The kernels read the error channel-last; one pass over the events gives both gradients.
@@ -653,39 +606,28 @@ fn synapse_backward<F: Real + WithDType>(
         }
         return Ok(());
     }
-    let dense = x.dense(&map.frame_shape(x))?;
+    let dense = dense_frames(x, &map.frame_shape(x))?;
     let frames = x.frames();
     match map {
         Synapse::Conv(g) => {
             let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
             if let Some(into) = input_grad {
                 let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
-                add(into, &gx.flatten_all()?.to_vec1::<F>()?);
+                kernels::add_into(into, &gx.flatten_all()?.to_vec1::<F>()?);
             }
             // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
             let gw = dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?;
-            add(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
+            kernels::add_into(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
         }
         Synapse::Linear(outputs) => {
             let delta = Tensor::from_slice(delta, (frames, outputs), &Device::Cpu)?;
             if let Some(into) = input_grad {
-                add(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+                kernels::add_into(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
             }
-            add(acc, &dense.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
+            kernels::add_into(acc, &dense.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
         }
     }
     Ok(())
-}
-
-/// Adds the part's input frames, summed over its steps, into `counts` `[B, in]`.
-fn add_counts<F: Real + WithDType>(x: &Source<F>, counts: &mut [f64]) {
-    let len = x.frame_len();
-    let batch = counts.len() / len.max(1);
-    for f in 0..x.frames() {
-        let row = &mut counts[(f % batch) * len..][..len];
-        let mut visit = |i: usize, v: F| row[i] += <F as WithDType>::to_f64(v);
-        x.for_each_event(f, &mut visit);
-    }
 }
 
 #[cfg(test)]
@@ -702,13 +644,13 @@ mod tests {
         let dropped: Vec<f64> = (0..batch * n).map(|i| if i % 2 == 0 { 2.0 } else { 0.0 }).collect();
         let kept = vec![2.0; batch * n];
         let frames = |mask| Source::Spikes(SpikeFrames { spikes: &spikes, frame_len: n, batch, mask });
-        assert!(frames(Some(&dropped)).sparse(), "30 % kept spikes are within the limit");
-        assert!(!frames(Some(&kept)).sparse(), "60 % kept spikes are not");
-        assert!(!frames(None).sparse());
+        assert!(frames(Some(&dropped)).sparse_enough(), "30 % kept spikes are within the limit");
+        assert!(!frames(Some(&kept)).sparse_enough(), "60 % kept spikes are not");
+        assert!(!frames(None).sparse_enough());
         // Dense inputs: the share of non-zero values, whatever their magnitude.
         let small: Vec<f64> = (0..20).map(|i| if i % 10 < 6 { 0.1 } else { 0.0 }).collect();
-        assert!(!Source::Input(DenseFrames { data: &small, frame_len: 10 }).sparse());
+        assert!(!Source::Input(DenseFrames { data: &small, frame_len: 10 }).sparse_enough());
         let large: Vec<f64> = (0..20).map(|i| if i % 10 < 4 { 3.0 } else { 0.0 }).collect();
-        assert!(Source::Input(DenseFrames { data: &large, frame_len: 10 }).sparse());
+        assert!(Source::Input(DenseFrames { data: &large, frame_len: 10 }).sparse_enough());
     }
 }
