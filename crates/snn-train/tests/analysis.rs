@@ -12,15 +12,19 @@ use snn_train::{analyse, stream_rng, EnergyModel, Stream};
 
 #[test]
 fn spatial_fanout_matches_brute_force_enumeration() {
-    for (n, k, s, p) in [(4, 3, 1, 1), (5, 3, 2, 1), (6, 5, 1, 2), (7, 1, 2, 0), (8, 2, 2, 0), (7, 2, 2, 0)] {
-        let out = (n + 2 * p - k) / s + 1;
-        let map = spatial_fanout((n, n), (out, out), k, s, p);
+    // Square and non-square inputs (n × m), strides that leave edge rows or columns unread.
+    let cases = [(4, 4, 3, 1, 1), (5, 5, 3, 2, 1), (6, 6, 5, 1, 2), (7, 7, 1, 2, 0), (8, 8, 2, 2, 0), (7, 7, 2, 2, 0)];
+    let non_square = [(8, 9, 3, 2, 1), (9, 8, 3, 2, 1), (7, 10, 2, 2, 0), (5, 11, 5, 3, 2)];
+    for (n, m, k, s, p) in cases.into_iter().chain(non_square) {
+        let (out, out_w) = ((n + 2 * p - k) / s + 1, (m + 2 * p - k) / s + 1);
+        let map = spatial_fanout((n, m), (out, out_w), k, s, p);
+        assert_eq!(map.len(), n * m);
         for h in 0..n {
-            for w in 0..n {
+            for w in 0..m {
                 // Count (output position, kernel offset) pairs that read input (h, w).
                 let mut brute = 0;
                 for oh in 0..out {
-                    for ow in 0..out {
+                    for ow in 0..out_w {
                         for ki in 0..k {
                             for kj in 0..k {
                                 let (r, c) = ((oh * s + ki) as isize - p as isize, (ow * s + kj) as isize - p as isize);
@@ -31,7 +35,7 @@ fn spatial_fanout_matches_brute_force_enumeration() {
                         }
                     }
                 }
-                assert_eq!(map[h * n + w], brute as f64, "n{n} k{k} s{s} p{p} at ({h},{w})");
+                assert_eq!(map[h * m + w], brute as f64, "{n}×{m} k{k} s{s} p{p} at ({h},{w})");
             }
         }
     }
