@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
+use parquet::column::page::Page;
+use parquet::file::reader::{ChunkReader, FileReader, RowGroupReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use sha2::{Digest, Sha256};
 
@@ -435,6 +436,29 @@ fn decode_parquet_images<R: ChunkReader + 'static>(
     })
 }
 
+/// The Parquet reader sizes a column's dictionary by the count its page header declares before decoding it
+/// (a 1 kB file can ask for tens of gigabytes): check the first page of every column chunk and refuse a
+/// dictionary that declares more values than its bytes can hold (a value takes at least one bit).
+fn check_dictionary_sizes<R: ChunkReader + 'static>(reader: &SerializedFileReader<R>, path: &Path) -> Result<()> {
+    let format = |msg: String| Error::Format { path: path.to_path_buf(), msg };
+    let unreadable = |e: parquet::errors::ParquetError| format(format!("unreadable page: {e}"));
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(unreadable)?;
+        for c in 0..group.num_columns() {
+            let mut pages = group.get_column_page_reader(c).map_err(unreadable)?;
+            if let Some(Page::DictionaryPage { buf, num_values, .. }) = pages.get_next_page().map_err(unreadable)? {
+                if u64::from(num_values) > 8 * buf.len() as u64 + 8 {
+                    return Err(format(format!(
+                        "row group {g}, column {c}: a dictionary page of {} bytes declares {num_values} values",
+                        buf.len()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn decode_parquet_unguarded<R: ChunkReader + 'static>(
     source: R,
     path: &Path,
@@ -458,6 +482,7 @@ fn decode_parquet_unguarded<R: ChunkReader + 'static>(
             }
         }
     }
+    check_dictionary_sizes(&reader, path)?;
     let rows = reader.get_row_iter(None).map_err(|e| format(format!("cannot iterate rows: {e}")))?;
     let [c, h, w] = hub.shape;
     for (i, row) in rows.enumerate() {

@@ -14,11 +14,12 @@ fn every_former_crash_is_now_a_named_error() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path).unwrap();
         let err = if name.starts_with("parquet_") {
-            HUB_DATASETS
+            // Every dataset's reading of the shard (the fuzz target picks one by the input's length).
+            let mut errors: Vec<_> = HUB_DATASETS
                 .iter()
                 .map(|hub| parse_parquet_images(&bytes, &path, hub, &mut Vec::new(), &mut Vec::new()).unwrap_err())
-                .next_back()
-                .unwrap()
+                .collect();
+            errors.pop().unwrap()
         } else if name.starts_with("svhn_") {
             snn_data::svhn::parse_file(&bytes, &path).unwrap_err()
         } else if name.starts_with("idx_") {
@@ -31,6 +32,10 @@ fn every_former_crash_is_now_a_named_error() {
             panic!("{name}: unknown reader prefix");
         };
         assert!(err.to_string().contains(&name), "{name}: {err}");
+        if name.contains("dictionary_count") {
+            // Refused from the page header, before the reader sizes the dictionary (36 GB for this file).
+            assert!(err.to_string().contains("dictionary page of"), "{name}: {err}");
+        }
         seen += 1;
     }
     assert!(seen >= 1, "no regression inputs found in {}", dir.display());
