@@ -44,7 +44,7 @@ impl<F: Real> BufferPool<F> {
         self.free.borrow_mut().push((buffer, 0));
     }
 
-    /// Ends a pass: releases the buffers that no pass has handed back for [`Self::IDLE_PASSES`] passes (sizes the
+    /// Ends a pass: releases the buffers that no pass has handed back for two passes (sizes the
     /// network no longer asks for, e.g. after a change of batch size).
     pub fn end_pass(&mut self) {
         self.free.get_mut().retain_mut(|(_, idle)| {

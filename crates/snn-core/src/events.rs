@@ -412,8 +412,8 @@ fn weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeom
     conv_grads_events(x, grad, g, acc, None);
 }
 
-/// The kernel gradient of [`weight_grad_events`] and, with `input` = `(rows, out)`, in the same pass over the
-/// events the input gradient of [`input_grad_events`] added to `out` (`[N, C, H, W]`): each event reads the
+/// The kernel gradient of `weight_grad_events` and, with `input` = `(rows, out)`, in the same pass over the
+/// events the input gradient of `input_grad_events` added to `out` (`[N, C, H, W]`): each event reads the
 /// output-gradient rows of its taps once for both.
 ///
 /// Blocks of input channels run in parallel, each owning its slice of `acc` and of every frame of `out` and
@@ -664,7 +664,7 @@ fn channel_last<F: Real>(planes: &[F], g: ConvGeometry) -> Vec<F> {
     out
 }
 
-/// [`channel_last`] into `dst`, frames in parallel.
+/// `channel_last` into `dst`, frames in parallel.
 pub fn channel_last_into<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
     dst.par_chunks_mut(g.frame_out())
         .zip(planes.par_chunks(g.frame_out()))
@@ -677,7 +677,7 @@ fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
 }
 
 /// Event-driven convolution into `out` `[N, O, Ho, Wo]` (overwritten) from the input events and the
-/// transposed kernel `rows` ([`kernel_rows`]). Frames run in parallel, each accumulating channel-last.
+/// transposed kernel `rows` (`kernel_rows`). Frames run in parallel, each accumulating channel-last.
 pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
     let coords = g.input_coordinates();
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
