@@ -22,33 +22,52 @@ fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
         .collect()
 }
 
-/// Direct definition of a zero-padded, strided 2-D cross-correlation.
+/// Calls `f(output, input, weight)` with the flat indices of every (output position, kernel tap) pair of a
+/// zero-padded, strided 2-D cross-correlation of `x` `[n, c, h, wd]` with `w` `[o, c, k, k]` that reads an input
+/// inside the frame: the definition every reference below is written from.
 #[allow(clippy::too_many_arguments)]
-fn reference_conv(x: &[f64], w: &[f64], [n, c, h, wd]: [usize; 4], o: usize, k: usize, p: usize, s: usize) -> Vec<f64> {
+fn for_each_tap(
+    [n, c, h, wd]: [usize; 4],
+    o: usize,
+    k: usize,
+    p: usize,
+    s: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) -> usize {
     let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
-    let mut out = vec![0.0; n * o * oh * ow];
     for b in 0..n {
         for oc in 0..o {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut acc = 0.0;
                     for ic in 0..c {
                         for ky in 0..k {
                             for kx in 0..k {
                                 let (y, xx) =
                                     ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
                                 if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd {
-                                    acc += x[((b * c + ic) * h + y as usize) * wd + xx as usize]
-                                        * w[((oc * c + ic) * k + ky) * k + kx];
+                                    f(
+                                        ((b * o + oc) * oh + oy) * ow + ox,
+                                        ((b * c + ic) * h + y as usize) * wd + xx as usize,
+                                        ((oc * c + ic) * k + ky) * k + kx,
+                                    );
                                 }
                             }
                         }
                     }
-                    out[((b * o + oc) * oh + oy) * ow + ox] = acc;
                 }
             }
         }
     }
+    n * o * oh * ow
+}
+
+/// Direct definition of a zero-padded, strided 2-D cross-correlation.
+#[allow(clippy::too_many_arguments)]
+fn reference_conv(x: &[f64], w: &[f64], dims: [usize; 4], o: usize, k: usize, p: usize, s: usize) -> Vec<f64> {
+    let mut taps = Vec::new();
+    let len = for_each_tap(dims, o, k, p, s, |yi, xi, wi| taps.push((yi, xi, wi)));
+    let mut out = vec![0.0; len];
+    taps.into_iter().for_each(|(yi, xi, wi)| out[yi] += x[xi] * w[wi]);
     out
 }
 
@@ -143,43 +162,23 @@ fn the_density_measure_is_the_share_of_non_zero_entries() {
     assert!(within_density_limit(50, 100) && !within_density_limit(51, 100));
 }
 
-/// Gradients of `L = Σ probe · conv(x, w)` by the definition: `∂L/∂x` and `∂L/∂w` with plain loops.
+/// Gradients of `L = Σ probe · conv(x, w)` by the definition: `∂L/∂x` and `∂L/∂w`.
 #[allow(clippy::too_many_arguments)]
 fn reference_conv_grads(
     x: &[f64],
     w: &[f64],
     probe: &[f64],
-    [n, c, h, wd]: [usize; 4],
+    dims: [usize; 4],
     o: usize,
     k: usize,
     p: usize,
     s: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
     let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-    for b in 0..n {
-        for oc in 0..o {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let g = probe[((b * o + oc) * oh + oy) * ow + ox];
-                    for ic in 0..c {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let (y, xx) =
-                                    ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
-                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd {
-                                    let xi = ((b * c + ic) * h + y as usize) * wd + xx as usize;
-                                    let wi = ((oc * c + ic) * k + ky) * k + kx;
-                                    gx[xi] += g * w[wi];
-                                    gw[wi] += g * x[xi];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_tap(dims, o, k, p, s, |yi, xi, wi| {
+        gx[xi] += probe[yi] * w[wi];
+        gw[wi] += probe[yi] * x[xi];
+    });
     (gx, gw)
 }
 

@@ -489,14 +489,14 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Op::Conv { weight, geometry, shortcut } => {
                 let (w, map, into) =
                     (&self.weights[*weight], Synapse::Conv(*geometry), feed_grad(layer.from, grad_spikes));
-                synapse_backward(&x, w, map, delta, into, (&mut grads[*weight], pool))?;
+                synapse_backward(&x, w, map, delta, into, &mut grads[*weight], pool)?;
                 if let Some(sc) = shortcut {
                     let src = self.source(sc.from, t0, len, input, spikes);
                     let into = feed_grad(sc.from, grad_spikes);
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {
                             let (w, map) = (&self.weights[*weight], Synapse::Conv(*geometry));
-                            synapse_backward(&src, w, map, delta, into, (&mut grads[*weight], pool))?;
+                            synapse_backward(&src, w, map, delta, into, &mut grads[*weight], pool)?;
                         }
                         ShortcutMap::Subsample { stride, in_shape } => {
                             if let Some(into) = into {
@@ -509,7 +509,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Op::Fc { weight, outputs } => {
                 let (w, map, into) =
                     (&self.weights[*weight], Synapse::Linear(*outputs), feed_grad(layer.from, grad_spikes));
-                synapse_backward(&x, w, map, delta, into, (&mut grads[*weight], pool))?;
+                synapse_backward(&x, w, map, delta, into, &mut grads[*weight], pool)?;
             }
             Op::Pool { kernel, in_shape } => {
                 if let Some(into) = feed_grad(layer.from, grad_spikes) {
@@ -579,13 +579,15 @@ fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Syna
 /// `[fan-in, outputs]`) and, when given a buffer (the input is a spiking layer), its input gradient into
 /// `input_grad`. Sparse inputs take the event-driven kernels (the input gradient at the input's events only,
 /// all the neuron backward reads), dense ones the dense layers (the input gradient everywhere).
+#[allow(clippy::too_many_arguments)]
 fn synapse_backward<F: Real + WithDType>(
     x: &Source<F>,
     w: &Weights<F>,
     map: Synapse,
     delta: &[F],
     input_grad: Option<&mut Vec<F>>,
-    (acc, pool): (&mut [F], &BufferPool<F>),
+    acc: &mut [F],
+    pool: &BufferPool<F>,
 ) -> Result<()> {
     if x.sparse_enough() {
         match map {

@@ -656,14 +656,24 @@ fn vgg_and_resnet_family_cases_replay_within_tolerance() {
         }
     }
     for case in ["vgg_masked", "resnet_masked"] {
-        let c = GoldenCase::load(&dir.path().join(format!("{case}.json"))).unwrap();
-        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
-            let report = c.check(dtype, pass).unwrap();
-            let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-            assert!(failed.is_empty(), "{case} {dtype:?} {pass:?}: {failed:#?}");
+        for report in replay_passing(dir.path(), case) {
             assert!(report.checks.iter().any(|c| c.name.starts_with("grad.shortcut")) || case.starts_with("vgg"));
         }
     }
+}
+
+/// Replays case `name` from `dir` through both training passes in f64 and f32, asserts that every check
+/// passes, and returns the reports.
+fn replay_passing(dir: &Path, name: &str) -> Vec<snn_train::golden::CaseReport> {
+    let case = GoldenCase::load(&dir.join(format!("{name}.json"))).unwrap();
+    let runs = [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p)));
+    runs.map(|(dtype, pass)| {
+        let report = case.check(dtype, pass).unwrap();
+        let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+        assert!(failed.is_empty(), "{name} {dtype:?} {pass:?}: {failed:#?}");
+        report
+    })
+    .collect()
 }
 
 /// Non-square inputs through every op (strided convolutions' input gradients, pooling and subsampling of odd
@@ -678,11 +688,8 @@ fn non_square_inputs_replay_within_tolerance() {
     assert!(fired > 0.7 * (12 * 3 * 4 * 8 * 9) as f64, "cnn1 must fire densely, fired {fired}");
     write_case(dir.path(), "resnet_non_square", resnet_non_square_spec(), 0.5, 22, &[]);
     for case in ["vgg_non_square", "resnet_non_square"] {
-        let c = GoldenCase::load(&dir.path().join(format!("{case}.json"))).unwrap();
-        for (dtype, pass) in [DType::F64, DType::F32].into_iter().flat_map(|d| TrainingPass::ALL.map(|p| (d, p))) {
-            let report = c.check(dtype, pass).unwrap();
-            let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
-            assert!(failed.is_empty(), "{case} {dtype:?} {pass:?}: {failed:#?}");
+        for report in replay_passing(dir.path(), case) {
+            let (dtype, pass) = (report.dtype, report.pass);
             let grads: Vec<_> = report.checks.iter().filter(|c| c.name.starts_with("grad.")).collect();
             assert!(grads.len() >= 4);
             if dtype == DType::F64 {
