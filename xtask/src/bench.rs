@@ -12,7 +12,6 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::Serialize;
-use snn_core::RateEncoder;
 use snn_data::mnist::{builtin_subset, Split};
 use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
 use snn_train::loss::sum_squared_error;
@@ -201,8 +200,6 @@ struct BenchInputs {
     pixels: Vec<f32>,
     labels: Vec<u32>,
     batch: usize,
-    /// `[B, C, H, W]`.
-    shape: Vec<usize>,
     /// Dense multiply-accumulates of one image and step.
     macs_per_step: u64,
 }
@@ -223,10 +220,8 @@ impl BenchInputs {
             (pixels, (0..batch as u32).map(|i| i % spec.classes() as u32).collect(), batch)
         };
         spec.normalize(&mut pixels);
-        let mut shape = vec![batch];
-        shape.extend_from_slice(&spec.input_shape);
         let macs_per_step = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
-        Ok(Self { pixels, labels, batch, shape, macs_per_step })
+        Ok(Self { pixels, labels, batch, macs_per_step })
     }
 }
 
@@ -241,13 +236,12 @@ fn time_mode(
     baseline: f64,
 ) -> Result<Row> {
     let device = &args.device;
-    let encoder = RateEncoder::new(net.spec().input_gain)?;
     let (batch, labels) = (inputs.batch, &inputs.labels);
     let (_, rss_before) = rss_mb();
     let mut times = Vec::new();
     for rep in 0..=args.reps {
         let start = Instant::now();
-        let x = encoder.encode(&inputs.pixels, &inputs.shape, t, rng, DType::F32, device)?;
+        let x = net.spec().encode_input(&inputs.pixels, batch, t, rng, DType::F32, device)?;
         if mode == "train" {
             let masks = net.draw_masks(batch, rng)?;
             train_step(net, opt, &x, labels, &masks)?;

@@ -10,10 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use snn_data::mnist::Split;
 use snn_data::{Dataset, Samples};
 use snn_models::{
-    builtin, builtin_names, is_verified, load_checkpoint, provenance, Engine, NetworkSpec, SpikingNetwork,
+    builtin, builtin_names, is_verified, load_checkpoint, provenance, Engine, InputEncoding, NetworkSpec,
+    SpikingNetwork,
 };
 use snn_train::{
-    evaluate, stream_rng, train_run, BatchProgress, CrashPoint, EpochMetrics, Recipe, RunOptions, Stream, TrainObserver,
+    evaluate, stream_rng, train_run, ActivityWarning, BatchProgress, CrashPoint, EpochMetrics, Recipe, RunOptions,
+    Stream, TrainObserver, STABLE_TIMESTEPS,
 };
 
 mod hub;
@@ -66,6 +68,13 @@ enum EngineArg {
     Dense,
 }
 
+/// Input coding of `--encoding`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EncodingArg {
+    Poisson,
+    Direct,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum DTypeArg {
@@ -116,9 +125,16 @@ struct TrainArgs {
     /// the quick defaults; explicit options still override it.
     #[arg(long)]
     paper: bool,
-    /// Time steps per sample, training and test (default 20; 100 with --paper).
+    /// Time steps per sample, training and test (default 20; 100 with --paper). Below 20 steps the
+    /// recipe's learning rate is scaled by T/20 to keep short windows stable, unless --lr (or `lr` in
+    /// --config) sets it.
     #[arg(long)]
     timesteps: Option<usize>,
+    /// Input coding: `poisson` spikes at a rate set by each pixel (the paper), or `direct`, the normalised
+    /// image as a constant input current at every step (steadier at short windows).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    encoding: Option<EncodingArg>,
+
     /// Time steps per test sample, if different from --timesteps.
     #[arg(long)]
     test_timesteps: Option<usize>,
@@ -267,6 +283,14 @@ impl TrainObserver for Progress {
         pb.set_position(done as u64);
     }
 
+    fn on_warning(&mut self, w: &ActivityWarning) {
+        let line = format!("warning: {w}");
+        match &self.train_bar {
+            Some(pb) => pb.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn on_epoch(&mut self, m: &EpochMetrics) {
         if let Some(pb) = self.eval_bar.take() {
             pb.finish_and_clear();
@@ -359,7 +383,7 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         a.out = dir;
         return execute_training(a, saved.model, saved.spec, saved.recipe, true);
     }
-    let spec = match &a.model_config {
+    let mut spec = match &a.model_config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let mut spec = NetworkSpec::from_json(&text).with_context(|| format!("model config {}", path.display()))?;
@@ -371,13 +395,22 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         }
         None => builtin(&a.model)?,
     };
+    if let Some(encoding) = a.encoding {
+        spec.input_encoding = match encoding {
+            EncodingArg::Poisson => InputEncoding::Poisson,
+            EncodingArg::Direct => InputEncoding::Direct,
+        };
+    }
     let mut recipe = if a.paper {
         Recipe::paper_for(&a.model).with_context(|| format!("no paper recipe for model '{}'", a.model))?
     } else {
         Recipe::paper_for_spec(&a.model, &spec).quick()
     };
+    let mut lr_chosen = a.lr.is_some();
     if let Some(path) = &a.config {
-        recipe = apply_config(recipe, path)?;
+        let (configured, keys) = apply_config(recipe, path)?;
+        recipe = configured;
+        lr_chosen |= keys.iter().any(|k| k == "lr");
     }
     if let Some(t) = a.timesteps {
         recipe.timesteps = t;
@@ -407,6 +440,19 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
     }
     if a.skip_nonfinite_batches {
         recipe.skip_nonfinite_batches = true;
+    }
+    if !lr_chosen {
+        recipe = recipe.with_short_window_rule();
+        if let Some(before) = recipe.lr_before_window_rule {
+            tracing::info!(timesteps = recipe.timesteps, before, lr = recipe.lr, "short-window learning-rate rule");
+            if !a.common.json {
+                eprintln!(
+                    "short window (T = {} < {STABLE_TIMESTEPS}): learning rate {before} scaled by T/{STABLE_TIMESTEPS} \
+                     to {} to keep every layer firing (set --lr to choose it yourself)",
+                    recipe.timesteps, recipe.lr
+                );
+            }
+        }
     }
     recipe.validate()?;
     let model = a.model.clone();
@@ -511,10 +557,12 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 }
 
 /// Overrides recipe fields with the keys of a TOML experiment file; unknown keys and wrong types are errors.
-fn apply_config(recipe: Recipe, path: &std::path::Path) -> Result<Recipe> {
+/// The recipe with an experiment file's fields applied, and the keys the file set.
+fn apply_config(recipe: Recipe, path: &std::path::Path) -> Result<(Recipe, Vec<String>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
     let mut value = serde_json::to_value(&recipe)?;
+    let keys: Vec<String> = table.keys().cloned().collect();
     for (key, v) in table {
         let Some(slot) = value.get_mut(&key) else {
             bail!("{}: unknown recipe key '{key}'", path.display());
@@ -523,7 +571,7 @@ fn apply_config(recipe: Recipe, path: &std::path::Path) -> Result<Recipe> {
     }
     let recipe: Recipe =
         serde_json::from_value(value).with_context(|| format!("{}: invalid recipe", path.display()))?;
-    Ok(recipe)
+    Ok((recipe, keys))
 }
 
 /// Loads a checkpoint's network on the chosen device and dtype, with the time steps to evaluate at:

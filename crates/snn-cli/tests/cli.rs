@@ -195,3 +195,37 @@ fn nmnist_event_recordings_train_and_evaluate_lenet_nmnist() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("[2, 34, 34]"), "{}", stderr(&o));
 }
+
+#[test]
+fn short_windows_get_the_learning_rate_rule_unless_the_rate_is_given_and_direct_coding_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["train", "--train-limit", "32", "--test-limit", "16", "--timesteps", "5"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("recipe.json")).unwrap()).unwrap();
+        (o, saved)
+    };
+    let (o, saved) = run("ruled", &["--encoding", "direct"]);
+    let lr = saved["recipe"]["lr"].as_f64().unwrap();
+    assert!((lr - 0.0085 * 5.0 / 20.0).abs() < 1e-12, "lr {lr}");
+    assert_eq!(saved["recipe"]["lr_before_window_rule"], 0.0085);
+    assert!(stderr(&o).contains("scaled by T/20"), "the rule is announced: {}", stderr(&o));
+    assert_eq!(saved["spec"]["input_encoding"], "direct");
+    // The checkpoint carries the coding, so evaluation codes its inputs the same way.
+    let ckpt = dir.path().join("ruled").join("last.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(header["__metadata__"]["spec"].as_str().unwrap()).unwrap();
+    assert_eq!(spec["input_encoding"], "direct");
+
+    let (_, saved) = run("chosen", &["--lr", "0.0085"]);
+    assert_eq!(saved["recipe"]["lr"], 0.0085);
+    assert!(saved["recipe"].get("lr_before_window_rule").is_none());
+    assert!(saved["spec"].get("input_encoding").is_none(), "Poisson coding is the default and not written");
+}

@@ -1,4 +1,5 @@
-//! Rate coding of static inputs into spike trains.
+//! Coding of static inputs into input windows: Bernoulli ("Poisson") spike trains, or the analog values
+//! themselves held over the window (direct coding).
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
@@ -74,6 +75,44 @@ impl RateEncoder {
     }
 }
 
+/// Direct (analog) input coding: the pixel value itself is the input current of the first layer at every
+/// step,
+///
+/// ```text
+/// x(t) = x,   t = 1, …, T
+/// ```
+///
+/// so no information is lost to sampling noise, which matters at short windows (T ≤ 8). The first layer's
+/// synaptic input is then real-valued rather than spikes; every layer after it still receives spikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirectEncoder;
+
+impl DirectEncoder {
+    /// Repeats a batch of `pixels` (any shape `[B, ...]`, row-major) over `timesteps` steps: a window of
+    /// shape `[timesteps, B, ...]`.
+    pub fn encode(
+        &self,
+        pixels: &[f32],
+        shape: &[usize],
+        timesteps: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let per_step: usize = shape.iter().product();
+        if per_step != pixels.len() {
+            return Err(Error::Shape {
+                op: "DirectEncoder::encode",
+                msg: format!("shape {shape:?} holds {per_step} values, got {}", pixels.len()),
+            });
+        }
+        let frame = Tensor::from_slice(pixels, shape, device)?.to_dtype(dtype)?.unsqueeze(0)?;
+        let mut dims = Vec::with_capacity(shape.len() + 1);
+        dims.push(timesteps);
+        dims.extend_from_slice(shape);
+        Ok(frame.broadcast_as(dims)?.contiguous()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +131,19 @@ mod tests {
         assert!((rates[1] - 0.5).abs() < 0.015, "{rates:?}");
         assert!((rates[2] - 0.2).abs() < 0.015, "{rates:?}");
         assert!((rates[3] + 0.4).abs() < 0.015, "negative pixels give -1 spikes: {rates:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn direct_coding_holds_every_value_over_the_window() -> Result<()> {
+        let pixels = [0.0f32, 1.0, -0.25, 0.5, 0.125, 2.0];
+        let x = DirectEncoder.encode(&pixels, &[2, 3], 4, DType::F64, &Device::Cpu)?;
+        assert_eq!(x.dims(), &[4, 2, 3]);
+        let values = x.flatten_all()?.to_vec1::<f64>()?;
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(*v, f64::from(pixels[i % 6]), "step {} value {}", i / 6, i % 6);
+        }
+        assert!(DirectEncoder.encode(&pixels, &[4, 2], 3, DType::F32, &Device::Cpu).is_err());
         Ok(())
     }
 

@@ -10,7 +10,8 @@
 //!   (gradient only at spike times, cut at resets, leak not differentiated, `1/θ` and the leak-correction
 //!   factor `NG`).
 //! * [`leaky_readout`]: the non-spiking leaky integrator of the output layer (membrane / θ / T).
-//! * [`RateEncoder`]: Bernoulli ("Poisson") rate coding of static images, a fresh draw every step.
+//! * [`RateEncoder`]: Bernoulli ("Poisson") rate coding of static images, a fresh draw every step;
+//!   [`DirectEncoder`]: the image itself as a constant input current.
 //! * [`dropout_mask`]: dropout masks held fixed over the whole window.
 //!
 //! The synaptic and structural kernels that networks run between neuron layers live here too:
@@ -46,7 +47,7 @@ pub mod pool;
 pub mod readout;
 
 pub use dropout::dropout_mask;
-pub use encode::RateEncoder;
+pub use encode::{DirectEncoder, RateEncoder};
 pub use error::{Error, Result};
 pub use neuron::{Neuron, PseudoDerivative};
 pub use readout::leaky_readout;

@@ -29,6 +29,8 @@ pub use checkpoint::{
 };
 pub use error::{Error, Result};
 pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
-pub use spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
+pub use spec::{
+    ConvSpec, FcSpec, InputEncoding, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
+};
 pub use tape::{Gradients, Tape, PART_FRAMES};
 pub use zoo::{builtin, builtin_names, is_verified, provenance};

@@ -49,6 +49,9 @@ pub struct NetworkSpec {
     /// Rate-encoder gain: firing probability per step = `input_gain · |x|` (0.5 for the MNIST recipe).
     #[serde(default = "default_input_gain")]
     pub input_gain: f64,
+    /// How static images become the input window: Poisson spikes (the paper) or the values themselves.
+    #[serde(default, skip_serializing_if = "InputEncoding::is_poisson")]
+    pub input_encoding: InputEncoding,
     /// Per-channel mean subtracted from pixels in [0, 1] before encoding (empty: no normalisation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_mean: Vec<f64>,
@@ -76,6 +79,26 @@ pub struct NetworkSpec {
     pub init_gain: f64,
     /// Layers in execution order; the last one must be the readout.
     pub layers: Vec<LayerSpec>,
+}
+
+/// How a network codes static images into its input window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputEncoding {
+    /// Bernoulli rate coding with a fresh draw at every step ([`snn_core::RateEncoder`] with the spec's
+    /// `input_gain` and sign convention): the paper's coding.
+    #[default]
+    Poisson,
+    /// The normalised image as a constant input current at every step ([`snn_core::DirectEncoder`]);
+    /// `input_gain` does not apply. The first layer's synaptic input is then real-valued.
+    Direct,
+}
+
+impl InputEncoding {
+    /// Whether this is the paper's Poisson coding.
+    pub fn is_poisson(&self) -> bool {
+        *self == InputEncoding::Poisson
+    }
 }
 
 /// One layer of a [`NetworkSpec`].
@@ -235,6 +258,27 @@ impl NetworkSpec {
     pub fn to_json(&self) -> String {
         // Serialising plain data with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The input window `[T, B, C, H, W]` of a batch of `batch` images (`pixels` laid out `[B, C, H, W]`,
+    /// already normalised), coded as [`Self::input_encoding`] says. Poisson coding draws from `rng`
+    /// (time-major, row-major); direct coding draws nothing.
+    pub fn encode_input<R: rand::Rng + ?Sized>(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+        timesteps: usize,
+        rng: &mut R,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> Result<candle_core::Tensor> {
+        let shape = [&[batch][..], &self.input_shape[..]].concat();
+        Ok(match self.input_encoding {
+            InputEncoding::Poisson => {
+                snn_core::RateEncoder::new(self.input_gain)?.encode(pixels, &shape, timesteps, rng, dtype, device)?
+            }
+            InputEncoding::Direct => snn_core::DirectEncoder.encode(pixels, &shape, timesteps, dtype, device)?,
+        })
     }
 
     /// Normalises pixels in [0, 1] laid out as `[B, C, H, W]` in place with the spec's per-channel mean and

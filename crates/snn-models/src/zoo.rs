@@ -1,6 +1,8 @@
 //! Built-in architectures of Lee et al. 2020, as [`NetworkSpec`]s.
 
-use crate::spec::{ConvSpec, FcSpec, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec};
+use crate::spec::{
+    ConvSpec, FcSpec, InputEncoding, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
+};
 use crate::{Error, Result};
 
 /// Names of the built-in architectures.
@@ -83,6 +85,7 @@ fn paper_spec(name: &str, family: &str, input_shape: [usize; 3], layers: Vec<Lay
         input_shape: input_shape.to_vec(),
         input_signed: true,
         input_gain: 1.0,
+        input_encoding: InputEncoding::Poisson,
         input_mean: vec![0.4914, 0.4822, 0.4465],
         input_std: vec![0.557, 0.549, 0.5534],
         stats_after_mask: true,

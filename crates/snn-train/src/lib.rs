@@ -24,8 +24,9 @@ mod trainer;
 pub use analysis::{analyse, EnergyModel, SparsityReport};
 pub use error::{Error, Result};
 pub use optim::Sgd;
-pub use recipe::{Recipe, QUICK_TIMESTEPS, RESNET_CIFAR10_LR, VGG_CIFAR10_LR};
+pub use recipe::{Recipe, QUICK_TIMESTEPS, RESNET_CIFAR10_LR, STABLE_TIMESTEPS, VGG_CIFAR10_LR};
 pub use trainer::{
-    evaluate, stream_rng, train, train_run, train_step, BatchProgress, CrashPoint, EpochMetrics, EvalResult, LayerRate,
-    RunFiles, RunOptions, Silent, Stream, TrainObserver, TrainSummary, STATE_FILE,
+    evaluate, probe_activity, quiet_layers, stream_rng, train, train_run, train_step, ActivityWarning, BatchProgress,
+    CrashPoint, EpochMetrics, EvalResult, LayerRate, RunFiles, RunOptions, Silent, Stream, TrainObserver, TrainSummary,
+    WarningTime, QUIET_SPIKES_PER_NEURON, STATE_FILE,
 };

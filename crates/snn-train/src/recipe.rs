@@ -11,6 +11,9 @@ pub const VGG_CIFAR10_LR: f64 = 0.0033;
 pub const RESNET_CIFAR10_LR: f64 = 0.0025;
 /// Time steps of the quick default run ([`Recipe::quick`]).
 pub const QUICK_TIMESTEPS: usize = 20;
+/// The shortest window at which the paper's learning rates train stably; shorter windows get the
+/// short-window rule ([`Recipe::with_short_window_rule`]).
+pub const STABLE_TIMESTEPS: usize = 20;
 
 /// The hyperparameters of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +46,10 @@ pub struct Recipe {
     /// stops the run.
     #[serde(default)]
     pub skip_nonfinite_batches: bool,
+    /// The learning rate the recipe had before the short-window rule scaled it, when the rule applied
+    /// ([`Recipe::with_short_window_rule`]); `None` when `lr` is the recipe's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_before_window_rule: Option<f64>,
 }
 
 impl Recipe {
@@ -62,6 +69,7 @@ impl Recipe {
             seed: 1,
             augment: false,
             skip_nonfinite_batches: false,
+            lr_before_window_rule: None,
         }
     }
 
@@ -81,6 +89,7 @@ impl Recipe {
             seed: 3,
             augment: true,
             skip_nonfinite_batches: false,
+            lr_before_window_rule: None,
         }
     }
 
@@ -112,6 +121,27 @@ impl Recipe {
     /// [`QUICK_TIMESTEPS`] steps for training and test, everything else unchanged.
     pub fn quick(self) -> Self {
         Self { epochs: 1, timesteps: QUICK_TIMESTEPS, test_timesteps: QUICK_TIMESTEPS, ..self }
+    }
+
+    /// The recipe with the short-window rule applied: below [`STABLE_TIMESTEPS`] steps the learning rate is
+    /// scaled by the window's share of it,
+    ///
+    /// ```text
+    /// lr' = lr · T / 20    (T < 20; otherwise lr' = lr)
+    /// ```
+    ///
+    /// At short windows the paper's learning rates are on the edge of stability: a layer's activity swings
+    /// from batch to batch and a layer that stops firing passes no error back, so it never recovers (the
+    /// network then answers one class). Fewer steps give fewer spikes and noisier gradients; the smaller step
+    /// keeps the layers firing. The original rate is kept in [`Self::lr_before_window_rule`], so the rule is
+    /// visible in every saved recipe and applies once. Windows of 20 steps or more (the paper's own, the
+    /// quick default) are untouched.
+    pub fn with_short_window_rule(mut self) -> Self {
+        if self.timesteps < STABLE_TIMESTEPS && self.lr_before_window_rule.is_none() {
+            self.lr_before_window_rule = Some(self.lr);
+            self.lr *= self.timesteps as f64 / STABLE_TIMESTEPS as f64;
+        }
+        self
     }
 
     /// The learning rate of a 1-based epoch.
@@ -168,5 +198,23 @@ mod tests {
         let mut bad = m.clone();
         bad.timesteps = 0;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn the_short_window_rule_scales_only_short_windows_and_only_once() {
+        let paper = Recipe::paper_mnist();
+        assert_eq!(paper.clone().with_short_window_rule(), paper, "T = 100 is untouched");
+        let quick = Recipe::paper_mnist().quick();
+        assert_eq!(quick.clone().with_short_window_rule(), quick, "T = 20 is untouched");
+        let short = Recipe { timesteps: 8, test_timesteps: 8, ..quick };
+        let ruled = short.clone().with_short_window_rule();
+        assert!((ruled.lr - 0.0085 * 8.0 / 20.0).abs() < 1e-15, "{}", ruled.lr);
+        assert_eq!(ruled.lr_before_window_rule, Some(0.0085));
+        assert_eq!(ruled.clone().with_short_window_rule(), ruled, "applied once");
+        let text = serde_json::to_string(&ruled).unwrap();
+        assert!(text.contains("lr_before_window_rule"), "{text}");
+        let back: Recipe = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ruled);
+        assert!(!serde_json::to_string(&short).unwrap().contains("lr_before_window_rule"));
     }
 }

@@ -8,7 +8,6 @@ use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use snn_core::RateEncoder;
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
@@ -35,6 +34,8 @@ pub enum Stream {
     EvalInput = 4,
     /// Data augmentation (random crops and flips).
     Augment = 5,
+    /// Input spikes of the activity probe before training ([`probe_activity`]).
+    Probe = 6,
 }
 
 /// A ChaCha8 generator for one stream of a run.
@@ -67,17 +68,20 @@ pub(crate) struct ActivityTally {
 }
 
 impl ActivityTally {
-    pub(crate) fn add(&mut self, out: &ForwardOutput, batch: usize, timesteps: usize) -> Result<()> {
+    /// Adds one batch's counts; returns each layer's spikes per neuron over the window in that batch.
+    pub(crate) fn add(&mut self, out: &ForwardOutput, batch: usize, timesteps: usize) -> Result<Vec<f64>> {
         if self.layers.is_empty() {
             self.layers = out.activity.iter().map(|a| (a.name.clone(), vec![0.0; a.neurons])).collect();
         }
+        let mut per_neuron = Vec::with_capacity(out.activity.len());
         for ((_, counts), a) in self.layers.iter_mut().zip(&out.activity) {
             let c = a.neuron_counts.flatten_all()?.to_vec1::<f64>()?;
+            per_neuron.push(c.iter().sum::<f64>() / (a.neurons.max(1) * batch.max(1)) as f64);
             counts.iter_mut().zip(c).for_each(|(acc, v)| *acc += v);
         }
         self.samples += batch;
         self.timesteps = timesteps;
-        Ok(())
+        Ok(per_neuron)
     }
 
     pub(crate) fn rates(&self) -> Vec<LayerRate> {
@@ -124,7 +128,7 @@ pub(crate) fn encode(
     encode_augmented(net, data, idx, steps, rng, None)
 }
 
-/// The input window `[T, B, C, H, W]` of a batch: rate-coded images (augmented first when an augmentation
+/// The input window `[T, B, C, H, W]` of a batch: coded images (augmented first when an augmentation
 /// stream is given), or the binned frames of event recordings, which are spikes already and are neither
 /// augmented nor re-coded.
 fn encode_augmented(
@@ -149,9 +153,7 @@ fn encode_augmented(
         None => images.batch(idx),
     };
     net.spec().normalize(&mut pixels);
-    let [c, h, w] = images.shape();
-    let encoder = RateEncoder::new(net.spec().input_gain)?;
-    let x = encoder.encode(&pixels, &[idx.len(), c, h, w], steps, rng, net.dtype(), net.device())?;
+    let x = net.spec().encode_input(&pixels, idx.len(), steps, rng, net.dtype(), net.device())?;
     Ok((x, labels))
 }
 
@@ -216,6 +218,91 @@ pub fn evaluate(
     })
 }
 
+/// Spikes per neuron over the window below which a layer counts as nearly silent: fewer than one spike per
+/// neuron in twenty windows. So little activity passes almost no error back (the error flows only at spike
+/// times), and the layers below it barely learn.
+pub const QUIET_SPIKES_PER_NEURON: f64 = 0.05;
+
+/// Every spiking layer's activity on the first `batch_size` samples of `data` at `timesteps` steps, without
+/// dropout and without changing anything: the check a run makes before it spends any time training. Input
+/// spikes come from the [`Stream::Probe`] stream of `seed`, so the probe never shifts a training stream.
+pub fn probe_activity(
+    net: &SpikingNetwork,
+    data: &Samples,
+    timesteps: usize,
+    batch_size: usize,
+    seed: u64,
+) -> Result<Vec<LayerRate>> {
+    check_dataset(net, data, "probe")?;
+    let idx: Vec<usize> = (0..batch_size.clamp(1, data.len())).collect();
+    let (x, _) = encode(net, data, &idx, timesteps, &mut stream_rng(seed, Stream::Probe))?;
+    let out = net.forward(&x, &Masks::new(), ForwardOptions::default())?;
+    let mut tally = ActivityTally::default();
+    tally.add(&out, idx.len(), timesteps)?;
+    Ok(tally.rates())
+}
+
+/// A warning about a layer's activity, raised before training or the moment it happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityWarning {
+    /// The layer.
+    pub layer: String,
+    /// Its spikes per neuron over the window (on the probe batch, or on the batch that raised it).
+    pub spikes_per_neuron: f64,
+    /// When: before training, or at a training batch.
+    pub when: WarningTime,
+}
+
+/// When an [`ActivityWarning`] was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WarningTime {
+    /// On the probe batch before the first step ([`probe_activity`]).
+    BeforeTraining,
+    /// The layer stopped firing at this (1-based) epoch and (0-based) batch, after having fired before.
+    Batch {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based batch of the epoch.
+        batch: usize,
+    },
+}
+
+impl std::fmt::Display for ActivityWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let remedy = "the error reaches the layers below only through spikes; more time steps (--timesteps), \
+                      direct input coding (--encoding direct) or a smaller learning rate (--lr) keep layers firing";
+        match self.when {
+            WarningTime::BeforeTraining if self.spikes_per_neuron == 0.0 => {
+                write!(f, "layer {} is silent on the first batch (no spikes); {remedy}", self.layer)
+            }
+            WarningTime::BeforeTraining => write!(
+                f,
+                "layer {} is nearly silent on the first batch ({:.4} spikes per neuron over the window); {remedy}",
+                self.layer, self.spikes_per_neuron
+            ),
+            WarningTime::Batch { epoch, batch } => write!(
+                f,
+                "layer {} stopped firing at epoch {epoch}, batch {batch}; if it stays silent the network stops \
+                 learning; {remedy}",
+                self.layer
+            ),
+        }
+    }
+}
+
+/// The warnings of a probe: every layer at or below [`QUIET_SPIKES_PER_NEURON`].
+pub fn quiet_layers(rates: &[LayerRate]) -> Vec<ActivityWarning> {
+    rates
+        .iter()
+        .filter(|r| r.spikes_per_neuron < QUIET_SPIKES_PER_NEURON)
+        .map(|r| ActivityWarning {
+            layer: r.layer.clone(),
+            spikes_per_neuron: r.spikes_per_neuron,
+            when: WarningTime::BeforeTraining,
+        })
+        .collect()
+}
+
 /// Metrics of one epoch (one JSON line of `metrics.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -268,6 +355,8 @@ pub trait TrainObserver {
     fn on_eval(&mut self, _done: usize, _total: usize) {}
     /// After every epoch.
     fn on_epoch(&mut self, _metrics: &EpochMetrics) {}
+    /// When a layer is silent or nearly silent before training, or stops firing during it.
+    fn on_warning(&mut self, _warning: &ActivityWarning) {}
 }
 
 /// An observer that ignores everything.
@@ -490,6 +579,9 @@ pub fn train_run(
 ) -> Result<TrainSummary> {
     let start = Instant::now();
     let mut run = Run::start(net, train, test, recipe, opts)?;
+    if !opts.resume {
+        run.probe(observer)?;
+    }
     while run.st.epoch <= recipe.epochs {
         let epoch_start = Instant::now();
         run.train_epoch(observer, epoch_start)?;
@@ -548,6 +640,8 @@ struct Run<'a> {
     tally: ActivityTally,
     /// Batches trained by this process (for [`CrashPoint::AfterBatch`]).
     batches_run: usize,
+    /// Per spiking layer: whether it was active on the last batch, so that falling silent is reported once.
+    armed: Vec<bool>,
 }
 
 impl<'a> Run<'a> {
@@ -584,7 +678,21 @@ impl<'a> Run<'a> {
         let st = RunState::fresh(recipe, train.len(), net);
         let streams = TrainStreams::new(recipe.seed);
         let tally = ActivityTally::default();
-        let mut run = Self { net, train, test, recipe, opts, files, writer, opt, streams, st, tally, batches_run: 0 };
+        let mut run = Self {
+            net,
+            train,
+            test,
+            recipe,
+            opts,
+            files,
+            writer,
+            opt,
+            streams,
+            st,
+            tally,
+            batches_run: 0,
+            armed: vec![],
+        };
         if opts.resume {
             run.resume()?;
         }
@@ -643,7 +751,7 @@ impl<'a> Run<'a> {
             Batches::new(train.len(), recipe.batch_size, Some(&mut self.streams.shuffle))?.collect();
         let batch_count = batches.len();
         for (b, idx) in batches.into_iter().enumerate().skip(self.st.batches_done) {
-            self.train_batch(epoch, b, &idx)?;
+            self.train_batch(epoch, b, &idx, observer)?;
             let seen = self.tally.samples.max(1);
             observer.on_batch(&BatchProgress {
                 epoch,
@@ -672,7 +780,7 @@ impl<'a> Run<'a> {
 
     /// One batch: fresh input spikes (and augmentation) and dropout masks, one training step, and the
     /// non-finite policy of the recipe.
-    fn train_batch(&mut self, epoch: usize, b: usize, idx: &[usize]) -> Result<()> {
+    fn train_batch(&mut self, epoch: usize, b: usize, idx: &[usize], observer: &mut dyn TrainObserver) -> Result<()> {
         let (net, recipe) = (self.net, self.recipe);
         let augment = recipe.augment.then_some(&mut self.streams.augment);
         let (x, labels) = encode_augmented(net, self.train, idx, recipe.timesteps, &mut self.streams.input, augment)?;
@@ -690,8 +798,50 @@ impl<'a> Run<'a> {
         };
         self.st.loss_sum += loss;
         self.st.correct += count_correct(&out.output, &labels)?;
-        self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        self.watch_activity(&out, &rates, epoch, b, observer);
         self.st.batches_done = b + 1;
+        Ok(())
+    }
+
+    /// Reports a layer the moment its activity on a batch falls below [`QUIET_SPIKES_PER_NEURON`] after having
+    /// been above it (once, until it recovers).
+    fn watch_activity(
+        &mut self,
+        out: &ForwardOutput,
+        rates: &[f64],
+        epoch: usize,
+        batch: usize,
+        observer: &mut dyn TrainObserver,
+    ) {
+        if self.armed.len() != rates.len() {
+            self.armed = vec![true; rates.len()];
+        }
+        for ((armed, &rate), a) in self.armed.iter_mut().zip(rates).zip(&out.activity) {
+            let quiet = rate < QUIET_SPIKES_PER_NEURON;
+            if quiet && *armed {
+                let warning = ActivityWarning {
+                    layer: a.name.clone(),
+                    spikes_per_neuron: rate,
+                    when: WarningTime::Batch { epoch, batch },
+                };
+                tracing::debug!(layer = %a.name, epoch, batch, rate, "layer fell silent");
+                observer.on_warning(&warning);
+            }
+            *armed = !quiet;
+        }
+    }
+
+    /// Before the first step of a fresh run: probes every layer's activity on the first training batch and
+    /// reports the silent or nearly silent ones.
+    fn probe(&mut self, observer: &mut dyn TrainObserver) -> Result<()> {
+        let recipe = self.recipe;
+        let rates = probe_activity(self.net, self.train, recipe.timesteps, recipe.batch_size, recipe.seed)?;
+        for warning in quiet_layers(&rates) {
+            tracing::debug!(layer = %warning.layer, rate = warning.spikes_per_neuron, "quiet layer before training");
+            observer.on_warning(&warning);
+        }
+        self.armed = rates.iter().map(|r| r.spikes_per_neuron >= QUIET_SPIKES_PER_NEURON).collect();
         Ok(())
     }
 
