@@ -8,6 +8,8 @@
 //!   evaluation, analysis) with a Markdown report; resumes when interrupted.
 //! * `cargo xtask density`: the event-driven convolution against Candle's dense one at growing input
 //!   densities.
+//! * `cargo xtask windows --data-root DIR`: the short-window table (LeNet, MNIST and Fashion-MNIST, T = 4 to
+//!   20, Poisson and direct input, the paper's learning rate and the short-window rule, several seeds).
 //! * `cargo xtask ci`: what CI checks: formatting, clippy, the test suite and the golden cases.
 //! * `cargo xtask gpu-check`: on a machine with an NVIDIA GPU and `nvcc`, rebuilds this tool with the `cuda`
 //!   feature, replays the golden cases on the GPU and times LeNet and VGG9 training and inference at T = 100.
@@ -16,6 +18,7 @@ mod bench;
 mod density;
 mod peers;
 mod reproduce;
+mod windows;
 
 /// Large tensors are allocated and freed on every layer; mimalloc keeps their pages mapped where the system
 /// allocator returns them to the OS and faults them in again.
@@ -115,6 +118,9 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// The short-window table: one epoch of LeNet on 2,000 images per run, over windows, input codings,
+    /// learning-rate modes and seeds (resumes when interrupted).
+    Windows(windows::WindowsArgs),
     /// Run what CI runs: `cargo fmt --check`, `cargo clippy -D warnings`, the test suite, the golden cases.
     Ci,
     /// Build with `--features cuda` (needs nvcc), replay the golden cases on the GPU in f64 and f32, and time
@@ -243,6 +249,7 @@ fn main() -> ExitCode {
             reproduce::run(args, &workspace_root()).map(|()| true)
         }
         Command::Density { reps } => density::run(reps).map(|()| true),
+        Command::Windows(args) => windows::run(args).map(|()| true),
         Command::Ci => ci(),
         Command::GpuCheck => gpu_check(),
     };

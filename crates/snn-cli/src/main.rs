@@ -47,6 +47,15 @@ enum Command {
     Data(hub::DataCommand),
     /// Write a checkpoint with its config and a model card, laid out for a Hub model repository.
     Export(hub::ExportArgs),
+    /// Draw a run's learning curves (loss, training and test accuracy, spikes per neuron per layer) from its
+    /// `metrics.jsonl` into PNG files.
+    Plot {
+        /// The run's output folder (holding `metrics.jsonl`).
+        run_dir: PathBuf,
+        /// Folder for the figures (default: `plots/` inside the run folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List the built-in architectures.
     Models {
         /// Print JSON instead of a table.
@@ -324,6 +333,24 @@ impl TrainObserver for Progress {
             );
         }
     }
+}
+
+fn run_plot(run_dir: &Path, out: Option<PathBuf>) -> Result<()> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let history = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}: not an epoch record", path.display(), i + 1))
+        })
+        .collect::<Result<Vec<EpochMetrics>>>()?;
+    let dir = out.unwrap_or_else(|| run_dir.join("plots"));
+    for p in plots::learning_curves(&dir, &history)? {
+        println!("{}", p.display());
+    }
+    Ok(())
 }
 
 /// What `train` saves as `recipe.json`: enough to resume the run.
@@ -668,6 +695,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => stats::run(a),
         Command::Data(c) => hub::run_data(c),
         Command::Export(a) => hub::run_export(a),
+        Command::Plot { run_dir, out } => run_plot(&run_dir, out),
         Command::Models { json } => run_models(json),
     };
     match result {

@@ -197,3 +197,120 @@ pub fn write_all(dir: &Path, report: &SparsityReport, sweep: &[SweepPoint]) -> R
     written.push(p);
     Ok(written)
 }
+
+/// A line chart of several named series of `(x, y)` points.
+fn line_chart(path: &Path, title: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)], log: bool) -> Result<()> {
+    const COLORS: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let points = || series.iter().flat_map(|(_, p)| p.iter().copied());
+    let x_max = points().map(|p| p.0).fold(1.0f64, f64::max);
+    let y_max = points().map(|p| p.1).filter(|y| y.is_finite()).fold(0.0f64, f64::max).max(1e-9);
+    let y_min_pos = points().map(|p| p.1).filter(|y| *y > 0.0).fold(f64::INFINITY, f64::min);
+    let y_min = points().map(|p| p.1).filter(|y| y.is_finite()).fold(f64::INFINITY, f64::min);
+    // Linear axes span the data with a margin, so that small late gains (99.1 % to 99.3 %) stay visible.
+    let pad = 0.05 * (y_max - y_min).max(1e-3 * y_max.abs()).max(1e-9);
+    let linear = (y_min - pad).max(0.0).min(y_max)..y_max + pad;
+    macro_rules! draw {
+        ($chart:expr, $floor:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(y_desc)
+                .x_labels((x_max as usize + 1).min(12))
+                .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() })
+                .y_label_formatter(&|v| format!("{v:.2}"))
+                .draw()
+                .map_err(draw_err)?;
+            for (k, (name, pts)) in series.iter().enumerate() {
+                let color = COLORS[k % COLORS.len()];
+                let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x, y.max($floor))).collect();
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(draw_err)?;
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(draw_err)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(draw_err)?;
+        }};
+    }
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 24)).margin(12).x_label_area_size(44).y_label_area_size(80);
+    let x_range = 0.5f64..x_max + 0.5;
+    if log && y_min_pos.is_finite() {
+        let floor = y_min_pos / 2.0;
+        let chart = builder.build_cartesian_2d(x_range, (floor..y_max * 2.0).log_scale()).map_err(draw_err)?;
+        draw!(chart, floor);
+    } else {
+        let floor = linear.start;
+        let chart = builder.build_cartesian_2d(x_range, linear).map_err(draw_err)?;
+        draw!(chart, floor);
+    }
+    root.present().map_err(draw_err)
+}
+
+/// The learning curves of a run from its per-epoch metrics, into `dir`: `loss.png` (mean training loss per
+/// sample), `accuracy.png` (training and test accuracy) and `spikes.png` (test spikes per neuron over the
+/// window, per layer, log scale). Returns the paths written.
+pub fn learning_curves(dir: &Path, history: &[snn_train::EpochMetrics]) -> Result<Vec<PathBuf>> {
+    if history.is_empty() {
+        return Err(anyhow!("the run has no finished epoch to plot"));
+    }
+    register_font()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let by_epoch = |f: &dyn Fn(&snn_train::EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|m| (m.epoch as f64, f(m))).collect()
+    };
+    let loss = dir.join("loss.png");
+    line_chart(
+        &loss,
+        "Training loss",
+        "sum-squared error per sample",
+        &[("loss".into(), by_epoch(&|m| m.loss))],
+        false,
+    )?;
+    let accuracy = dir.join("accuracy.png");
+    line_chart(
+        &accuracy,
+        "Accuracy",
+        "accuracy (%)",
+        &[
+            ("train".into(), by_epoch(&|m| 100.0 * m.train_accuracy)),
+            ("test".into(), by_epoch(&|m| 100.0 * m.test_accuracy)),
+        ],
+        false,
+    )?;
+    let layers: Vec<String> = history[0].test_spikes.iter().map(|r| r.layer.clone()).collect();
+    let series: Vec<(String, Vec<(f64, f64)>)> = layers
+        .iter()
+        .map(|layer| {
+            let pts = history
+                .iter()
+                .filter_map(|m| {
+                    m.test_spikes.iter().find(|r| &r.layer == layer).map(|r| (m.epoch as f64, r.spikes_per_neuron))
+                })
+                .collect();
+            (layer.clone(), pts)
+        })
+        .collect();
+    let spikes = dir.join("spikes.png");
+    line_chart(&spikes, "Test spikes per neuron over the window", "spikes / neuron", &series, true)?;
+    Ok(vec![loss, accuracy, spikes])
+}

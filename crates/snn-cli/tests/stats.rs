@@ -120,3 +120,46 @@ fn stats_rejects_bad_input_clearly() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("[1, 8, 8]") && stderr(&o).contains("[1, 28, 28]"), "{}", stderr(&o));
 }
+
+/// One epoch record as `train` writes it to `metrics.jsonl`.
+fn epoch_line(epoch: usize, loss: f64, train: f64, test: f64, fc0: f64) -> String {
+    let rate = |layer: &str, spikes: f64| serde_json::json!({"layer": layer, "spikes_per_neuron": spikes, "firing_rate": spikes / 20.0, "dead_fraction": 0.0});
+    serde_json::json!({
+        "epoch": epoch, "loss": loss, "train_accuracy": train, "test_accuracy": test, "lr": 0.0085,
+        "images_per_sec": 100.0, "seconds": 10.0, "skipped_batches": 0,
+        "train_spikes": [rate("cnn1", 1.2), rate("fc0", fc0)],
+        "test_spikes": [rate("cnn1", 1.1), rate("fc0", fc0)],
+    })
+    .to_string()
+}
+
+#[test]
+fn plot_draws_every_learning_curve_and_names_a_corrupt_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let lines = [
+        epoch_line(1, 0.3, 0.90, 0.97, 0.4),
+        epoch_line(2, 0.1, 0.97, 0.985, 0.3),
+        epoch_line(3, 0.08, 0.98, 0.99, 0.25),
+    ];
+    std::fs::write(run.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    let o = cli(&["plot", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The series colours: the first series blue, the second orange (train, test; cnn1, fc0).
+    let has = |img: &image::RgbImage, rgb: [u8; 3]| img.pixels().filter(|p| p.0 == rgb).count() > 50;
+    for (name, series) in [("loss.png", 1), ("accuracy.png", 2), ("spikes.png", 2)] {
+        let path = run.join("plots").join(name);
+        assert_eq!(png_size(&path), (900, 600), "{name}");
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert!(has(&img, [31, 119, 180]), "{name}: first series not drawn");
+        assert_eq!(has(&img, [255, 127, 14]), series == 2, "{name}: second series");
+    }
+
+    std::fs::write(run.join("metrics.jsonl"), format!("{}\n{{\"epoch\": 2, \"loss\"\n", lines[0])).unwrap();
+    let o = cli(&["plot", run.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    let o = cli(&["plot", dir.path().join("none").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("metrics.jsonl"), "{}", stderr(&o));
+}
