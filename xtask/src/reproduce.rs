@@ -18,34 +18,115 @@ pub struct Experiment {
     pub model: &'static str,
     /// Dataset name of `snn-cli`.
     pub dataset: &'static str,
-    /// Spike-based BP accuracy reported for it (%).
-    pub paper_accuracy: f64,
+    /// Spike-based BP accuracy reported for it (%), if the paper has the experiment.
+    pub paper_accuracy: Option<f64>,
     /// Whether that figure is corroborated by third-party citations (else quoted from memory of the paper's
     /// table and unverified).
     pub corroborated: bool,
 }
 
-/// The experiments of the paper.
-pub const EXPERIMENTS: [Experiment; 6] = [
-    Experiment { name: "mnist-lenet", model: "lenet", dataset: "mnist", paper_accuracy: 99.59, corroborated: true },
-    Experiment { name: "cifar10-vgg9", model: "vgg9", dataset: "cifar10", paper_accuracy: 90.45, corroborated: false },
+/// The experiments of the paper, and Fashion-MNIST LeNet (not in the paper) beside them.
+pub const EXPERIMENTS: [Experiment; 7] = [
+    Experiment {
+        name: "mnist-lenet",
+        model: "lenet",
+        dataset: "mnist",
+        paper_accuracy: Some(99.59),
+        corroborated: true,
+    },
+    Experiment {
+        name: "cifar10-vgg9",
+        model: "vgg9",
+        dataset: "cifar10",
+        paper_accuracy: Some(90.45),
+        corroborated: false,
+    },
     Experiment {
         name: "cifar10-resnet11",
         model: "resnet11",
         dataset: "cifar10",
-        paper_accuracy: 90.95,
+        paper_accuracy: Some(90.95),
         corroborated: true,
     },
-    Experiment { name: "svhn-vgg7", model: "vgg7", dataset: "svhn", paper_accuracy: 96.06, corroborated: false },
-    Experiment { name: "svhn-resnet7", model: "resnet7", dataset: "svhn", paper_accuracy: 96.21, corroborated: false },
+    Experiment { name: "svhn-vgg7", model: "vgg7", dataset: "svhn", paper_accuracy: Some(96.06), corroborated: false },
+    Experiment {
+        name: "svhn-resnet7",
+        model: "resnet7",
+        dataset: "svhn",
+        paper_accuracy: Some(96.21),
+        corroborated: false,
+    },
     Experiment {
         name: "cifar10-resnet9",
         model: "resnet9",
         dataset: "cifar10",
-        paper_accuracy: 90.35,
+        paper_accuracy: Some(90.35),
+        corroborated: true,
+    },
+    Experiment {
+        name: "fashion-lenet",
+        model: "lenet",
+        dataset: "fashion-mnist",
+        paper_accuracy: None,
         corroborated: true,
     },
 ];
+
+/// Full training and test set sizes of a dataset, to size a time budget.
+fn dataset_sizes(dataset: &str) -> (usize, usize) {
+    match dataset {
+        "cifar10" => (50_000, 10_000),
+        "svhn" => (73_257, 26_032),
+        _ => (60_000, 10_000),
+    }
+}
+
+/// How much training `--budget` allows: a number of epochs, or wall time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// This many epochs.
+    Epochs(usize),
+    /// As many epochs as fit in this many minutes at the speed measured on a calibration run.
+    Minutes(f64),
+}
+
+impl std::str::FromStr for Budget {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || anyhow::anyhow!("budget '{s}' is not N (epochs), Nm (minutes) or Nh (hours)");
+        let s = s.trim();
+        let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+        match unit {
+            "" | "e" => number.parse().ok().filter(|&n| n >= 1).map(Budget::Epochs).ok_or_else(bad),
+            "m" | "h" => {
+                let v: f64 = number.parse().ok().filter(|v: &f64| v.is_finite() && *v > 0.0).ok_or_else(bad)?;
+                Ok(Budget::Minutes(if unit == "h" { 60.0 * v } else { v }))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The window a budget run trains at: T = 20 for the MNIST-like sets, T = 50 for CIFAR-10 and SVHN (at
+/// T = 20 the last hidden layer of VGG9 does not fire; at T = 50 every layer does).
+fn budget_window(dataset: &str) -> usize {
+    if dataset == "cifar10" || dataset == "svhn" {
+        50
+    } else {
+        20
+    }
+}
+
+/// The paper's learning-rate milestones scaled from `paper_epochs` to `epochs` (each at the same fraction of
+/// the run, at least epoch 2 so that the first epoch keeps the initial rate).
+fn scaled_milestones(milestones: &[(usize, f64)], paper_epochs: usize, epochs: usize) -> Vec<(usize, f64)> {
+    milestones
+        .iter()
+        .map(|&(at, f)| (((at * epochs) as f64 / paper_epochs as f64).round().max(2.0) as usize, f))
+        .filter(|&(at, _)| at <= epochs)
+        .collect()
+}
 
 /// Options of `cargo xtask reproduce`.
 pub struct ReproduceArgs {
@@ -67,6 +148,8 @@ pub struct ReproduceArgs {
     pub test_limit: Option<usize>,
     /// An `snn-cli` binary to run instead of building the release one.
     pub cli: Option<PathBuf>,
+    /// The paper's recipe cut to a budget (epochs or time) at a shorter window, with the LR milestones scaled.
+    pub budget: Option<Budget>,
 }
 
 /// One executed step: the command line and what it produced.
@@ -140,7 +223,10 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
             let mut a: Vec<String> =
                 vec!["train".into(), "--model".into(), exp.model.into(), "--seed".into(), args.seed.to_string()];
             a.extend(data.iter().cloned());
-            if args.quick {
+            if let Some(budget) = args.budget {
+                let config = budget_config(&cli, exp, &data, &out, budget)?;
+                a.extend(["--paper".into(), "--config".into(), config.display().to_string()]);
+            } else if args.quick {
                 let batch = if exp.dataset == "mnist" { "32" } else { "16" };
                 a.extend(["--epochs", "1", "--timesteps", "20", "--batch-size", batch].map(String::from));
             } else {
@@ -193,11 +279,88 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     }
     let eval = read_json(&eval_path)?;
     let stats = read_json(&stats_path)?;
+    // A budget run trains at a shorter window; it is also tested at the paper's T = 100.
+    let eval_100_path = out.join("eval_t100.json");
+    let eval_100 = if args.budget.is_some() && summary["test_timesteps"] != 100 {
+        if !eval_100_path.is_file() {
+            let mut a = vec!["eval".to_string()];
+            a.extend(eval_args.iter().cloned());
+            a.extend(["--timesteps".into(), "100".into(), "--json".into()]);
+            let cmd = run_cli(&cli, &a, Some(&eval_100_path))?;
+            steps.push(Step { title: "evaluate the best checkpoint at T = 100", command: cmd });
+        }
+        Some(read_json(&eval_100_path)?)
+    } else {
+        None
+    };
+    let curves = plots.join("curves");
+    let cmd = run_cli(
+        &cli,
+        &["plot".into(), train_dir.display().to_string(), "--out".into(), curves.display().to_string()],
+        None,
+    )?;
+    steps.push(Step { title: "learning curves", command: cmd });
 
-    let report = render_report(exp, &args, &data_source, &summary, &eval, &stats, &steps, root)?;
+    let evals = Evals { best: &eval, at_100: eval_100.as_ref() };
+    let report = render_report(exp, &args, &data_source, &summary, &evals, &stats, &steps, root)?;
     write_atomic(&out.join("report.md"), report.as_bytes())?;
     println!("{}", out.join("report.md").display());
     Ok(())
+}
+
+/// Writes the budget run's recipe overrides (`budget.toml` in `out`) and returns its path: the window of
+/// [`budget_window`], the epochs of the budget and the paper's milestones scaled to them. A time budget is
+/// turned into epochs from a calibration run of ten batches at the same window.
+fn budget_config(cli: &Path, exp: &Experiment, data: &[String], out: &Path, budget: Budget) -> Result<PathBuf> {
+    let window = budget_window(exp.dataset);
+    let (paper_epochs, milestones) = if exp.dataset == "cifar10" || exp.dataset == "svhn" {
+        (150, vec![(70, 0.2), (100, 0.04), (125, 0.008)])
+    } else {
+        (125, vec![(75, 0.2)])
+    };
+    let epochs = match budget {
+        Budget::Epochs(n) => n,
+        Budget::Minutes(minutes) => {
+            let calibration = out.join("calibration");
+            let summary_path = out.join("calibration.json");
+            if !summary_path.is_file() {
+                let mut a: Vec<String> = vec!["train".into(), "--model".into(), exp.model.into(), "--paper".into()];
+                a.extend(data.iter().cloned());
+                let batch = if budget_window(exp.dataset) == 50 { 16 } else { 64 };
+                a.extend(
+                    ["--epochs", "1", "--timesteps", &window.to_string(), "--train-limit", &(10 * batch).to_string()]
+                        .map(String::from),
+                );
+                a.extend(["--test-limit".into(), (2 * batch).to_string(), "--json".into()]);
+                a.extend(["--out".into(), calibration.display().to_string()]);
+                run_cli(cli, &a, Some(&summary_path))?;
+            }
+            let summary = read_json(&summary_path)?;
+            let per_sec = summary["history"][0]["images_per_sec"].as_f64().filter(|v| *v > 0.0);
+            let per_sec = per_sec.context("the calibration run reported no training speed")?;
+            let (train, test) = dataset_sizes(exp.dataset);
+            // Inference runs about three times as fast as a training step; count the test pass at that rate.
+            let epoch_seconds = (train as f64 + test as f64 / 3.0) / per_sec;
+            ((60.0 * minutes / epoch_seconds).floor() as usize).max(1)
+        }
+    };
+    let milestones = scaled_milestones(&milestones, paper_epochs, epochs);
+    let list: Vec<String> = milestones.iter().map(|(at, f)| format!("[{at}, {f}]")).collect();
+    let toml = format!(
+        "# The paper's recipe cut to a budget: {epochs} epoch(s) at T = {window}, milestones scaled from {paper_epochs} epochs\n\
+         epochs = {epochs}\ntimesteps = {window}\ntest_timesteps = {window}\nlr_milestones = [{}]\n",
+        list.join(", ")
+    );
+    let path = out.join("budget.toml");
+    write_atomic(&path, toml.as_bytes())?;
+    Ok(path)
+}
+
+/// The evaluations a report shows: the best checkpoint at the training window and, for budget runs, at
+/// the paper's T = 100.
+struct Evals<'a> {
+    best: &'a Value,
+    at_100: Option<&'a Value>,
 }
 
 fn abs(p: &Path) -> PathBuf {
@@ -261,7 +424,7 @@ fn render_report(
     args: &ReproduceArgs,
     data_source: &str,
     summary: &Value,
-    eval: &Value,
+    evals: &Evals,
     stats: &Value,
     steps: &[Step],
     root: &Path,
@@ -269,21 +432,30 @@ fn render_report(
     use std::fmt::Write as _;
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.2}", 100.0 * x));
     let mut s = String::new();
-    let mode = if args.quick { "quick smoke run" } else { "paper recipe" };
+    let mode = match args.budget {
+        Some(_) => "paper recipe cut to a budget",
+        None if args.quick => "quick smoke run",
+        None => "paper recipe",
+    };
     writeln!(s, "# Reproduction: {} ({mode})\n", exp.name)?;
-    writeln!(
-        s,
-        "| | accuracy (%) | test images | T |\n|---|---|---|---|\n| paper (spike-based BP){} | {:.2} | full | 100 |",
-        if exp.corroborated { "" } else { ", unverified figure" },
-        exp.paper_accuracy
-    )?;
-    writeln!(
-        s,
-        "| this run, best checkpoint | {} | {} | {} |",
-        pct(&eval["accuracy"]),
-        eval["total"],
-        eval["timesteps"]
-    )?;
+    writeln!(s, "| | accuracy (%) | test images | T |\n|---|---|---|---|")?;
+    match exp.paper_accuracy {
+        Some(acc) => writeln!(
+            s,
+            "| paper (spike-based BP){} | {acc:.2} | full | 100 |",
+            if exp.corroborated { "" } else { ", unverified figure" }
+        )?,
+        None => writeln!(s, "| paper | (not in the paper) | | |")?,
+    }
+    for eval in std::iter::once(evals.best).chain(evals.at_100) {
+        writeln!(
+            s,
+            "| this run, best checkpoint | {} | {} | {} |",
+            pct(&eval["accuracy"]),
+            eval["total"],
+            eval["timesteps"]
+        )?;
+    }
     writeln!(s)?;
     if args.quick {
         writeln!(
@@ -349,10 +521,19 @@ fn render_report(
             writeln!(s, "![{name}](plots/{name})")?;
         }
     }
+    writeln!(s, "\n## Learning curves\n")?;
+    for name in ["accuracy.png", "loss.png", "spikes.png"] {
+        writeln!(s, "![{name}](plots/curves/{name})")?;
+    }
     writeln!(s, "\n## How this was produced\n")?;
     let mut invocation = format!("cargo xtask reproduce {}", exp.name);
     if args.quick {
         invocation.push_str(" --quick");
+    }
+    match args.budget {
+        Some(Budget::Epochs(n)) => invocation.push_str(&format!(" --budget {n}")),
+        Some(Budget::Minutes(m)) => invocation.push_str(&format!(" --budget {m}m")),
+        None => {}
     }
     for (flag, v) in [("--train-limit", args.train_limit), ("--test-limit", args.test_limit)] {
         if let Some(n) = v {
@@ -374,4 +555,31 @@ fn render_report(
     writeln!(s, "| rustc | {} |", tool_version("rustc", &["--version"], root))?;
     writeln!(s, "| threads | {} |", std::thread::available_parallelism().map_or(0, |n| n.get()))?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse_as_epochs_or_minutes() {
+        assert_eq!("20".parse::<Budget>().unwrap(), Budget::Epochs(20));
+        assert_eq!("7e".parse::<Budget>().unwrap(), Budget::Epochs(7));
+        assert_eq!("90m".parse::<Budget>().unwrap(), Budget::Minutes(90.0));
+        assert_eq!("1.5h".parse::<Budget>().unwrap(), Budget::Minutes(90.0));
+        for bad in ["0", "-3", "m", "5 days", "nanm", "2x"] {
+            assert!(bad.parse::<Budget>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn milestones_keep_their_share_of_the_run() {
+        // LeNet: x0.2 at epoch 75 of 125 (60 %).
+        assert_eq!(scaled_milestones(&[(75, 0.2)], 125, 20), vec![(12, 0.2)]);
+        assert_eq!(scaled_milestones(&[(75, 0.2)], 125, 125), vec![(75, 0.2)]);
+        // CIFAR-10: 70, 100, 125 of 150; a one-epoch run keeps the initial rate throughout.
+        let cifar = [(70, 0.2), (100, 0.04), (125, 0.008)];
+        assert_eq!(scaled_milestones(&cifar, 150, 30), vec![(14, 0.2), (20, 0.04), (25, 0.008)]);
+        assert_eq!(scaled_milestones(&cifar, 150, 1), vec![]);
+    }
 }
