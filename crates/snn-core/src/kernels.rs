@@ -150,30 +150,66 @@ pub fn spike_backward<F: Real, S: Spike>(
 /// The per-neuron factor `scale · NG` that [`spike_backward`] applies at spike times, from the spikes of the
 /// whole window (`T · n` values).
 pub fn spike_gains<F: Real, S: Spike>(spikes: &[S], n: usize, rule: BackwardRule<F>) -> Vec<F> {
-    let mut gain = vec![rule.scale; n];
-    let Some(leak) = rule.leak_correction else { return gain };
-    if n == 0 {
-        return gain;
+    let mut gains = SpikeGains::new(n, rule);
+    gains.add_steps(spikes);
+    gains.finish()
+}
+
+/// [`spike_gains`] accumulated part by part: feed the window's steps in time order with
+/// [`SpikeGains::add_steps`], then take the factors with [`SpikeGains::finish`].
+///
+/// Per neuron it keeps the leaky spike trace `LF(t) = λ·LF(t−1) + s(t)` and the count `Tot(t) = Σ s`, the two
+/// numbers the leak correction `NG(LF, Tot)` of the whole window needs.
+#[derive(Debug, Clone)]
+pub struct SpikeGains<F> {
+    rule: BackwardRule<F>,
+    neurons: usize,
+    leaky: Vec<F>,
+    count: Vec<F>,
+}
+
+impl<F: Real> SpikeGains<F> {
+    /// An accumulator over `n` neurons before the window's first step.
+    pub fn new(n: usize, rule: BackwardRule<F>) -> Self {
+        let len = if rule.leak_correction.is_some() { n } else { 0 };
+        Self { rule, neurons: n, leaky: vec![F::zero(); len], count: vec![F::zero(); len] }
     }
-    let mut leaky = vec![F::zero(); n];
-    let mut count = vec![F::zero(); n];
-    for s_row in spikes.chunks_exact(n) {
-        leaky.par_chunks_mut(CHUNK).zip(count.par_chunks_mut(CHUNK)).zip(s_row.par_chunks(CHUNK)).for_each(
-            move |((lf, tot), s)| {
-                for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
-                    let s = if s == S::FIRED { F::one() } else { F::zero() };
-                    *lf = leak * *lf + s;
-                    *tot += s;
+
+    /// Adds the next steps of the window: `spikes` holds whole steps of `n` values each.
+    pub fn add_steps<S: Spike>(&mut self, spikes: &[S]) {
+        let Some(leak) = self.rule.leak_correction else { return };
+        let n = self.leaky.len();
+        if n == 0 {
+            return;
+        }
+        for s_row in spikes.chunks_exact(n) {
+            self.leaky
+                .par_chunks_mut(CHUNK)
+                .zip(self.count.par_chunks_mut(CHUNK))
+                .zip(s_row.par_chunks(CHUNK))
+                .for_each(move |((lf, tot), s)| {
+                    for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
+                        let s = if s == S::FIRED { F::one() } else { F::zero() };
+                        *lf = leak * *lf + s;
+                        *tot += s;
+                    }
+                });
+        }
+    }
+
+    /// The factor `scale · NG` of every neuron over the steps added.
+    pub fn finish(self) -> Vec<F> {
+        let mut gain = vec![self.rule.scale; self.neurons];
+        let Some(leak) = self.rule.leak_correction else { return gain };
+        gain.par_chunks_mut(CHUNK).zip(self.leaky.par_chunks(CHUNK)).zip(self.count.par_chunks(CHUNK)).for_each(
+            |((g, lf), tot)| {
+                for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
+                    *g *= leak_correction(lf, tot, leak);
                 }
             },
         );
+        gain
     }
-    gain.par_chunks_mut(CHUNK).zip(leaky.par_chunks(CHUNK)).zip(count.par_chunks(CHUNK)).for_each(|((g, lf), tot)| {
-        for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
-            *g *= leak_correction(lf, tot, leak);
-        }
-    });
-    gain
 }
 
 /// [`spike_backward`] over a part of the window, run after the parts that follow it: `delta` holds

@@ -22,6 +22,7 @@
 //! * [`conv`]: the differentiable convolution with a leaner backward pass than Candle's.
 //! * [`pool`]: average pooling and identity subsampling, on tensors and on window parts.
 //! * [`buffers`]: float buffers reused across the parts of a window and between passes.
+//! * [`bits`]: spike windows packed one bit per neuron and step, as training keeps them for the backward pass.
 //!
 //! The pure neuron kernels live in [`kernels`]; they operate on slices and are usable without Candle tensors.
 //! [`cpu`] runs such kernels on Candle's CPU storage for the custom ops of this crate. With the `cuda`
@@ -32,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bits;
 pub mod buffers;
 pub mod conv;
 pub mod cpu;

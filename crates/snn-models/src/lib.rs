@@ -32,5 +32,5 @@ pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActi
 pub use spec::{
     ConvSpec, FcSpec, InputEncoding, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
 };
-pub use tape::{Gradients, Tape, PART_FRAMES};
+pub use tape::{Gradients, Tape, PART_BYTES, PART_FRAMES};
 pub use zoo::{builtin, builtin_names, is_verified, provenance};

@@ -11,22 +11,25 @@
 //! * the readout's backward is constant over the window (`∂y/∂I(t) = 1/(θT)`), so its kernel gradient needs
 //!   only the input spike counts.
 //!
-//! So the tape holds each spiking layer's spikes as one byte per neuron and step, the dropout masks, the
-//! readout's input counts and the caller's input window; the float buffers are sized by one part of the
+//! So the tape holds each spiking layer's spikes as one bit per neuron and step ([`SpikeBits`]), the dropout
+//! masks, the readout's input counts and the caller's input window; the float buffers are sized by one part of the
 //! window and come from a pool the network keeps between passes (buffers no pass has asked for in two passes
 //! are released).
 //!
-//! The window runs in **parts** of a few time steps ([`PART_FRAMES`] frames of `T·B`): forward, every layer
+//! The window runs in **parts** of a few time steps (at most [`PART_FRAMES`] frames of `T·B`, and few enough
+//! that one float per neuron of the part fits in [`PART_BYTES`]): forward, every layer
 //! maps one part (one convolution over its frames, then the neuron recurrence continued from the membranes
 //! the previous part left); backward, parts run in reverse time, every layer continuing its error `δ(t+1)`
-//! from the part after. Transient buffers are therefore sized by the part, not by `T`; only the byte tape grows
-//! with the window. The values are those of [`SpikingNetwork::forward`] with gradients tracked: the same
+//! from the part after. Transient buffers are therefore sized by the part, not by `T`; only the bit tape grows
+//! with the window. Kernels read and write the spikes of the current part as bytes, which the pass moves in and
+//! out of the tape part by part. The values are those of [`SpikingNetwork::forward`] with gradients tracked: the same
 //! event-driven or dense convolutions per frame, the same recurrences; kernel gradients sum the parts in a
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
 use std::any::Any;
 
 use candle_core::{DType, Device, Tensor, WithDType};
+use snn_core::bits::SpikeBits;
 use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
@@ -40,19 +43,24 @@ use crate::network::{LayerActivity, Masks};
 use crate::plan::{Feed, Layer, Op, Plan, ShortcutMap};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
 
-/// Frames (`steps · batch`) per part of the window: the part's steps are `max(1, PART_FRAMES / B)`.
+/// At most this many frames (`steps · batch`) per part of the window.
 pub const PART_FRAMES: usize = 64;
 
+/// A part holds at most as many steps as fit one float per spiking neuron of the whole network in this many
+/// bytes (and at least one step). The part-sized buffers (currents, spike gradients) scale with it: for VGG9
+/// at batch 16 in f32 a part is one step, for LeNet at batch 32 two steps.
+pub const PART_BYTES: usize = 16 << 20;
+
 /// What a training forward pass keeps for [`SpikingNetwork::backward`]: the spikes of every spiking layer as
-/// bytes, the dropout masks, the readout's input spike counts and the input window.
+/// bits, the dropout masks, the readout's input spike counts and the input window.
 #[derive(Debug)]
 pub struct Tape {
     steps: usize,
     batch: usize,
     input: Tensor,
     masks: Masks,
-    /// Every layer's spikes `[T, B, neurons]` as bytes, by layer index (empty for the readout).
-    spikes: Vec<Vec<u8>>,
+    /// Every layer's spikes `[T, B, neurons]` as bits, by layer index (empty for the readout).
+    spikes: Vec<SpikeBits>,
     readout_counts: Vec<f64>,
     /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
     prepared: Option<Box<dyn Any + Send + Sync>>,
@@ -66,22 +74,22 @@ impl Tape {
         self.steps
     }
 
-    /// Bytes the tape holds beyond the caller's input window and masks: one per spiking neuron and step,
-    /// plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights and
+    /// Bytes the tape holds beyond the caller's input window and masks: one bit per spiking neuron and step
+    /// (in whole 64-bit words per layer), plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights and
     /// its float copy of the masks to the backward pass, which would otherwise rebuild them; those copies, the
     /// size of the weights and of the masks, are not counted.)
     pub fn bytes(&self) -> usize {
-        self.spikes.iter().map(Vec::len).sum::<usize>() + 8 * self.readout_counts.len()
+        self.spikes.iter().map(SpikeBits::bytes).sum::<usize>() + 8 * self.readout_counts.len()
     }
 
     /// The spike window `[T, B, ...]` of a spiking layer (before its mask) as 0/1 in `dtype`, if the layer
     /// exists.
     pub fn spike_window(&self, net: &SpikingNetwork, layer: &str, dtype: DType) -> Result<Option<Tensor>> {
         let Some(i) = net.plan.position(layer).filter(|&i| net.plan.layers[i].spikes()) else { return Ok(None) };
-        let bytes = &self.spikes[i];
+        let bytes = self.spikes[i].to_bytes();
         let mut dims = vec![self.steps, self.batch];
         dims.extend_from_slice(&net.plan.layers[i].shape);
-        Ok(Some(Tensor::from_slice(bytes.as_slice(), dims, &Device::Cpu)?.to_dtype(dtype)?))
+        Ok(Some(Tensor::from_vec(bytes, dims, &Device::Cpu)?.to_dtype(dtype)?))
     }
 }
 
@@ -265,21 +273,23 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Some(prepared) => prepared,
             None => Prepared::new(net, masks)?,
         };
-        let part = (PART_FRAMES / batch).clamp(1, steps);
+        let neurons: usize = net.plan.layers.iter().map(|l| l.neurons).sum();
+        let per_step = batch * neurons * std::mem::size_of::<F>();
+        let part = (PART_FRAMES / batch).min(PART_BYTES / per_step.max(1)).clamp(1, steps);
         let pool = net.scratch.take();
         Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool })
     }
 
-    /// The frames of part `[t0, t0 + len)` of what `from` names: the input window's part, or a spiking
-    /// layer's tape with its mask.
-    fn source<'s>(&'s self, from: Feed, t0: usize, len: usize, input: &'s [F], spikes: &'s [Vec<u8>]) -> Source<'s, F> {
+    /// The frames of a part of `len` steps of what `from` names: the input window's part, or a spiking
+    /// layer's spikes of the part (as bytes, `part` holds them by layer) with its mask.
+    fn source<'s>(&'s self, from: Feed, len: usize, input: &'s [F], part: &'s [Vec<u8>]) -> Source<'s, F> {
         match from {
             Feed::Input => Source::Input(DenseFrames { data: input, frame_len: self.plan.feed_len(Feed::Input) }),
             Feed::Layer(j) => {
                 let n = self.plan.layers[j].neurons;
                 let span = self.batch * n;
                 Source::Spikes(SpikeFrames {
-                    spikes: &spikes[j][t0 * span..(t0 + len) * span],
+                    spikes: &part[j][..len * span],
                     frame_len: n,
                     batch: self.batch,
                     mask: self.masks[j].as_deref(),
@@ -293,23 +303,16 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(self.input.narrow(0, t0, len)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
     }
 
-    /// The input currents of `layer` over part `[t0, t0 + len)`, its input frames `x` (and a shortcut's
-    /// source, read from `input` or `spikes`) given.
-    fn currents(
-        &self,
-        layer: &Layer,
-        x: &Source<F>,
-        (t0, len): (usize, usize),
-        input: &[F],
-        spikes: &[Vec<u8>],
-    ) -> Result<Vec<F>> {
+    /// The input currents of `layer` over a part of `len` steps, its input frames `x` (and a shortcut's
+    /// source, read from `input` or the part's spikes `part`) given.
+    fn currents(&self, layer: &Layer, x: &Source<F>, len: usize, input: &[F], part: &[Vec<u8>]) -> Result<Vec<F>> {
         let frames = len * self.batch;
         let mut currents = self.pool.zeroed(frames * layer.neurons);
         match &layer.op {
             Op::Conv { weight, geometry, shortcut } => {
                 synapse_forward(x, &self.weights[*weight], Synapse::Conv(*geometry), &mut currents)?;
                 if let Some(sc) = shortcut {
-                    let src = self.source(sc.from, t0, len, input, spikes);
+                    let src = self.source(sc.from, len, input, part);
                     let mut term = self.pool.zeroed(currents.len());
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {
@@ -335,9 +338,12 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
         let spec = self.net.spec();
-        let sized = |l: &Layer, per_sample: usize| if l.spikes() { per_sample * l.neurons } else { 0 };
-        let mut spikes: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; sized(l, steps * batch)]).collect();
-        let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| vec![F::zero(); sized(l, batch)]).collect();
+        let span = |l: &Layer| if l.spikes() { batch * l.neurons } else { 0 };
+        let mut spikes: Vec<SpikeBits> = plan.layers.iter().map(|l| SpikeBits::zeros(steps * span(l))).collect();
+        let mut part: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; self.part * span(l)]).collect();
+        let mut counts: Vec<Vec<u32>> =
+            plan.layers.iter().map(|l| vec![0; if l.spikes() { l.neurons } else { 0 }]).collect();
+        let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| vec![F::zero(); span(l)]).collect();
         let (readout, _, classes) = plan.readout()?;
         let mut readout_membrane = vec![F::zero(); batch * classes];
         let mut readout_counts = vec![0.0; batch * plan.feed_len(readout.from)];
@@ -346,21 +352,24 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let len = self.part.min(steps - t0);
             let input = self.input_part(t0, len)?;
             for (i, layer) in plan.layers.iter().enumerate() {
-                let x = self.source(layer.from, t0, len, &input, &spikes);
-                let currents = self.currents(layer, &x, (t0, len), &input, &spikes)?;
+                let x = self.source(layer.from, len, &input, &part);
+                let currents = self.currents(layer, &x, len, &input, &part)?;
                 if !layer.spikes() {
                     kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout_membrane);
                     x.add_to_counts(&mut readout_counts);
                 } else {
                     let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-                    let span = batch * layer.neurons;
+                    let own = &mut part[i][..len * span(layer)];
                     kernels::spike_forward_from(
                         &currents,
                         F::lit(neuron.threshold),
                         F::lit(neuron.leak),
                         &mut membranes[i],
-                        &mut spikes[i][t0 * span..(t0 + len) * span],
+                        own,
                     );
+                    spikes[i].store(t0 * span(layer), own);
+                    let part_counts = kernels::count_spikes(own, layer.neurons);
+                    counts[i].iter_mut().zip(part_counts).for_each(|(c, p)| *c += p);
                 }
                 self.pool.recycle(currents);
             }
@@ -368,7 +377,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
 
         kernels::readout_normalise(&mut readout_membrane, F::lit(spec.threshold), steps);
         let output = Tensor::from_vec(readout_membrane, (batch, classes), &Device::Cpu)?;
-        let activity = self.activity(&spikes)?;
+        let activity = self.activity(counts)?;
         let masks = self.mask_tensors.clone();
         let prepared: Box<dyn Any + Send + Sync> =
             Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
@@ -378,11 +387,12 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok((ForwardOutput { output, activity }, tape))
     }
 
-    /// Every spiking layer's spike counts per neuron, summed over the window and the batch.
-    fn activity(&self, spikes: &[Vec<u8>]) -> Result<Vec<LayerActivity>> {
+    /// Every spiking layer's activity from its spike counts per neuron, summed over the window and the batch
+    /// (`counts` by layer index, empty for the readout).
+    fn activity(&self, counts: Vec<Vec<u32>>) -> Result<Vec<LayerActivity>> {
         let mut activity = Vec::new();
-        for (layer, bytes) in self.plan.layers.iter().zip(spikes).filter(|(l, _)| l.spikes()) {
-            let counts: Vec<f64> = kernels::count_spikes(bytes, layer.neurons).into_iter().map(f64::from).collect();
+        for (layer, counts) in self.plan.layers.iter().zip(counts).filter(|(l, _)| l.spikes()) {
+            let counts: Vec<f64> = counts.into_iter().map(f64::from).collect();
             activity.push(LayerActivity {
                 name: layer.name.clone(),
                 is_pool: layer.is_pool(),
@@ -405,6 +415,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             )));
         }
         let spikes = &tape.spikes;
+        let span = |l: &Layer| if l.spikes() { batch * l.neurons } else { 0 };
+        let mut part: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; self.part * span(l)]).collect();
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
         let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| vec![F::zero(); w.rows.len()]).collect();
         let readout_input_grad = self.readout_backward(tape, grad_output, &mut grads[readout_weight])?;
@@ -413,12 +425,22 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         // Per spiking layer: the factor at spike times (θ⁻¹·NG or 1) and the running error δ(t+1).
         let mut gains: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
         let mut deltas: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
-        for (layer, bytes) in plan.layers.iter().zip(spikes) {
-            let span = batch * layer.neurons;
+        for ((layer, bits), own) in plan.layers.iter().zip(spikes).zip(&mut part) {
+            if !layer.spikes() {
+                gains.push(Vec::new());
+                deltas.push(Vec::new());
+                continue;
+            }
+            let span = span(layer);
             let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-            let spiking = layer.spikes();
-            gains.push(if spiking { kernels::spike_gains(bytes, span, neuron.backward_rule()) } else { Vec::new() });
-            deltas.push(if spiking { vec![F::zero(); span] } else { Vec::new() });
+            let mut gain = kernels::SpikeGains::new(span, neuron.backward_rule());
+            for t0 in (0..steps).step_by(self.part) {
+                let own = &mut own[..self.part.min(steps - t0) * span];
+                bits.load(t0 * span, own);
+                gain.add_steps(own);
+            }
+            gains.push(gain.finish());
+            deltas.push(vec![F::zero(); span]);
         }
 
         let pool = &self.pool;
@@ -427,6 +449,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let len = self.part.min(steps - t0);
             let frames = len * batch;
             let input = self.input_part(t0, len)?;
+            for ((layer, bits), own) in plan.layers.iter().zip(spikes).zip(&mut part) {
+                bits.load(t0 * span(layer), &mut own[..len * span(layer)]);
+            }
             let mut grad_spikes: Vec<Option<Vec<F>>> =
                 plan.layers.iter().map(|l| l.spikes().then(|| pool.zeroed(frames * l.neurons))).collect();
             if let Some(g) = feed_grad(readout.from, &mut grad_spikes) {
@@ -439,12 +464,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 if let Some(mask) = &self.masks[i] {
                     kernels::apply_mask(&mut grad, mask);
                 }
-                let span = batch * layer.neurons;
                 let mut currents_grad = pool.zeroed(grad.len());
-                let own = &spikes[i][t0 * span..(t0 + len) * span];
+                let own = &part[i][..len * span(layer)];
                 kernels::spike_backward_from(own, &grad, &gains[i], &mut deltas[i], &mut currents_grad);
                 pool.recycle(grad);
-                self.backward_layer(layer, &currents_grad, (t0, len), &input, spikes, &mut grad_spikes, &mut grads)?;
+                self.backward_layer(layer, &currents_grad, len, &input, &part, &mut grad_spikes, &mut grads)?;
                 pool.recycle(currents_grad);
             }
         }
@@ -469,21 +493,21 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(kernels::readout_input_grad(&self.weights[weight].rows, &delta, classes))
     }
 
-    /// The backward pass of one layer over part `[t0, t0 + len)` from the gradient of its input currents
-    /// `delta`: adds its weight gradients into `grads` and the gradient of its inputs' spikes into
-    /// `grad_spikes`.
+    /// The backward pass of one layer over a part of `len` steps (whose spikes `part` holds by layer) from
+    /// the gradient of its input currents `delta`: adds its weight gradients into `grads` and the gradient of
+    /// its inputs' spikes into `grad_spikes`.
     #[allow(clippy::too_many_arguments)]
     fn backward_layer(
         &self,
         layer: &Layer,
         delta: &[F],
-        (t0, len): (usize, usize),
+        len: usize,
         input: &[F],
-        spikes: &[Vec<u8>],
+        part: &[Vec<u8>],
         grad_spikes: &mut [Option<Vec<F>>],
         grads: &mut [Vec<F>],
     ) -> Result<()> {
-        let x = self.source(layer.from, t0, len, input, spikes);
+        let x = self.source(layer.from, len, input, part);
         let pool = &self.pool;
         match &layer.op {
             Op::Conv { weight, geometry, shortcut } => {
@@ -491,7 +515,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     (&self.weights[*weight], Synapse::Conv(*geometry), feed_grad(layer.from, grad_spikes));
                 synapse_backward(&x, w, map, delta, into, &mut grads[*weight], pool)?;
                 if let Some(sc) = shortcut {
-                    let src = self.source(sc.from, t0, len, input, spikes);
+                    let src = self.source(sc.from, len, input, part);
                     let into = feed_grad(sc.from, grad_spikes);
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_models::{builtin, ForwardOptions, Masks, NetworkSpec, SpikingNetwork};
+use snn_models::{builtin, Engine, ForwardOptions, Masks, NetworkSpec, SpikingNetwork};
 
 /// A small residual network with every layer kind: a stem, pooling, a block with a strided 1×1-conv
 /// shortcut, a block with an identity-subsampling shortcut, dropout on a convolution and the fully
@@ -131,21 +131,40 @@ fn the_taped_pass_reproduces_autograd_on_lenet_over_two_parts() {
 }
 
 #[test]
-fn the_tape_keeps_one_byte_per_neuron_and_step() {
+fn the_tape_keeps_one_bit_per_neuron_and_step_and_reads_back_the_dense_passs_spikes() {
     let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let net = SpikingNetwork::new(spec, &mut rng, DType::F32, &Device::Cpu).unwrap();
-    let (steps, batch) = (5, 2);
-    let x = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng).to_dtype(DType::F32).unwrap();
+    let net = SpikingNetwork::new(spec, &mut rng, DType::F64, &Device::Cpu).unwrap();
+    // 37 steps: parts of 32 + 5 steps, so parts start off 64-bit word boundaries for some layers.
+    let (steps, batch) = (37, 2);
+    let x = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
     let (_, tape) = net.forward_taped(&x, &Masks::new()).unwrap();
     // Spiking neurons per sample: stem 4·16·16, pool1 4·8·8, a1 6·8·8, a2 6·4·4, b1 6·4·4, b2 6·2·2,
-    // fc0 12; the readout keeps its 12 input counts per sample in f64.
-    let neurons = 1024 + 256 + 384 + 96 + 96 + 24 + 12;
-    assert_eq!(tape.bytes(), steps * batch * neurons + 8 * batch * 12);
+    // fc0 12; each layer's window is packed into whole 64-bit words; the readout keeps its 12 input counts
+    // per sample in f64.
+    let words = |n: usize| (steps * batch * n).div_ceil(64);
+    let bits: usize = [1024, 256, 384, 96, 96, 24, 12].into_iter().map(|n| 8 * words(n)).sum();
+    assert_eq!(tape.bytes(), bits + 8 * batch * 12);
+    assert!(
+        tape.bytes() * 7 < steps * batch * (1024 + 256 + 384 + 96 + 96 + 24 + 12),
+        "a byte tape would be 8× larger"
+    );
     assert_eq!(tape.steps(), steps);
-    let window = tape.spike_window(&net, "a1", DType::F32).unwrap().unwrap();
-    assert_eq!(window.dims(), [steps, batch, 6, 8, 8]);
-    assert!(tape.spike_window(&net, "nope", DType::F32).unwrap().is_none());
+    // The dense engine computes the same spikes with Candle's convolutions and its own recurrence op.
+    let opts = ForwardOptions { keep_spikes: true, engine: Engine::Dense, ..ForwardOptions::default() };
+    let dense = net.forward(&x, &Masks::new(), opts).unwrap();
+    for layer in ["stem", "a1", "b2", "fc0"] {
+        let window = tape.spike_window(&net, layer, DType::F64).unwrap().unwrap();
+        let reference = dense.activity.iter().find(|a| a.name == layer).unwrap().spikes.clone().unwrap();
+        assert_eq!(window.dims(), reference.dims(), "{layer}");
+        let (a, b) = (
+            window.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            reference.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        );
+        assert_eq!(a, b, "{layer}");
+        assert!(a.iter().any(|&v| v == 1.0), "{layer} fired");
+    }
+    assert!(tape.spike_window(&net, "nope", DType::F64).unwrap().is_none());
 }
 
 #[test]

@@ -1,0 +1,164 @@
+//! Spike windows packed one bit per neuron and step: the form a training pass keeps its spikes in between
+//! the forward and the backward pass (the backward only needs to know whether a neuron fired).
+//!
+//! Element `i` of the window is bit `i % 64` of word `i / 64`. Kernels read and write spikes as bytes (0 or
+//! 1) over a part of the window; [`SpikeBits::store`] and [`SpikeBits::load`] move such a part in and out
+//! at any element offset, word by word when the offset is a multiple of 64.
+
+/// A window of spikes, one bit each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpikeBits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl SpikeBits {
+    /// A window of `len` silent neurons-steps.
+    pub fn zeros(len: usize) -> Self {
+        Self { words: vec![0; len.div_ceil(64)], len }
+    }
+
+    /// Number of neuron-steps.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the window holds no neuron-step.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the packed window occupies.
+    pub fn bytes(&self) -> usize {
+        8 * self.words.len()
+    }
+
+    /// Number of spikes in the whole window.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Writes `spikes` (bytes, non-zero = fired) at elements `offset .. offset + spikes.len()`.
+    ///
+    /// # Panics
+    /// When the range runs past the window.
+    pub fn store(&mut self, offset: usize, spikes: &[u8]) {
+        assert!(offset + spikes.len() <= self.len, "spike part runs past the window");
+        let mut i = 0;
+        // Elements before the first word boundary, one by one.
+        while i < spikes.len() && (offset + i) % 64 != 0 {
+            self.set(offset + i, spikes[i] != 0);
+            i += 1;
+        }
+        let aligned = &spikes[i..];
+        let first_word = (offset + i) / 64;
+        let chunks = aligned.chunks_exact(64);
+        let tail = chunks.remainder();
+        for (k, chunk) in chunks.enumerate() {
+            let mut word = 0u64;
+            for (j, &b) in chunk.iter().enumerate() {
+                word |= u64::from(b != 0) << j;
+            }
+            self.words[first_word + k] = word;
+        }
+        let done = offset + i + (aligned.len() - tail.len());
+        for (j, &b) in tail.iter().enumerate() {
+            self.set(done + j, b != 0);
+        }
+    }
+
+    /// Reads elements `offset .. offset + out.len()` into `out` as bytes 0 or 1.
+    ///
+    /// # Panics
+    /// When the range runs past the window.
+    pub fn load(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.len, "spike part runs past the window");
+        let mut i = 0;
+        while i < out.len() && (offset + i) % 64 != 0 {
+            out[i] = u8::from(self.get(offset + i));
+            i += 1;
+        }
+        let first_word = (offset + i) / 64;
+        let len = out.len();
+        let mut chunks = out[i..].chunks_exact_mut(64);
+        for (k, chunk) in chunks.by_ref().enumerate() {
+            let word = self.words[first_word + k];
+            if word == 0 {
+                chunk.fill(0);
+            } else {
+                for (j, b) in chunk.iter_mut().enumerate() {
+                    *b = ((word >> j) & 1) as u8;
+                }
+            }
+        }
+        let tail_len = chunks.into_remainder().len();
+        for e in len - tail_len..len {
+            out[e] = u8::from(self.get(offset + e));
+        }
+    }
+
+    /// The whole window as bytes 0 or 1.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len];
+        self.load(0, &mut out);
+        out
+    }
+
+    /// Whether element `i` fired.
+    fn get(&self, i: usize) -> bool {
+        (self.words[i / 64] >> (i % 64)) & 1 == 1
+    }
+
+    fn set(&mut self, i: usize, fired: bool) {
+        let bit = 1u64 << (i % 64);
+        if fired {
+            self.words[i / 64] |= bit;
+        } else {
+            self.words[i / 64] &= !bit;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Parts stored at every kind of offset (aligned, unaligned, shorter than a word, crossing several
+    /// words) read back exactly, against a plain byte window written the same way.
+    #[test]
+    fn parts_round_trip_at_any_offset() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for len in [0usize, 1, 63, 64, 65, 200, 1000] {
+            let mut bits = SpikeBits::zeros(len);
+            let mut reference = vec![0u8; len];
+            for _ in 0..40 {
+                if len == 0 {
+                    break;
+                }
+                let start = rng.gen_range(0..len);
+                let n = rng.gen_range(0..=len - start);
+                let part: Vec<u8> =
+                    (0..n).map(|_| if rng.gen_bool(0.3) { rng.gen_range(1..=255) } else { 0 }).collect();
+                bits.store(start, &part);
+                for (r, &p) in reference[start..start + n].iter_mut().zip(&part) {
+                    *r = u8::from(p != 0);
+                }
+                let (a, m) = (rng.gen_range(0..len), rng.gen_range(0..len));
+                let (a, b) = (a.min(m), a.max(m));
+                let mut out = vec![7u8; b - a];
+                bits.load(a, &mut out);
+                assert_eq!(out, reference[a..b], "len {len}, read {a}..{b}");
+            }
+            assert_eq!(bits.to_bytes(), reference);
+            assert_eq!(bits.count(), reference.iter().filter(|&&b| b == 1).count());
+            assert_eq!(bits.bytes(), 8 * len.div_ceil(64));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "past the window")]
+    fn a_part_past_the_end_is_refused() {
+        SpikeBits::zeros(10).store(8, &[1, 1, 1]);
+    }
+}
