@@ -12,6 +12,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::Serialize;
+use snn_core::events::SimdLevel;
 use snn_data::mnist::{builtin_subset, Split};
 use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
 use snn_train::loss::sum_squared_error;
@@ -31,6 +32,8 @@ pub struct BenchArgs {
     pub peers: Option<Peers>,
     /// The device the network runs on.
     pub device: Device,
+    /// The event kernels' SIMD levels to time, each in turn (empty: the detected one).
+    pub simd: Vec<SimdLevel>,
 }
 
 /// What can be timed.
@@ -42,6 +45,8 @@ pub const MODES: [&str; 4] = ["train", "train-graph", "infer", "infer-sparse"];
 struct Row {
     model: String,
     mode: &'static str,
+    /// The event kernels' SIMD level.
+    simd: &'static str,
     batch: usize,
     timesteps: usize,
     median_s: f64,
@@ -161,8 +166,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let mut rng = stream_rng(1, Stream::TrainInput);
+        let levels = if args.simd.is_empty() { vec![SimdLevel::detected()] } else { args.simd.clone() };
         for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
-            rows.push(time_mode(&args, &net, &mut opt, &inputs, (mode, t), &mut rng, baseline)?);
+            for &level in &levels {
+                anyhow::ensure!(level <= SimdLevel::detected(), "this CPU does not run SIMD level {}", level.name());
+                SimdLevel::force(Some(level));
+                let row = time_mode(&args, &net, &mut opt, &inputs, (mode, t), &mut rng, baseline);
+                SimdLevel::force(None);
+                rows.push(row?);
+            }
         }
         if let Some(peers) = &args.peers {
             // Interleaved with ours: the same T right after our own rows, for the modes timed here.
@@ -270,6 +282,7 @@ fn time_mode(
     Ok(Row {
         model: args.model.clone(),
         mode,
+        simd: SimdLevel::current().name(),
         batch,
         timesteps: t,
         median_s: med,
@@ -289,14 +302,15 @@ fn print_report(report: &Report) {
         report.device, report.matmul_gflops, report.threads
     );
     println!(
-        "{:<7} {:<12} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
-        "model", "mode", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
+        "{:<7} {:<12} {:<8} {:>5} {:>4} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+        "model", "mode", "simd", "batch", "T", "median s", "min s", "img/s", "GFLOP/s", "÷ matmul", "peak MB"
     );
     for r in &report.rows {
         println!(
-            "{:<7} {:<12} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
+            "{:<7} {:<12} {:<8} {:>5} {:>4} {:>10.3} {:>10.3} {:>9.1} {:>9.1} {:>10.2} {:>10.0}",
             r.model,
             r.mode,
+            r.simd,
             r.batch,
             r.timesteps,
             r.median_s,

@@ -81,6 +81,10 @@ enum Command {
         /// Run on the first CUDA device (needs a build with `--features cuda`).
         #[arg(long)]
         cuda: bool,
+        /// Time the event kernels at these SIMD levels in turn (comma-separated: portable, avx2, avx512;
+        /// default: the widest the CPU runs).
+        #[arg(long, value_delimiter = ',', value_parser = parse_simd)]
+        simd: Vec<snn_core::events::SimdLevel>,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce {
@@ -131,6 +135,15 @@ enum Command {
     /// Build with `--features cuda` (needs nvcc), replay the golden cases on the GPU in f64 and f32, and time
     /// LeNet (B 32) and VGG9 (B 16) at T = 100 there.
     GpuCheck,
+}
+
+/// A SIMD level by name.
+fn parse_simd(name: &str) -> Result<snn_core::events::SimdLevel, String> {
+    use snn_core::events::SimdLevel;
+    [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .find(|l| l.name() == name)
+        .ok_or_else(|| format!("unknown SIMD level '{name}' (portable, avx2, avx512)"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -231,11 +244,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir, cuda } => device(cuda).and_then(|d| golden(dir, &d)),
-        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script, cuda } => {
+        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script, cuda, simd } => {
             let peers = peers.zip(peers_script).map(|(python, script)| peers::Peers { python, script });
             device(cuda)
                 .and_then(|device| {
-                    bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers, device })
+                    bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers, device, simd })
                 })
                 .map(|()| true)
         }

@@ -152,44 +152,109 @@ pub fn conv2d_input_grad_at_events(
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
 }
 
-/// Whether the CPU runs the kernels' AVX2 variants (detected once, cached by the standard library).
-fn wide_vectors() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
+/// The instruction sets the event kernels are compiled for, widest last. Every level runs the same code
+/// (compiled with the level's target features, so the compiler vectorises it to that width); multiplies and
+/// adds stay separate operations (Rust never contracts `a * b + c` into a fused multiply-add), and every sum
+/// runs in the order the code spells out, so all levels give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// The target's baseline (SSE2 on x86-64).
+    Portable = 1,
+    /// 256-bit vectors (x86-64 with AVX2).
+    Avx2 = 2,
+    /// 512-bit vectors (x86-64 with AVX-512F).
+    Avx512 = 3,
+}
+
+impl SimdLevel {
+    /// The widest level this CPU runs.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return SimdLevel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Portable
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every level this CPU runs, narrowest first.
+    pub fn available() -> Vec<Self> {
+        [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .filter(|l| *l <= Self::detected())
+            .collect()
+    }
+
+    /// The level the kernels run at: the one [`SimdLevel::force`] set, else the detected one.
+    pub fn current() -> Self {
+        match FORCED_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+            2 => SimdLevel::Avx2,
+            3 => SimdLevel::Avx512,
+            1 => SimdLevel::Portable,
+            _ => Self::detected(),
+        }
+    }
+
+    /// Runs the kernels at `level` from now on (process-wide), or at the detected level again with `None`:
+    /// for tests that check every variant against the portable one, and for benchmarks that compare them.
+    /// A level above the detected one is lowered to it, so a forced level never runs instructions the CPU
+    /// lacks.
+    pub fn force(level: Option<SimdLevel>) {
+        let value = level.map_or(0, |l| l.min(Self::detected()) as u8);
+        FORCED_LEVEL.store(value, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The level's name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Portable => "portable",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
     }
 }
 
-/// Declares `$wide`, the kernel `$base` compiled for AVX2 on x86-64 (the body is inlined into it). The event
-/// kernels add or dot rows of 20–512 weights: with 256-bit vectors a row takes half the instructions of the
-/// baseline target's 128-bit ones. The kernels multiply and add in separate operations (Rust never fuses
-/// `a * b + c` by itself), so both variants round alike and give the same bits. Call it through
-/// [`dispatch!`].
-macro_rules! wide_variant {
-    (fn $wide:ident = $base:ident<$($g:ident: $bound:path),*>($($a:ident: $t:ty),* $(,)?)) => {
-        /// The kernel of the same name without `_wide`, compiled for AVX2.
+/// The level [`SimdLevel::force`] set (`SimdLevel as u8`), or 0 for the detected one.
+static FORCED_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Declares the kernel `$base` compiled for AVX2 (`$avx2`) and for AVX-512F (`$avx512`) on x86-64 (the body is
+/// inlined into each). The event kernels add or dot rows of 20–512 weights: 256-bit vectors take half the
+/// instructions of the baseline's 128-bit ones, 512-bit vectors a quarter. Call them through [`dispatch!`].
+macro_rules! wide_variants {
+    (fn $avx2:ident, $avx512:ident = $base:ident<$($g:ident: $bound:path),*>($($a:ident: $t:ty),* $(,)?)) => {
+        /// The kernel of the same name without the suffix, compiled for AVX2.
         ///
         /// # Safety
-        /// Only call it on a CPU with AVX2 ([`wide_vectors`]).
+        /// Only call it on a CPU with AVX2 ([`SimdLevel::current`]).
         #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
-        unsafe fn $wide<$($g: $bound),*>($($a: $t),*) {
+        unsafe fn $avx2<$($g: $bound),*>($($a: $t),*) {
+            $base($($a),*)
+        }
+
+        /// The kernel of the same name without the suffix, compiled for AVX-512F.
+        ///
+        /// # Safety
+        /// Only call it on a CPU with AVX-512F ([`SimdLevel::current`]).
+        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2"))]
+        unsafe fn $avx512<$($g: $bound),*>($($a: $t),*) {
             $base($($a),*)
         }
     };
 }
 
-/// Calls the wide variant of a kernel when the CPU has the features, the baseline one otherwise.
+/// Calls the variant of a kernel for the current [`SimdLevel`].
 macro_rules! dispatch {
-    ($wide:ident, $base:ident($($arg:expr),* $(,)?)) => {
-        if wide_vectors() {
-            // SAFETY: the CPU has AVX2 (checked by `wide_vectors`).
-            unsafe { $wide($($arg),*) }
-        } else {
-            $base($($arg),*)
+    ($avx2:ident, $avx512:ident, $base:ident($($arg:expr),* $(,)?)) => {
+        match SimdLevel::current() {
+            // SAFETY: the CPU has AVX-512F (a forced level never exceeds the detected one).
+            SimdLevel::Avx512 => unsafe { $avx512($($arg),*) },
+            // SAFETY: the CPU has AVX2.
+            SimdLevel::Avx2 => unsafe { $avx2($($arg),*) },
+            SimdLevel::Portable => $base($($arg),*),
         }
     };
 }
@@ -360,11 +425,13 @@ impl CustomOp3 for EventInputGrad {
 /// ([`kernel_rows`]) and the output gradient `grad` channel-last, `[N, Ho, Wo, O]` ([`channel_last`]).
 fn input_grad_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], grad: &[F], g: ConvGeometry, out: &mut [F]) {
     out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each(
-        |(f, (dst, frame_grad))| dispatch!(input_grad_frame_wide, input_grad_frame(x, f, rows, frame_grad, g, dst)),
+        |(f, (dst, frame_grad))| {
+            dispatch!(input_grad_frame_avx2, input_grad_frame_avx512, input_grad_frame(x, f, rows, frame_grad, g, dst))
+        },
     );
 }
 
-wide_variant!(fn input_grad_frame_wide = input_grad_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fn input_grad_frame_avx2, input_grad_frame_avx512 = input_grad_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], frame_grad: &[F], g: ConvGeometry, dst: &mut [F]
 ));
 
@@ -443,12 +510,16 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
     }
     acc.par_chunks_mut(block * per_channel).zip(outs.into_par_iter()).enumerate().for_each(
         |(b, (acc_block, mut outs))| {
-            dispatch!(conv_grads_block_wide, conv_grads_block(x, b * block, grad, g, acc_block, rows, &mut outs))
+            dispatch!(
+                conv_grads_block_avx2,
+                conv_grads_block_avx512,
+                conv_grads_block(x, b * block, grad, g, acc_block, rows, &mut outs)
+            )
         },
     );
 }
 
-wide_variant!(fn conv_grads_block_wide = conv_grads_block<F: Real, X: EventFrames<F>>(
+wide_variants!(fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_block<F: Real, X: EventFrames<F>>(
     x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F], rows: Option<&[F]>,
     outs: &mut [&mut [F]]
 ));
@@ -683,11 +754,11 @@ pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometr
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
         // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
         || vec![F::zero(); g.frame_out()],
-        |acc, (f, dst)| dispatch!(conv_frame_wide, conv_frame(x, f, rows, g, &coords, acc, dst)),
+        |acc, (f, dst)| dispatch!(conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, rows, g, &coords, acc, dst)),
     );
 }
 
-wide_variant!(fn conv_frame_wide = conv_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], g: ConvGeometry, coords: &[(u32, u32)], acc: &mut [F], dst: &mut [F]
 ));
 
@@ -859,10 +930,10 @@ fn add_scaled_chunk<F: Real>(dst: &mut [F], row: &[F], v: F) {
 pub fn linear_events_into<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], outputs: usize, out: &mut [F]) {
     out.par_chunks_mut(outputs)
         .enumerate()
-        .for_each(|(f, dst)| dispatch!(linear_frame_wide, linear_frame(x, f, rows, outputs, dst)));
+        .for_each(|(f, dst)| dispatch!(linear_frame_avx2, linear_frame_avx512, linear_frame(x, f, rows, outputs, dst)));
 }
 
-wide_variant!(fn linear_frame_wide = linear_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fn linear_frame_avx2, linear_frame_avx512 = linear_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], outputs: usize, dst: &mut [F]
 ));
 
@@ -887,11 +958,15 @@ const INPUTS_PER_TASK: usize = 64;
 pub fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], outputs: usize, acc: &mut [F]) {
     acc.par_chunks_mut(INPUTS_PER_TASK * outputs).enumerate().for_each(|(block, acc)| {
         let first = block * INPUTS_PER_TASK;
-        dispatch!(linear_weight_grad_block_wide, linear_weight_grad_block(x, first, grad, outputs, acc))
+        dispatch!(
+            linear_weight_grad_block_avx2,
+            linear_weight_grad_block_avx512,
+            linear_weight_grad_block(x, first, grad, outputs, acc)
+        )
     });
 }
 
-wide_variant!(fn linear_weight_grad_block_wide = linear_weight_grad_block<F: Real, X: EventFrames<F>>(
+wide_variants!(fn linear_weight_grad_block_avx2, linear_weight_grad_block_avx512 = linear_weight_grad_block<F: Real, X: EventFrames<F>>(
     x: &X, first: usize, grad: &[F], outputs: usize, acc: &mut [F]
 ));
 
@@ -927,11 +1002,15 @@ pub fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
     out: &mut [F],
 ) {
     out.par_chunks_mut(x.frame_len()).zip(grad.par_chunks(outputs)).enumerate().for_each(|(f, (dst, row))| {
-        dispatch!(linear_input_grad_frame_wide, linear_input_grad_frame(x, f, rows, row, outputs, dst))
+        dispatch!(
+            linear_input_grad_frame_avx2,
+            linear_input_grad_frame_avx512,
+            linear_input_grad_frame(x, f, rows, row, outputs, dst)
+        )
     });
 }
 
-wide_variant!(fn linear_input_grad_frame_wide = linear_input_grad_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fn linear_input_grad_frame_avx2, linear_input_grad_frame_avx512 = linear_input_grad_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], row: &[F], outputs: usize, dst: &mut [F]
 ));
 
