@@ -16,7 +16,7 @@ use snn_core::events::SimdLevel;
 use snn_data::mnist::{builtin_subset, Split};
 use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
 use snn_train::loss::sum_squared_error;
-use snn_train::{stream_rng, train_step, Sgd, Stream};
+use snn_train::{sample_rng, stream_rng, train_step, Sgd, Stream};
 
 use crate::peers::{PeerRow, Peers, IMPLS};
 
@@ -165,13 +165,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for &t in &args.timesteps {
         let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
-        let mut rng = stream_rng(1, Stream::TrainInput);
         let levels = if args.simd.is_empty() { vec![SimdLevel::detected()] } else { args.simd.clone() };
         for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
             for &level in &levels {
                 anyhow::ensure!(level <= SimdLevel::detected(), "this CPU does not run SIMD level {}", level.name());
                 SimdLevel::force(Some(level));
-                let row = time_mode(&args, &net, &mut opt, &inputs, (mode, t), &mut rng, baseline);
+                let row = time_mode(&args, &net, &mut opt, &inputs, (mode, t), baseline);
                 SimdLevel::force(None);
                 rows.push(row?);
             }
@@ -237,14 +236,14 @@ impl BenchInputs {
     }
 }
 
-/// Times one mode at one `T`: a warm-up, then `args.reps` repetitions, each encoding fresh input spikes.
+/// Times one mode at one `T`: a warm-up, then `args.reps` repetitions, each encoding fresh input spikes
+/// (repetition `r` draws the same spikes and masks in every mode and at every SIMD level).
 fn time_mode(
     args: &BenchArgs,
     net: &SpikingNetwork,
     opt: &mut Sgd,
     inputs: &BenchInputs,
     (mode, t): (&'static str, usize),
-    rng: &mut rand_chacha::ChaCha8Rng,
     baseline: f64,
 ) -> Result<Row> {
     let device = &args.device;
@@ -253,13 +252,14 @@ fn time_mode(
     let mut times = Vec::new();
     for rep in 0..=args.reps {
         let start = Instant::now();
-        let x = net.spec().encode_input(&inputs.pixels, batch, t, rng, DType::F32, device)?;
+        let rngs = |stream| (0..batch as u64).map(|b| sample_rng(1, stream, rep as u64, b)).collect::<Vec<_>>();
+        let x = net.spec().encode_input(&inputs.pixels, &mut rngs(Stream::TrainInput), t, DType::F32, device)?;
         if mode == "train" {
-            let masks = net.draw_masks(batch, rng)?;
+            let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
             train_step(net, opt, &x, labels, &masks)?;
         } else if mode == "train-graph" {
             // The same step through Candle's autograd (the path other devices take).
-            let masks = net.draw_masks(batch, rng)?;
+            let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
             let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
             let out = net.forward(&x, &masks, opts)?;
             let grads = sum_squared_error(&out.output, labels)?.backward()?;

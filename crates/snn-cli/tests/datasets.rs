@@ -49,7 +49,10 @@ fn vgg9_and_resnet11_train_on_cifar10_and_evaluate_back() {
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("recipe.json")).unwrap()).unwrap();
         assert_eq!(r["recipe"]["augment"], true);
-        assert_eq!(r["recipe"]["lr"], if model == "vgg9" { 0.0033 } else { 0.0025 });
+        // The paper's rate, scaled by the short-window rule at T = 2.
+        let paper = if model == "vgg9" { 0.0033 } else { 0.0025 };
+        assert_eq!(r["recipe"]["lr_before_window_rule"], paper);
+        assert!((r["recipe"]["lr"].as_f64().unwrap() - paper * 2.0 / 20.0).abs() < 1e-15, "{}", r["recipe"]);
         assert_eq!(r["spec"]["input_std"][0], 0.557);
         let o = cli(&[
             "eval",

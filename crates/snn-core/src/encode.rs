@@ -39,34 +39,44 @@ impl RateEncoder {
     }
 
     /// Encodes a batch of `pixels` (any shape `[B, ...]`, row-major) into a spike window of shape
-    /// `[timesteps, B, ...]`. Random numbers are drawn from `rng` in time-major, row-major order.
-    pub fn encode<R: Rng + ?Sized>(
+    /// `[timesteps, B, ...]`. Sample `b` draws from `rngs[b]` alone (its pixels in row-major order, step
+    /// after step), so a sample's spikes do not depend on which other samples share its batch or in which
+    /// order: key each generator by the sample for draws that are the same whatever the batching.
+    pub fn encode<R: Rng>(
         &self,
         pixels: &[f32],
         shape: &[usize],
         timesteps: usize,
-        rng: &mut R,
+        rngs: &mut [R],
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let per_step: usize = shape.iter().product();
-        if per_step != pixels.len() {
+        let total: usize = shape.iter().product();
+        if total != pixels.len() || shape.first() != Some(&rngs.len()) {
             return Err(Error::Shape {
                 op: "RateEncoder::encode",
-                msg: format!("shape {shape:?} holds {per_step} values, got {}", pixels.len()),
+                msg: format!(
+                    "shape {shape:?} holds {total} values in {:?} samples; got {} values and {} generators",
+                    shape.first(),
+                    pixels.len(),
+                    rngs.len()
+                ),
             });
         }
+        let per_sample = total / rngs.len().max(1);
         let gain = self.gain as f32;
-        let mut spikes = Vec::with_capacity(per_step * timesteps);
-        for _ in 0..timesteps {
-            spikes.extend(pixels.iter().map(|&x| {
-                let r: f32 = rng.gen();
-                if gain * x.abs() > r {
-                    x.signum()
-                } else {
-                    0.0
+        let mut spikes = vec![0.0f32; total * timesteps];
+        for (b, rng) in rngs.iter_mut().enumerate() {
+            let image = &pixels[b * per_sample..][..per_sample];
+            for t in 0..timesteps {
+                let out = &mut spikes[t * total + b * per_sample..][..per_sample];
+                for (s, &x) in out.iter_mut().zip(image) {
+                    let r: f32 = rng.gen();
+                    if gain * x.abs() > r {
+                        *s = x.signum();
+                    }
                 }
-            }));
+            }
         }
         let mut dims = Vec::with_capacity(shape.len() + 1);
         dims.push(timesteps);
@@ -121,10 +131,10 @@ mod tests {
 
     #[test]
     fn rates_and_signs_follow_the_recipe() -> Result<()> {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let rng = ChaCha8Rng::seed_from_u64(7);
         let pixels = [0.0f32, 1.0, 0.4, -0.8];
         let t = 20_000;
-        let s = RateEncoder::MNIST.encode(&pixels, &[1, 4], t, &mut rng, DType::F32, &Device::Cpu)?;
+        let s = RateEncoder::MNIST.encode(&pixels, &[1, 4], t, &mut [rng], DType::F32, &Device::Cpu)?;
         let s = s.to_dtype(DType::F64)?.sum(0)?.flatten_all()?.to_vec1::<f64>()?;
         let rates: Vec<f64> = s.iter().map(|c| c / t as f64).collect();
         assert_eq!(rates[0], 0.0);
@@ -148,13 +158,21 @@ mod tests {
     }
 
     #[test]
-    fn same_seed_same_spikes() -> Result<()> {
-        let px = [0.3f32; 16];
-        let a =
-            RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
-        let b =
-            RateEncoder::SIGNED.encode(&px, &[16], 5, &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)?;
-        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+    fn same_seed_same_spikes_and_each_sample_its_own_stream() -> Result<()> {
+        let px: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
+        let rngs = |seeds: &[u64]| seeds.iter().map(|&s| ChaCha8Rng::seed_from_u64(s)).collect::<Vec<_>>();
+        let encode = |px: &[f32], shape: &[usize], seeds: &[u64]| -> Result<Vec<f32>> {
+            let x = RateEncoder::SIGNED.encode(px, shape, 5, &mut rngs(seeds), DType::F32, &Device::Cpu)?;
+            Ok(x.flatten_all()?.to_vec1::<f32>()?)
+        };
+        assert_eq!(encode(&px, &[2, 8], &[1, 2])?, encode(&px, &[2, 8], &[1, 2])?);
+        // Sample 1 alone with generator 2 gives the spikes it had as the second sample of the batch.
+        let pair = encode(&px, &[2, 8], &[1, 2])?;
+        let alone = encode(&px[8..], &[1, 8], &[2])?;
+        for t in 0..5 {
+            assert_eq!(pair[t * 16 + 8..t * 16 + 16], alone[t * 8..t * 8 + 8], "step {t}");
+        }
+        assert!(RateEncoder::SIGNED.encode(&px, &[2, 8], 5, &mut rngs(&[1]), DType::F32, &Device::Cpu).is_err());
         assert!(RateEncoder::new(f64::NAN).is_err());
         Ok(())
     }

@@ -179,9 +179,10 @@ impl SpikingNetwork {
         self.shapes.get(name).map(Vec::as_slice)
     }
 
-    /// Draws the dropout masks of one mini-batch (one mask per layer with `dropout`, held over the window).
-    /// Empty when the spec's `dropout_p` is 0.
-    pub fn draw_masks<R: Rng + ?Sized>(&self, batch: usize, rng: &mut R) -> Result<Masks> {
+    /// Draws the dropout masks of one mini-batch (one mask per layer with `dropout`, held over the window),
+    /// sample `b`'s from `rngs[b]` alone, layer after layer. Empty when the spec's `dropout_p` is 0.
+    pub fn draw_masks<R: Rng>(&self, rngs: &mut [R]) -> Result<Masks> {
+        let batch = rngs.len();
         let mut masks = Masks::new();
         if self.spec.dropout_p <= 0.0 {
             return Ok(masks);
@@ -195,7 +196,7 @@ impl SpikingNetwork {
             if dropout {
                 let mut shape = vec![batch];
                 shape.extend_from_slice(&self.shapes[name]);
-                masks.insert(name.clone(), dropout_mask(&shape, self.spec.dropout_p, rng, self.dtype, &self.device)?);
+                masks.insert(name.clone(), dropout_mask(&shape, self.spec.dropout_p, rngs, self.dtype, &self.device)?);
             }
         }
         Ok(masks)

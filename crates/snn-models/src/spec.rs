@@ -260,22 +260,21 @@ impl NetworkSpec {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The input window `[T, B, C, H, W]` of a batch of `batch` images (`pixels` laid out `[B, C, H, W]`,
-    /// already normalised), coded as [`Self::input_encoding`] says. Poisson coding draws from `rng`
-    /// (time-major, row-major); direct coding draws nothing.
-    pub fn encode_input<R: rand::Rng + ?Sized>(
+    /// The input window `[T, B, C, H, W]` of a batch of images (`pixels` laid out `[B, C, H, W]`, already
+    /// normalised; one generator per sample in `rngs`), coded as [`Self::input_encoding`] says. Poisson
+    /// coding draws sample `b`'s spikes from `rngs[b]` alone; direct coding draws nothing.
+    pub fn encode_input<R: rand::Rng>(
         &self,
         pixels: &[f32],
-        batch: usize,
+        rngs: &mut [R],
         timesteps: usize,
-        rng: &mut R,
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> Result<candle_core::Tensor> {
-        let shape = [&[batch][..], &self.input_shape[..]].concat();
+        let shape = [&[rngs.len()][..], &self.input_shape[..]].concat();
         Ok(match self.input_encoding {
             InputEncoding::Poisson => {
-                snn_core::RateEncoder::new(self.input_gain)?.encode(pixels, &shape, timesteps, rng, dtype, device)?
+                snn_core::RateEncoder::new(self.input_gain)?.encode(pixels, &shape, timesteps, rngs, dtype, device)?
             }
             InputEncoding::Direct => snn_core::DirectEncoder.encode(pixels, &shape, timesteps, dtype, device)?,
         })

@@ -8,6 +8,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_models::{builtin, Engine, ForwardOptions, Masks, NetworkSpec, SpikingNetwork};
 
+/// One generator per sample, seeded from `rng`.
+fn per_sample(batch: usize, rng: &mut ChaCha8Rng) -> Vec<ChaCha8Rng> {
+    (0..batch).map(|_| ChaCha8Rng::seed_from_u64(rng.gen())).collect()
+}
+
 /// A small residual network with every layer kind: a stem, pooling, a block with a strided 1×1-conv
 /// shortcut, a block with an identity-subsampling shortcut, dropout on a convolution and the fully
 /// connected layer, and the readout.
@@ -111,7 +116,7 @@ fn the_taped_pass_reproduces_autograd_on_every_layer_kind() {
             })
             .collect();
         let net = SpikingNetwork::from_weights(spec.clone(), weights, DType::F64, &Device::Cpu).unwrap();
-        let masks = net.draw_masks(batch, &mut rng).unwrap();
+        let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
         assert_eq!(masks.len(), 2);
         let x = input(&[steps, batch, 2, 16, 16], density, !excite, &mut rng);
         let spikes = passes_agree(&net, &x, &masks);
@@ -124,7 +129,7 @@ fn the_taped_pass_reproduces_autograd_on_lenet_over_two_parts() {
     let spec = builtin("lenet").unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let net = SpikingNetwork::new(spec, &mut rng, DType::F64, &Device::Cpu).unwrap();
-    let masks = net.draw_masks(2, &mut rng).unwrap();
+    let masks = net.draw_masks(&mut per_sample(2, &mut rng)).unwrap();
     // Parts of 32 steps: 32 + 8.
     let x = input(&[40, 2, 1, 28, 28], 0.2, false, &mut rng);
     assert!(passes_agree(&net, &x, &masks) > 0.0);
@@ -225,7 +230,7 @@ fn buffers_kept_between_passes_do_not_leak_into_the_next_step() {
         initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
     let net = SpikingNetwork::from_weights(spec.clone(), weights.clone(), DType::F64, &Device::Cpu).unwrap();
     for (steps, batch, density) in [(9, 16, 0.3), (8, 4, 0.3), (9, 16, 0.2), (7, 2, 0.5)] {
-        let masks = net.draw_masks(batch, &mut rng).unwrap();
+        let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
         let x = input(&[steps, batch, 2, 16, 16], density, true, &mut rng);
         let reused = taped_gradients(&net, &x, &masks);
         let fresh = SpikingNetwork::from_weights(spec.clone(), weights.clone(), DType::F64, &Device::Cpu).unwrap();

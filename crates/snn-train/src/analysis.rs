@@ -22,7 +22,7 @@ use snn_data::{Batches, Samples};
 use snn_models::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerSpec, Masks, ShortcutKind, SpikingNetwork};
 
 use crate::loss::count_correct;
-use crate::trainer::{check_dataset, encode, stream_rng, ActivityTally, Stream};
+use crate::trainer::{check_dataset, encode, ActivityTally, Stream};
 use crate::{Error, Result};
 
 /// Energy per operation and what to count.
@@ -234,8 +234,8 @@ pub fn synaptic_ops(net: &SpikingNetwork, counts: &HashMap<&str, Vec<f64>>) -> R
 
 /// Runs `net` over `data` at `timesteps` steps and measures spikes, synaptic operations and energy.
 ///
-/// Input spikes come from the [`Stream::EvalInput`] stream of `seed`, so for the same seed and batch size the
-/// accuracy equals that of [`crate::evaluate`]. `raster_layer` names a spiking layer whose spike trains of
+/// Input spikes come from the per-sample [`Stream::EvalInput`] generators of `seed`, so for the same seed the
+/// accuracy equals that of [`crate::evaluate`], at any batch size. `raster_layer` names a spiking layer whose spike trains of
 /// the first image are returned.
 pub fn analyse(
     net: &SpikingNetwork,
@@ -297,9 +297,8 @@ fn observe(
     raster_layer: Option<&str>,
 ) -> Result<Observed> {
     let mut observed = Observed { correct: 0, tally: ActivityTally::default(), input_counts: Vec::new(), raster: None };
-    let mut rng = stream_rng(seed, Stream::EvalInput);
     for idx in Batches::new::<rand_chacha::ChaCha8Rng>(data.len(), batch_size, None)? {
-        let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
+        let (x, labels) = encode(net, data, &idx, timesteps, (seed, Stream::EvalInput, 0))?;
         // Spike windows are kept only for the batch that supplies the raster.
         let keep_spikes = observed.raster.is_none() && raster_layer.is_some();
         let opts = ForwardOptions { track_gradients: false, keep_spikes, engine: Engine::Sparse };

@@ -45,6 +45,36 @@ pub fn stream_rng(seed: u64, stream: Stream) -> ChaCha8Rng {
     rng
 }
 
+/// The generator of one sample's draws in one stream: keyed by the run seed, the stream, the epoch (0
+/// outside training) and the sample's index in its dataset.
+///
+/// Input spikes, dropout masks, crops and flips are drawn per sample from these, so they depend on nothing
+/// else: not on the batch size, not on which samples share the batch, not on which process draws them. A
+/// checkpoint therefore scores the same at any evaluation batch size, and a batch split across processes
+/// draws what one process would have drawn.
+pub fn sample_rng(seed: u64, stream: Stream, epoch: u64, sample: u64) -> ChaCha8Rng {
+    // SplitMix64 finaliser: every key word depends on the seed and on all the parts before it.
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let mut key = [0u8; 32];
+    let mut state = seed;
+    for (word, part) in key.chunks_exact_mut(8).zip([stream as u64, epoch, sample, u64::MAX]) {
+        state = mix(state.wrapping_add(0x9E37_79B9_7F4A_7C15) ^ mix(part));
+        word.copy_from_slice(&state.to_le_bytes());
+    }
+    let mut rng = ChaCha8Rng::from_seed(key);
+    rng.set_stream(stream as u64);
+    rng
+}
+
+/// One [`sample_rng`] per sample index of a batch.
+fn sample_rngs(seed: u64, stream: Stream, epoch: u64, idx: &[usize]) -> Vec<ChaCha8Rng> {
+    idx.iter().map(|&i| sample_rng(seed, stream, epoch, i as u64)).collect()
+}
+
 /// Average activity of one spiking layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerRate {
@@ -118,26 +148,28 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
+/// The input window of the samples `idx` of `data`, each drawing from its own generator of the `stream` of
+/// `seed` at `epoch` ([`sample_rng`]).
 pub(crate) fn encode(
     net: &SpikingNetwork,
     data: &Samples,
     idx: &[usize],
     steps: usize,
-    rng: &mut ChaCha8Rng,
+    (seed, stream, epoch): (u64, Stream, u64),
 ) -> Result<(Tensor, Vec<u32>)> {
-    encode_augmented(net, data, idx, steps, rng, None)
+    encode_augmented(net, data, idx, steps, &mut sample_rngs(seed, stream, epoch, idx), None)
 }
 
-/// The input window `[T, B, C, H, W]` of a batch: coded images (augmented first when an augmentation
-/// stream is given), or the binned frames of event recordings, which are spikes already and are neither
-/// augmented nor re-coded.
+/// The input window `[T, B, C, H, W]` of a batch: coded images (augmented first when augmentation
+/// generators are given), or the binned frames of event recordings, which are spikes already and are neither
+/// augmented nor re-coded. `rngs` and `augment` hold one generator per sample.
 fn encode_augmented(
     net: &SpikingNetwork,
     data: &Samples,
     idx: &[usize],
     steps: usize,
-    rng: &mut ChaCha8Rng,
-    augment: Option<&mut ChaCha8Rng>,
+    rngs: &mut [ChaCha8Rng],
+    augment: Option<&mut [ChaCha8Rng]>,
 ) -> Result<(Tensor, Vec<u32>)> {
     let images = match data {
         Samples::Images(images) => images,
@@ -149,11 +181,17 @@ fn encode_augmented(
         }
     };
     let (mut pixels, labels) = match augment {
-        Some(arng) => images.batch_with(idx, |img| random_crop_flip(img, images.shape(), 4, arng)),
+        Some(arngs) => {
+            let mut next = arngs.iter_mut();
+            images.batch_with(idx, |img| match next.next() {
+                Some(arng) => random_crop_flip(img, images.shape(), 4, arng),
+                None => img.to_vec(),
+            })
+        }
         None => images.batch(idx),
     };
     net.spec().normalize(&mut pixels);
-    let x = net.spec().encode_input(&pixels, idx.len(), steps, rng, net.dtype(), net.device())?;
+    let x = net.spec().encode_input(&pixels, rngs, steps, net.dtype(), net.device())?;
     Ok((x, labels))
 }
 
@@ -180,8 +218,9 @@ pub(crate) fn check_dataset(net: &SpikingNetwork, data: &Samples, role: &str) ->
     Ok(())
 }
 
-/// Evaluates top-1 accuracy over `data` with `timesteps` steps per sample. Input spikes are drawn from the
-/// [`Stream::EvalInput`] stream of `seed`, restarted here, so the same checkpoint always gets the same score;
+/// Evaluates top-1 accuracy over `data` with `timesteps` steps per sample. Every sample's input spikes are
+/// drawn from its own [`Stream::EvalInput`] generator of `seed` ([`sample_rng`]), so the same checkpoint
+/// always gets the same score, at any batch size;
 /// `engine` picks dense or event-driven synaptic layers (same predictions up to floating-point rounding).
 pub fn evaluate(
     net: &SpikingNetwork,
@@ -197,12 +236,11 @@ pub fn evaluate(
         return Err(Error::Config("timesteps and batch size must be at least 1".into()));
     }
     let start = Instant::now();
-    let mut rng = stream_rng(seed, Stream::EvalInput);
     let mut correct = 0;
     let mut tally = ActivityTally::default();
     let opts = ForwardOptions { engine, ..ForwardOptions::default() };
     for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None)? {
-        let (x, labels) = encode(net, data, &idx, timesteps, &mut rng)?;
+        let (x, labels) = encode(net, data, &idx, timesteps, (seed, Stream::EvalInput, 0))?;
         let out = net.forward(&x, &Masks::new(), opts)?;
         correct += count_correct(&out.output, &labels)?;
         tally.add(&out, idx.len(), timesteps)?;
@@ -235,7 +273,7 @@ pub fn probe_activity(
 ) -> Result<Vec<LayerRate>> {
     check_dataset(net, data, "probe")?;
     let idx: Vec<usize> = (0..batch_size.clamp(1, data.len())).collect();
-    let (x, _) = encode(net, data, &idx, timesteps, &mut stream_rng(seed, Stream::Probe))?;
+    let (x, _) = encode(net, data, &idx, timesteps, (seed, Stream::Probe, 0))?;
     let out = net.forward(&x, &Masks::new(), ForwardOptions::default())?;
     let mut tally = ActivityTally::default();
     tally.add(&out, idx.len(), timesteps)?;
@@ -590,41 +628,6 @@ pub fn train_run(
     Ok(run.summary(start))
 }
 
-/// The random streams that a training run draws from, with their positions saved in the run state.
-struct TrainStreams {
-    shuffle: ChaCha8Rng,
-    input: ChaCha8Rng,
-    dropout: ChaCha8Rng,
-    augment: ChaCha8Rng,
-}
-
-impl TrainStreams {
-    fn new(seed: u64) -> Self {
-        Self {
-            shuffle: stream_rng(seed, Stream::Shuffle),
-            input: stream_rng(seed, Stream::TrainInput),
-            dropout: stream_rng(seed, Stream::Dropout),
-            augment: stream_rng(seed, Stream::Augment),
-        }
-    }
-
-    /// Puts every stream where a saved state left it.
-    fn restore(&mut self, st: &RunState) {
-        self.shuffle.set_word_pos(st.shuffle_pos);
-        self.input.set_word_pos(st.input_pos);
-        self.dropout.set_word_pos(st.dropout_pos);
-        self.augment.set_word_pos(st.augment_pos);
-    }
-
-    /// Records the streams that advance batch by batch in the state (the shuffle stream is recorded at the
-    /// start of each epoch).
-    fn record(&self, st: &mut RunState) {
-        st.input_pos = self.input.get_word_pos();
-        st.dropout_pos = self.dropout.get_word_pos();
-        st.augment_pos = self.augment.get_word_pos();
-    }
-}
-
 /// A training run in progress: what [`train_run`] carries from batch to batch and epoch to epoch.
 struct Run<'a> {
     net: &'a SpikingNetwork,
@@ -635,7 +638,9 @@ struct Run<'a> {
     files: Option<RunFiles>,
     writer: Option<StateWriter>,
     opt: Sgd,
-    streams: TrainStreams,
+    /// The sample order's stream; its position at the start of the epoch is saved in the run state (every
+    /// other draw is keyed by epoch and sample, [`sample_rng`]).
+    shuffle: ChaCha8Rng,
     st: RunState,
     tally: ActivityTally,
     /// Batches trained by this process (for [`CrashPoint::AfterBatch`]).
@@ -676,7 +681,7 @@ impl<'a> Run<'a> {
         });
         let opt = Sgd::new(net.weights().to_vec(), recipe.lr, recipe.momentum, recipe.weight_decay)?;
         let st = RunState::fresh(recipe, train.len(), net);
-        let streams = TrainStreams::new(recipe.seed);
+        let shuffle = stream_rng(recipe.seed, Stream::Shuffle);
         let tally = ActivityTally::default();
         let mut run = Self {
             net,
@@ -687,7 +692,7 @@ impl<'a> Run<'a> {
             files,
             writer,
             opt,
-            streams,
+            shuffle,
             st,
             tally,
             batches_run: 0,
@@ -722,7 +727,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        self.streams.restore(&state);
+        self.shuffle.set_word_pos(state.shuffle_pos);
         self.st = state;
         self.tally = restored;
         Ok(())
@@ -731,7 +736,6 @@ impl<'a> Run<'a> {
     /// Writes the run state, if the run has an output folder.
     fn save_state(&mut self) -> Result<()> {
         if let Some(writer) = &mut self.writer {
-            self.streams.record(&mut self.st);
             writer.save(self.net, &self.opt, &self.st, &self.tally)?;
         }
         Ok(())
@@ -743,12 +747,11 @@ impl<'a> Run<'a> {
         let epoch = self.st.epoch;
         self.opt.lr = recipe.lr_at(epoch);
         if self.st.batches_done == 0 {
-            self.st.shuffle_pos = self.streams.shuffle.get_word_pos();
+            self.st.shuffle_pos = self.shuffle.get_word_pos();
         } else {
-            self.streams.shuffle.set_word_pos(self.st.shuffle_pos);
+            self.shuffle.set_word_pos(self.st.shuffle_pos);
         }
-        let batches: Vec<Vec<usize>> =
-            Batches::new(train.len(), recipe.batch_size, Some(&mut self.streams.shuffle))?.collect();
+        let batches: Vec<Vec<usize>> = Batches::new(train.len(), recipe.batch_size, Some(&mut self.shuffle))?.collect();
         let batch_count = batches.len();
         for (b, idx) in batches.into_iter().enumerate().skip(self.st.batches_done) {
             self.train_batch(epoch, b, &idx, observer)?;
@@ -782,9 +785,12 @@ impl<'a> Run<'a> {
     /// non-finite policy of the recipe.
     fn train_batch(&mut self, epoch: usize, b: usize, idx: &[usize], observer: &mut dyn TrainObserver) -> Result<()> {
         let (net, recipe) = (self.net, self.recipe);
-        let augment = recipe.augment.then_some(&mut self.streams.augment);
-        let (x, labels) = encode_augmented(net, self.train, idx, recipe.timesteps, &mut self.streams.input, augment)?;
-        let masks = net.draw_masks(idx.len(), &mut self.streams.dropout)?;
+        let (seed, key) = (recipe.seed, epoch as u64);
+        let mut augment = recipe.augment.then(|| sample_rngs(seed, Stream::Augment, key, idx));
+        let mut inputs = sample_rngs(seed, Stream::TrainInput, key, idx);
+        let (x, labels) =
+            encode_augmented(net, self.train, idx, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
+        let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, idx))?;
         let (out, loss) = match train_step(net, &mut self.opt, &x, &labels, &masks) {
             Ok(step) => step,
             Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
@@ -901,7 +907,7 @@ impl<'a> Run<'a> {
                 self.st.history.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect();
             write_atomic(&files.metrics, lines.as_bytes())
                 .map_err(|source| Error::Io { path: files.metrics.clone(), source })?;
-            self.st.shuffle_pos = self.streams.shuffle.get_word_pos();
+            self.st.shuffle_pos = self.shuffle.get_word_pos();
             self.save_state()?;
         }
         observer.on_epoch(&metrics);
@@ -949,9 +955,6 @@ struct RunState {
     /// Batches of that epoch already applied.
     batches_done: usize,
     shuffle_pos: u128,
-    input_pos: u128,
-    dropout_pos: u128,
-    augment_pos: u128,
     loss_sum: f64,
     correct: usize,
     /// Batches of this epoch skipped as non-finite.
@@ -988,9 +991,6 @@ impl RunState {
             epoch: 1,
             batches_done: 0,
             shuffle_pos: 0,
-            input_pos: 0,
-            dropout_pos: 0,
-            augment_pos: 0,
             loss_sum: 0.0,
             correct: 0,
             skipped: 0,
