@@ -1,9 +1,9 @@
 //! Spike windows packed one bit per neuron and step: the form a training pass keeps its spikes in between
 //! the forward and the backward pass (the backward only needs to know whether a neuron fired).
 //!
-//! Element `i` of the window is bit `i % 64` of word `i / 64`. Kernels read and write spikes as bytes (0 or
-//! 1) over a part of the window; [`SpikeBits::store`] and [`SpikeBits::load`] move such a part in and out
-//! at any element offset, word by word when the offset is a multiple of 64.
+//! Element `i` of the window is bit `i % 64` of word `i / 64`. Kernels read and write spikes as bytes
+//! (0 or 1) over a part of the window; [`SpikeBits::store`] and [`SpikeBits::load`] move such a part in and
+//! out at any element offset, word by word when the offset is a multiple of 64.
 
 /// A window of spikes, one bit each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,9 +91,10 @@ impl SpikeBits {
                 }
             }
         }
-        let tail_len = chunks.into_remainder().len();
-        for e in len - tail_len..len {
-            out[e] = u8::from(self.get(offset + e));
+        let tail = chunks.into_remainder();
+        let tail_start = len - tail.len();
+        for (j, b) in tail.iter_mut().enumerate() {
+            *b = u8::from(self.get(offset + tail_start + j));
         }
     }
 

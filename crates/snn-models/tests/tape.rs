@@ -167,7 +167,7 @@ fn the_tape_keeps_one_bit_per_neuron_and_step_and_reads_back_the_dense_passs_spi
             reference.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
         );
         assert_eq!(a, b, "{layer}");
-        assert!(a.iter().any(|&v| v == 1.0), "{layer} fired");
+        assert!(a.contains(&1.0), "{layer} fired");
     }
     assert!(tape.spike_window(&net, "nope", DType::F64).unwrap().is_none());
 }
