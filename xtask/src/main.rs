@@ -75,7 +75,7 @@ enum Command {
         /// same run, and print the speed-ups; needs --peers-script.
         #[arg(long, requires = "peers_script")]
         peers: Option<PathBuf>,
-        /// The peers' benchmark script (`snn_step.py`).
+        /// The peers' benchmark script (`bench/peers/snn_peers.py`).
         #[arg(long, requires = "peers")]
         peers_script: Option<PathBuf>,
         /// Run on the first CUDA device (needs a build with `--features cuda`).

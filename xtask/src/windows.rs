@@ -160,7 +160,9 @@ fn render(rows: &[Row]) -> String {
         let sd = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
         let learned = runs.iter().filter(|r| r.test_accuracy >= LEARNED).count();
         let secs = runs.iter().map(|r| r.seconds).sum::<f64>() / n;
-        let lr = format!("{} ({})", mode, runs[0].lr);
+        // Shortest decimal that identifies the rate (the rule's products carry binary noise in the last digits).
+        let rate = format!("{:.6}", runs[0].lr).trim_end_matches('0').to_string();
+        let lr = format!("{mode} ({rate})");
         let _ = writeln!(
             out,
             "| {dataset} | {t} | {encoding} | {lr} | {learned} of {} | {mean:.2} ± {sd:.2} % | {secs:.1} |",
