@@ -56,8 +56,8 @@ impl SpikeBits {
         let tail = chunks.remainder();
         for (k, chunk) in chunks.enumerate() {
             let mut word = 0u64;
-            for (j, &b) in chunk.iter().enumerate() {
-                word |= u64::from(b != 0) << j;
+            for (j, eight) in chunk.chunks_exact(8).enumerate() {
+                word |= u64::from(pack_eight(eight)) << (8 * j);
             }
             self.words[first_word + k] = word;
         }
@@ -86,8 +86,8 @@ impl SpikeBits {
             if word == 0 {
                 chunk.fill(0);
             } else {
-                for (j, b) in chunk.iter_mut().enumerate() {
-                    *b = ((word >> j) & 1) as u8;
+                for (j, eight) in chunk.chunks_exact_mut(8).enumerate() {
+                    eight.copy_from_slice(&unpack_eight((word >> (8 * j)) as u8));
                 }
             }
         }
@@ -118,6 +118,31 @@ impl SpikeBits {
             self.words[i / 64] &= !bit;
         }
     }
+}
+
+/// One bit per byte of `eight` (8 bytes), bit `j` set when byte `j` is non-zero: the bytes are read as one
+/// little-endian word, each byte's bits are folded onto its lowest bit, and one multiplication gathers the
+/// eight lowest bits into the top byte.
+#[inline(always)]
+fn pack_eight(eight: &[u8]) -> u8 {
+    let mut x = u64::from_le_bytes([eight[0], eight[1], eight[2], eight[3], eight[4], eight[5], eight[6], eight[7]]);
+    if x == 0 {
+        return 0;
+    }
+    // Fold bits 1–7 of every byte onto its bit 0 (only shifts below 8 within a byte reach bit 0).
+    x |= x >> 4;
+    x |= x >> 2;
+    x |= x >> 1;
+    x &= 0x0101_0101_0101_0101;
+    (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
+/// The inverse of [`pack_eight`]: byte `j` is bit `j` of `bits` (0 or 1). The byte is copied into all eight
+/// lanes, lane `j` keeps bit `j`, and adding 0x7F to each lane carries a set bit into the lane's top bit.
+#[inline(always)]
+fn unpack_eight(bits: u8) -> [u8; 8] {
+    let x = u64::from(bits).wrapping_mul(0x0101_0101_0101_0101) & 0x8040_2010_0804_0201;
+    (((x + 0x7F7F_7F7F_7F7F_7F7F) >> 7) & 0x0101_0101_0101_0101).to_le_bytes()
 }
 
 #[cfg(test)]
@@ -154,6 +179,25 @@ mod tests {
             assert_eq!(bits.to_bytes(), reference);
             assert_eq!(bits.count(), reference.iter().filter(|&&b| b == 1).count());
             assert_eq!(bits.bytes(), 8 * len.div_ceil(64));
+        }
+    }
+
+    /// The word tricks against the definition, on every byte value and on every 8-byte pattern of zero,
+    /// one and other non-zero values that a window could hold.
+    #[test]
+    fn eight_at_a_time_matches_the_definition() {
+        for bits in 0..=255u8 {
+            let bytes = unpack_eight(bits);
+            for (j, &b) in bytes.iter().enumerate() {
+                assert_eq!(b, (bits >> j) & 1, "unpack {bits:#010b} byte {j}");
+            }
+            assert_eq!(pack_eight(&bytes), bits);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..10_000 {
+            let bytes: Vec<u8> = (0..8).map(|_| [0, 0, 1, 2, 128, 255][rng.gen_range(0..6)]).collect();
+            let expected = bytes.iter().enumerate().fold(0u8, |acc, (j, &b)| acc | (u8::from(b != 0) << j));
+            assert_eq!(pack_eight(&bytes), expected, "{bytes:?}");
         }
     }
 
