@@ -47,7 +47,7 @@ use crate::{Error, ForwardOutput, Result, SpikingNetwork};
 pub const PART_FRAMES: usize = 64;
 
 /// A part holds at most as many steps as fit one float per spiking neuron of the whole network in this many
-/// bytes (and at least one step). The part-sized buffers (currents, spike gradients) scale with it: for VGG9
+/// bytes (and at least one step, and at least two frames per available CPU thread). The part-sized buffers (currents, spike gradients) scale with it: for VGG9
 /// at batch 16 in f32 a part is one step, for LeNet at batch 32 two steps.
 pub const PART_BYTES: usize = 16 << 20;
 
@@ -275,7 +275,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         };
         let neurons: usize = net.plan.layers.iter().map(|l| l.neurons).sum();
         let per_step = batch * neurons * std::mem::size_of::<F>();
-        let part = (PART_FRAMES / batch).min(PART_BYTES / per_step.max(1)).clamp(1, steps);
+        // The frame-parallel kernels need at least two frames per thread to keep every core busy; on many
+        // cores that outweighs the memory budget.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let for_threads = (2 * threads).div_ceil(batch);
+        let part = (PART_FRAMES / batch).min(PART_BYTES / per_step.max(1)).max(for_threads).clamp(1, steps);
         let pool = net.scratch.take();
         Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool })
     }
