@@ -87,39 +87,7 @@ enum Command {
         simd: Vec<snn_core::events::SimdLevel>,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
-    Reproduce {
-        /// mnist-lenet, cifar10-vgg9, cifar10-resnet11, svhn-vgg7, svhn-resnet7 or cifar10-resnet9.
-        experiment: String,
-        /// A short smoke version (one epoch on a subset at T = 20) instead of the paper's full recipe.
-        #[arg(long)]
-        quick: bool,
-        /// Output folder (default `runs/<experiment>` or `runs/<experiment>-quick`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Dataset folder; without it the dataset comes from the Hub cache (fetched when missing).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Hub cache folder (default `$HF_HOME/hub`).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Run seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Use at most this many training images.
-        #[arg(long)]
-        train_limit: Option<usize>,
-        /// Use at most this many test images.
-        #[arg(long)]
-        test_limit: Option<usize>,
-        /// Run this snn-cli binary instead of building the release one.
-        #[arg(long)]
-        cli: Option<PathBuf>,
-        /// The paper's recipe cut to a budget: `N` epochs, or wall time (`90m`, `2h`; the epochs that fit at
-        /// the speed of a short calibration run), at T = 20 (MNIST, Fashion-MNIST; tested at 20 and 100) or
-        /// T = 50 (CIFAR-10, SVHN), with the learning-rate milestones scaled to the epochs.
-        #[arg(long, conflicts_with = "quick")]
-        budget: Option<reproduce::Budget>,
-    },
+    Reproduce(reproduce::ReproduceArgs),
     /// Time the event-driven convolution against Candle's dense one at growing input densities (the
     /// measurement behind the event-driven layers' density limit).
     Density {
@@ -252,32 +220,7 @@ fn main() -> ExitCode {
                 })
                 .map(|()| true)
         }
-        Command::Reproduce {
-            experiment,
-            quick,
-            out,
-            data_dir,
-            cache_dir,
-            seed,
-            train_limit,
-            test_limit,
-            cli,
-            budget,
-        } => {
-            let args = reproduce::ReproduceArgs {
-                experiment,
-                quick,
-                out,
-                data_dir,
-                cache_dir,
-                seed,
-                train_limit,
-                test_limit,
-                cli,
-                budget,
-            };
-            reproduce::run(args, &workspace_root()).map(|()| true)
-        }
+        Command::Reproduce(args) => reproduce::run(args, &workspace_root()).map(|()| true),
         Command::Density { reps } => density::run(reps).map(|()| true),
         Command::Windows(args) => windows::run(args).map(|()| true),
         Command::Ci => ci(),

@@ -129,26 +129,38 @@ fn scaled_milestones(milestones: &[(usize, f64)], paper_epochs: usize, epochs: u
 }
 
 /// Options of `cargo xtask reproduce`.
+#[derive(clap::Args)]
 pub struct ReproduceArgs {
-    /// Experiment name.
+    /// mnist-lenet, cifar10-vgg9, cifar10-resnet11, svhn-vgg7, svhn-resnet7, cifar10-resnet9 or fashion-lenet.
     pub experiment: String,
-    /// Short smoke version instead of the paper's recipe.
+    /// A short smoke version (one epoch on a subset at T = 20) instead of the paper's full recipe.
+    #[arg(long)]
     pub quick: bool,
-    /// Output folder (default `runs/<experiment>[-quick]`).
+    /// Output folder (default `runs/<experiment>` or `runs/<experiment>-quick`).
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Dataset folder; without it the Hub cache is used (fetched first when missing).
+    /// Dataset folder; without it the dataset comes from the Hub cache (fetched when missing).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Hub cache folder.
+    /// Hub cache folder (default `$HF_HOME/hub`).
+    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Run seed.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Training images to use (default: all, or the quick subset).
+    /// Use at most this many training images.
+    #[arg(long)]
     pub train_limit: Option<usize>,
-    /// Test images to use (default: all, or the quick subset).
+    /// Use at most this many test images.
+    #[arg(long)]
     pub test_limit: Option<usize>,
-    /// An `snn-cli` binary to run instead of building the release one.
+    /// Run this snn-cli binary instead of building the release one.
+    #[arg(long)]
     pub cli: Option<PathBuf>,
-    /// The paper's recipe cut to a budget (epochs or time) at a shorter window, with the LR milestones scaled.
+    /// The paper's recipe cut to a budget: `N` epochs, or wall time (`90m`, `2h`; the epochs that fit at the
+    /// speed of a short calibration run), at T = 20 (MNIST, Fashion-MNIST; tested at 20 and 100) or T = 50
+    /// (CIFAR-10, SVHN), with the learning-rate milestones scaled to the epochs.
+    #[arg(long, conflicts_with = "quick")]
     pub budget: Option<Budget>,
 }
 
