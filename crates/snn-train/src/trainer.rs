@@ -296,7 +296,8 @@ pub struct ActivityWarning {
 pub enum WarningTime {
     /// On the probe batch before the first step ([`probe_activity`]).
     BeforeTraining,
-    /// The layer stopped firing at this (1-based) epoch and (0-based) batch, after having fired before.
+    /// The layer fell below [`QUIET_SPIKES_PER_NEURON`] at this (1-based) epoch and (0-based) batch, after
+    /// having been above it.
     Batch {
         /// 1-based epoch.
         epoch: usize,
@@ -320,15 +321,15 @@ impl std::fmt::Display for ActivityWarning {
             ),
             WarningTime::Batch { epoch, batch } => write!(
                 f,
-                "layer {} stopped firing at epoch {epoch}, batch {batch}; if it stays silent the network stops \
-                 learning; {remedy}",
-                self.layer
+                "layer {} fell nearly silent at epoch {epoch}, batch {batch} ({:.4} spikes per neuron over the \
+                 window); if it stays silent the network stops learning; {remedy}",
+                self.layer, self.spikes_per_neuron
             ),
         }
     }
 }
 
-/// The warnings of a probe: every layer at or below [`QUIET_SPIKES_PER_NEURON`].
+/// The warnings of a probe: every layer below [`QUIET_SPIKES_PER_NEURON`].
 pub fn quiet_layers(rates: &[LayerRate]) -> Vec<ActivityWarning> {
     rates
         .iter()
