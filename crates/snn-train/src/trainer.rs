@@ -585,8 +585,9 @@ impl StateWriter {
 
 /// Trains `net` with `recipe` on `train`, evaluating on `test` after every epoch.
 ///
-/// Each mini-batch draws fresh Poisson input spikes and one dropout mask per masked layer (held over the
-/// window), runs the window layer-major, forms the summed squared error of the readout and applies one SGD
+/// Before the first step the first batch is probed and silent layers are reported ([`probe_activity`]). Each
+/// mini-batch draws fresh input spikes and one dropout mask per masked layer and sample (held over the window;
+/// every draw keyed by epoch and sample, [`sample_rng`]), runs the window layer-major, forms the summed squared error of the readout and applies one SGD
 /// step from the spike-based gradients. With `out_dir`, `last.safetensors`, `best.safetensors` and
 /// `metrics.jsonl` are written there atomically after every epoch.
 pub fn train(
@@ -603,8 +604,8 @@ pub fn train(
 
 /// [`train`] with periodic resumable state and resumption.
 ///
-/// The state (`state.safetensors` in the output folder: weights, momentum buffers, the positions of every
-/// random stream, the epoch and batch reached, the running epoch statistics and the history) is written
+/// The state (`state.safetensors` in the output folder: weights, momentum buffers, the position of the
+/// shuffle stream (every other draw is keyed by epoch and sample), the epoch and batch reached, the running epoch statistics and the history) is written
 /// atomically after every epoch and every `checkpoint_every` batches. A run resumed from it continues with
 /// exactly the same random draws, so its final weights equal, bit for bit, those of a run that was never
 /// interrupted (same machine, same thread count).
