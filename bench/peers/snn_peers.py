@@ -6,11 +6,14 @@ Two modes.
 Timing (the protocol `cargo xtask bench --peers` speaks):
 
     snn_peers.py --impl {plain,snntorch,spikingjelly} --model {mnist,vgg9} --batch B --timesteps T
-                 --mode {train,infer} --steps N --threads K
+                 --mode {train,infer} --steps N --threads K [--weights W.safetensors] [--pixels P.safetensors]
 
 builds the network in the chosen implementation, runs one warm-up step and then N timed steps on seeded
 random inputs, and prints one final line of key=value pairs, among them `sec_per_step` (median),
-`sec_min`, `peak_rss_mb` and `rss_base_mb`.
+`sec_min`, `peak_rss_mb` and `rss_base_mb`. Optionally the weights come from `<layer>.weight` tensors of
+W (instead of the seeded initialisation) and the images from P: `pixels` [B, C, H, W] (f32 raw values in
+[0, 1], normalised here as the model's recipe says) and `labels` [B]; every step still encodes fresh
+Bernoulli spikes from them. The result line then says `weights=given` and `pixels=given` (else `seeded`).
 
 Forward check (plain PyTorch only):
 
@@ -154,17 +157,103 @@ def he_normal_(weight):
         weight.normal_(0.0, math.sqrt(2.0 / weight[0].numel()))
 
 
-def make_pixels(model, batch, generator, dtype):
-    """Seeded uniform pixels in [0, 1], normalised as the model's recipe says: [B, C, H, W]."""
+def normalise_pixels(model, pixels, dtype):
+    """Raw f32 pixels in [0, 1], [B, C, H, W], normalised as the model's recipe says (VGG9: CIFAR-10 mean and
+    standard deviation; MNIST: unchanged)."""
     import torch
 
     cfg = MODELS[model]
-    pixels = torch.rand((batch, *cfg["input"]), generator=generator, dtype=torch.float32)
     if cfg["mean"] is not None:
         mean = torch.tensor(cfg["mean"]).view(-1, 1, 1)
         std = torch.tensor(cfg["std"]).view(-1, 1, 1)
         pixels = (pixels - mean) / std
     return pixels.to(dtype)
+
+
+def make_pixels(model, batch, generator, dtype):
+    """Seeded uniform pixels in [0, 1], normalised as the model's recipe says: [B, C, H, W]."""
+    import torch
+
+    pixels = torch.rand((batch, *MODELS[model]["input"]), generator=generator, dtype=torch.float32)
+    return normalise_pixels(model, pixels, dtype)
+
+
+def read_tensors(path, names, what):
+    """Those of the named tensors that a safetensors file holds (others are not read), and the names of all
+    its tensors: ({name: tensor}, [names]). Ends with exit code 2 on an unreadable file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            present = sorted(f.keys())
+            return {name: f.get_tensor(name) for name in names if name in present}, present
+    except Exception as e:  # noqa: BLE001 (any reading or parsing error)
+        fail(f"cannot read {what} from {path}: {e}")
+
+
+def load_weights(net, model, path):
+    """Copies the tensors `<layer>.weight` of a safetensors file into the layers of the same names of `net`
+    (any of the three implementations; they name their weighted layers alike), converting to the network's
+    dtype. Other tensors and the metadata are ignored; a missing, mis-shaped or non-float tensor ends with
+    exit code 2."""
+    import torch
+
+    shapes = weight_shapes(model)
+    weights, _ = read_tensors(path, [name for name, _ in shapes], "weights")
+    with torch.no_grad():
+        for name, shape in shapes:
+            if name not in weights:
+                fail(f"{path} has no tensor '{name}' (model {model} needs {name} of shape {list(shape)})")
+            w = weights[name]
+            if tuple(w.shape) != shape:
+                fail(f"{path}: '{name}' has shape {list(w.shape)}, model {model} needs {list(shape)}")
+            if not w.is_floating_point():
+                fail(f"{path}: '{name}' has dtype {w.dtype}, expected a float tensor (f32)")
+            target = getattr(net, name.rsplit(".", 1)[0]).weight
+            target.copy_(w.to(target.dtype))
+
+
+def load_pixels(model, path, batch, dtype):
+    """Reads `pixels` (raw values in [0, 1], [B, C, H, W]) and `labels` ([B], integer or integral float) from
+    a safetensors file; returns the normalised pixels and the labels (int64). B must equal `batch`. Any
+    problem ends with exit code 2."""
+    import torch
+
+    cfg = MODELS[model]
+    classes = cfg["layers"][-1]["out"]
+    expected = f"[{batch}, {', '.join(map(str, cfg['input']))}]"
+    tensors, present = read_tensors(path, ["pixels", "labels"], "pixels and labels")
+    for name in ("pixels", "labels"):
+        if name not in tensors:
+            fail(
+                f"{path} has no tensor '{name}' (found: {', '.join(present) or 'none'}; needs 'pixels' {expected}, "
+                f"raw values in [0, 1], and 'labels' [{batch}])"
+            )
+    pixels, labels = tensors["pixels"], tensors["labels"]
+    if pixels.dim() != 4 or tuple(pixels.shape[1:]) != cfg["input"]:
+        fail(f"{path}: 'pixels' has shape {list(pixels.shape)}, model {model} needs {expected}")
+    if pixels.shape[0] != batch:
+        fail(f"{path}: 'pixels' holds {pixels.shape[0]} images but --batch is {batch} (shape {expected} needed)")
+    if not pixels.is_floating_point():
+        fail(f"{path}: 'pixels' has dtype {pixels.dtype}, expected f32 raw values in [0, 1]")
+    pixels = pixels.to(torch.float32)
+    if not bool(((pixels >= 0.0) & (pixels <= 1.0)).all()):
+        fail(
+            f"{path}: 'pixels' has values outside [0, 1] (min {pixels.min().item():.6g}, max "
+            f"{pixels.max().item():.6g}); give raw, not normalised pixels"
+        )
+    if tuple(labels.shape) != (batch,):
+        fail(f"{path}: 'labels' has shape {list(labels.shape)}, expected [{batch}] (one per image, --batch {batch})")
+    if labels.dtype == torch.bool or labels.is_complex():
+        fail(f"{path}: 'labels' has dtype {labels.dtype}, expected an integer or f32 tensor")
+    if labels.is_floating_point():
+        labels = labels.to(torch.float64)
+        if not bool((labels == labels.round()).all()):
+            fail(f"{path}: 'labels' holds non-integral values")
+    labels = labels.to(torch.int64)
+    if not bool(((labels >= 0) & (labels < classes)).all()):
+        fail(f"{path}: 'labels' has values outside [0, {classes}) (min {int(labels.min())}, max {int(labels.max())})")
+    return normalise_pixels(model, pixels, dtype), labels
 
 
 def encode(model, pixels, timesteps, generator):
@@ -510,9 +599,14 @@ def run_timing(args):
     gen = torch.Generator().manual_seed(args.seed)
     dtype = torch.float32
     net = BUILDERS[args.impl](args.model, dtype)
+    if args.weights is not None:
+        load_weights(net, args.model, args.weights)  # replaces the seeded initialisation
     classes = MODELS[args.model]["layers"][-1]["out"]
-    pixels = make_pixels(args.model, args.batch, gen, dtype)
-    labels = torch.arange(args.batch) % classes
+    if args.pixels is not None:
+        pixels, labels = load_pixels(args.model, args.pixels, args.batch, dtype)
+    else:
+        pixels = make_pixels(args.model, args.batch, gen, dtype)
+        labels = torch.arange(args.batch) % classes
     onehot = torch.nn.functional.one_hot(labels, classes).to(dtype)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.0, weight_decay=WEIGHT_DECAY)
     train = args.mode == "train"
@@ -554,6 +648,8 @@ def run_timing(args):
         "threads": torch.get_num_threads(),
         "params": parameter_count(args.model),
         "loss": f"{loss:.6g}",
+        "weights": "seeded" if args.weights is None else "given",
+        "pixels": "seeded" if args.pixels is None else "given",
         "sec_per_step": f"{times[len(times) // 2]:.6f}",
         "sec_min": f"{times[0]:.6f}",
         "sec_max": f"{times[-1]:.6f}",
@@ -565,33 +661,16 @@ def run_timing(args):
 
 def run_check(args):
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     dtype = torch.float64 if args.dtype == "f64" else torch.float32
     cfg = MODELS[args.model]
-    try:
-        weights = load_file(args.weights)
-    except Exception as e:  # noqa: BLE001 (any reading or parsing error)
-        fail(f"cannot read weights from {args.weights}: {e}")
-    try:
-        inputs = load_file(args.input)
-    except Exception as e:  # noqa: BLE001
-        fail(f"cannot read the input window from {args.input}: {e}")
-
     net = build_plain(args.model, dtype)
-    with torch.no_grad():
-        for name, shape in weight_shapes(args.model):
-            if name not in weights:
-                fail(f"{args.weights} has no tensor '{name}' (model {args.model} needs {name} of shape {list(shape)})")
-            w = weights[name]
-            if tuple(w.shape) != shape:
-                fail(f"{args.weights}: '{name}' has shape {list(w.shape)}, model {args.model} needs {list(shape)}")
-            if not w.is_floating_point():
-                fail(f"{args.weights}: '{name}' has dtype {w.dtype}, expected a float tensor (f32)")
-            getattr(net, name.rsplit(".", 1)[0]).weight.copy_(w.to(dtype))
+    load_weights(net, args.model, args.weights)
+    inputs, present = read_tensors(args.input, ["input"], "the input window")
 
     if "input" not in inputs:
-        fail(f"{args.input} has no tensor 'input' (found: {', '.join(sorted(inputs)) or 'none'})")
+        fail(f"{args.input} has no tensor 'input' (found: {', '.join(present) or 'none'})")
     window = inputs["input"]
     if window.dim() != 5 or tuple(window.shape[2:]) != cfg["input"] or window.shape[0] == 0 or window.shape[1] == 0:
         fail(
@@ -649,7 +728,7 @@ def parse_args(argv):
         "SpikingJelly, or (--check-forward) run the plain PyTorch forward pass on given weights and input.",
         epilog="Timing prints one final line of key=value pairs: sec_per_step (median of the timed steps), "
         "sec_min, sec_max, peak_rss_mb (process peak RSS), rss_base_mb (RSS before the first step), and the "
-        "settings. Check mode prints params=<number of weights>.",
+        "settings, with weights= and pixels= (given or seeded). Check mode prints params=<number of weights>.",
     )
     parser.add_argument("--impl", choices=IMPLS, help="implementation to time (timing mode)")
     parser.add_argument("--model", type=model_name, required=True, help="mnist (LeNet, 1x28x28) or vgg9 (3x32x32)")
@@ -659,9 +738,18 @@ def parse_args(argv):
     parser.add_argument("--steps", type=positive_int, help="timed steps after one warm-up step")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, masks and weights (default 0)")
+    parser.add_argument(
+        "--weights",
+        help="safetensors file with the <layer>.weight tensors (timing: optional, replaces the seeded "
+        "initialisation; check: required)",
+    )
+    parser.add_argument(
+        "--pixels",
+        help="timing: safetensors file with 'pixels' [B, C, H, W] (f32, raw values in [0, 1], normalised by the "
+        "script) and 'labels' [B] (integer or f32), B = --batch, instead of the seeded random images",
+    )
     check = parser.add_argument_group("forward check (plain PyTorch)")
     check.add_argument("--check-forward", action="store_true", help="run the forward check instead of timing")
-    check.add_argument("--weights", help="safetensors file with <layer>.weight tensors")
     check.add_argument("--input", help="safetensors file with the input window 'input' [T, B, C, H, W]")
     check.add_argument("--out", help="safetensors file to write: 'output' [B, classes] (f32) and count.<layer>")
     check.add_argument(
@@ -675,6 +763,8 @@ def parse_args(argv):
         missing = [f"--{k}" for k in ("weights", "input", "out") if getattr(args, k) is None]
         if missing:
             parser.error(f"--check-forward needs {', '.join(missing)}")
+        if args.pixels is not None:
+            parser.error("--pixels applies to timing only; --check-forward reads its window from --input")
         for flag in ("weights", "input"):
             if not os.path.isfile(getattr(args, flag)):
                 parser.error(f"--{flag}: no such file: {getattr(args, flag)}")
@@ -684,6 +774,9 @@ def parse_args(argv):
             parser.error(f"timing needs {', '.join(missing)} (or --check-forward)")
         if args.dtype != "f32":
             parser.error("--dtype applies to --check-forward only; timing runs in f32")
+        for flag in ("weights", "pixels"):
+            if getattr(args, flag) is not None and not os.path.isfile(getattr(args, flag)):
+                parser.error(f"--{flag}: no such file: {getattr(args, flag)}")
     return args
 
 

@@ -6,6 +6,8 @@
 //! For `infer-sparse` (the event-driven engine) GFLOP/s is the dense-equivalent rate: the dense work divided by
 //! the time, so it shows how much the event-driven path saves.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -14,7 +16,8 @@ use rand::Rng;
 use serde::Serialize;
 use snn_core::events::SimdLevel;
 use snn_data::mnist::{builtin_subset, Split};
-use snn_models::{builtin, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
+use snn_data::{Dataset, Samples};
+use snn_models::{builtin, load_checkpoint, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
 use snn_train::loss::sum_squared_error;
 use snn_train::{sample_rng, stream_rng, train_step, Sgd, Stream};
 
@@ -34,6 +37,11 @@ pub struct BenchArgs {
     pub device: Device,
     /// The event kernels' SIMD levels to time, each in turn (empty: the detected one).
     pub simd: Vec<SimdLevel>,
+    /// Time this trained network (a checkpoint of `snn-cli train`) instead of a freshly initialised one.
+    pub checkpoint: Option<PathBuf>,
+    /// Real test images to encode: the dataset and its folder (default: built-in MNIST digits or seeded
+    /// uniform pixels).
+    pub data: Option<(Dataset, PathBuf)>,
 }
 
 /// What can be timed.
@@ -143,8 +151,15 @@ fn matmul_gflops(reps: usize, device: &Device) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / median(&mut times) / 1e9)
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
-    let spec = builtin(&args.model)?;
+pub fn run(mut args: BenchArgs) -> Result<()> {
+    let checkpoint = args.checkpoint.as_deref().map(|p| load_checkpoint(p, &Device::Cpu)).transpose()?;
+    let spec = match &checkpoint {
+        Some(c) => c.spec.clone(),
+        None => builtin(&args.model)?,
+    };
+    if checkpoint.is_some() {
+        args.model = spec.name.clone();
+    }
     anyhow::ensure!(args.reps >= 1 && args.batch >= 1, "--reps and --batch must be at least 1");
     if let Some(bad) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         anyhow::bail!("unknown mode '{bad}' (available: {})", MODES.join(", "));
@@ -157,13 +172,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "mode infer-sparse (the event-driven engine) runs on the CPU only"
         );
     }
-    let inputs = BenchInputs::new(&spec, args.batch)?;
+    let inputs = BenchInputs::new(&spec, args.batch, args.data.as_ref())?;
+    // The peers run on the same weights and images when they are given.
+    let scratch = tempfile::tempdir()?;
+    let given = args.data.is_some().then_some(&inputs);
+    let shared = PeerInputs::write(scratch.path(), args.checkpoint.as_deref(), given, &spec)?;
     let baseline = matmul_gflops(args.reps, device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     let mut peer_rows = Vec::new();
     for &t in &args.timesteps {
-        let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?;
+        let net = match &checkpoint {
+            Some(c) => c.clone().into_network(DType::F32, device)?,
+            None => SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?,
+        };
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let levels = if args.simd.is_empty() { vec![SimdLevel::detected()] } else { args.simd.clone() };
         for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
@@ -190,6 +212,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         mode,
                         args.reps,
                         threads,
+                        &shared.args,
                     )?);
                 }
             }
@@ -209,6 +232,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 struct BenchInputs {
     /// Normalised pixels `[B, C, H, W]`.
     pixels: Vec<f32>,
+    /// The same before normalisation, in [0, 1].
+    raw: Vec<f32>,
     labels: Vec<u32>,
     batch: usize,
     /// Dense multiply-accumulates of one image and step.
@@ -216,10 +241,25 @@ struct BenchInputs {
 }
 
 impl BenchInputs {
-    /// MNIST models get real digits; other input shapes get seeded uniform pixels (speed depends on the image
-    /// content only through the spike rates it causes).
-    fn new(spec: &NetworkSpec, batch: usize) -> Result<Self> {
-        let (mut pixels, labels, batch) = if spec.input_shape == [1, 28, 28] {
+    /// The first `batch` test images of `data` when given; otherwise MNIST models get real digits and other
+    /// input shapes seeded uniform pixels (speed depends on the image content only through the spike rates
+    /// it causes).
+    fn new(spec: &NetworkSpec, batch: usize, data: Option<&(Dataset, PathBuf)>) -> Result<Self> {
+        let (raw, labels, batch) = if let Some((dataset, dir)) = data {
+            let Samples::Images(images) = dataset.load(Some(dir), Split::Test)? else {
+                anyhow::bail!("bench encodes images; {} holds event recordings", dir.display());
+            };
+            anyhow::ensure!(
+                images.shape()[..] == spec.input_shape[..],
+                "{} holds {:?} images; the network takes {:?}",
+                dir.display(),
+                images.shape(),
+                spec.input_shape
+            );
+            let idx: Vec<usize> = (0..batch.min(images.len())).collect();
+            let (p, l) = images.batch(&idx);
+            (p, l, idx.len())
+        } else if spec.input_shape == [1, 28, 28] {
             let data = builtin_subset(Split::Train)?;
             let idx: Vec<usize> = (0..batch.min(data.len())).collect();
             let (p, l) = data.batch(&idx);
@@ -230,9 +270,40 @@ impl BenchInputs {
             let pixels = (0..n).map(|_| rng.gen::<f32>()).collect();
             (pixels, (0..batch as u32).map(|i| i % spec.classes() as u32).collect(), batch)
         };
+        let mut pixels = raw.clone();
         spec.normalize(&mut pixels);
         let macs_per_step = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
-        Ok(Self { pixels, labels, batch, macs_per_step })
+        Ok(Self { pixels, raw, labels, batch, macs_per_step })
+    }
+}
+
+/// The peer script's options that put it on our weights and images (`--weights`, `--pixels`), with the files
+/// they name.
+struct PeerInputs {
+    args: Vec<String>,
+}
+
+impl PeerInputs {
+    /// Writes the images (raw pixels and labels) into `dir` when given and names the checkpoint, whose
+    /// `<layer>.weight` tensors the script reads.
+    fn write(dir: &Path, checkpoint: Option<&Path>, inputs: Option<&BenchInputs>, spec: &NetworkSpec) -> Result<Self> {
+        let mut args = Vec::new();
+        if let Some(path) = checkpoint {
+            args.extend(["--weights".to_string(), path.display().to_string()]);
+        }
+        if let Some(inputs) = inputs {
+            let shape = [&[inputs.batch][..], &spec.input_shape[..]].concat();
+            let pixels = Tensor::from_slice(&inputs.raw, shape, &Device::Cpu)?;
+            let labels: Vec<i64> = inputs.labels.iter().map(|&l| i64::from(l)).collect();
+            let labels = Tensor::from_vec(labels, inputs.batch, &Device::Cpu)?;
+            let path = dir.join("pixels.safetensors");
+            candle_core::safetensors::save(
+                &HashMap::from([("pixels".to_string(), pixels), ("labels".to_string(), labels)]),
+                &path,
+            )?;
+            args.extend(["--pixels".to_string(), path.display().to_string()]);
+        }
+        Ok(Self { args })
     }
 }
 

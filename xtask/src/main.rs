@@ -85,6 +85,17 @@ enum Command {
         /// default: the widest the CPU runs).
         #[arg(long, value_delimiter = ',', value_parser = parse_simd)]
         simd: Vec<snn_core::events::SimdLevel>,
+        /// Time this trained network (a checkpoint of `snn-cli train`; it names its own architecture, so
+        /// --model is ignored) at the firing rates it has learned; with --peers they run on its weights too.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Encode the first --batch test images of this dataset folder (default: built-in MNIST digits for
+        /// MNIST-shaped networks, seeded uniform pixels otherwise); with --peers they encode the same images.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The dataset in --data-dir (default: implied by the network's input shape).
+        #[arg(long, requires = "data_dir")]
+        dataset: Option<String>,
     },
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce(reproduce::ReproduceArgs),
@@ -103,6 +114,23 @@ enum Command {
     /// Build with `--features cuda` (needs nvcc), replay the golden cases on the GPU in f64 and f32, and time
     /// LeNet (B 32) and VGG9 (B 16) at T = 100 there.
     GpuCheck,
+}
+
+/// The dataset of `bench --data-dir`: the one named, else the one the network's input shape implies.
+fn bench_dataset(name: Option<&str>, checkpoint: &Option<PathBuf>, model: &str) -> anyhow::Result<snn_data::Dataset> {
+    use snn_data::Dataset;
+    if let Some(name) = name {
+        return Ok(Dataset::from_name(name)?);
+    }
+    let spec = match checkpoint {
+        Some(path) => snn_models::load_checkpoint(path, &Device::Cpu)?.spec,
+        None => snn_models::builtin(model)?,
+    };
+    match spec.input_shape[..] {
+        [1, 28, 28] => Ok(Dataset::Mnist),
+        [3, 32, 32] => Ok(Dataset::Cifar10),
+        ref other => anyhow::bail!("no default dataset for input shape {other:?}; pass --dataset"),
+    }
 }
 
 /// A SIMD level by name.
@@ -212,11 +240,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir, cuda } => device(cuda).and_then(|d| golden(dir, &d)),
-        Command::Bench { model, batch, timesteps, reps, json, modes, peers, peers_script, cuda, simd } => {
+        Command::Bench {
+            model,
+            batch,
+            timesteps,
+            reps,
+            json,
+            modes,
+            peers,
+            peers_script,
+            cuda,
+            simd,
+            checkpoint,
+            data_dir,
+            dataset,
+        } => {
             let peers = peers.zip(peers_script).map(|(python, script)| peers::Peers { python, script });
-            device(cuda)
-                .and_then(|device| {
-                    bench::run(bench::BenchArgs { model, batch, timesteps, reps, json, modes, peers, device, simd })
+            let data = data_dir.map(|dir| bench_dataset(dataset.as_deref(), &checkpoint, &model).map(|d| (d, dir)));
+            data.transpose()
+                .and_then(|data| {
+                    let device = device(cuda)?;
+                    let args = bench::BenchArgs {
+                        model,
+                        batch,
+                        timesteps,
+                        reps,
+                        json,
+                        modes,
+                        peers,
+                        device,
+                        simd,
+                        checkpoint,
+                        data,
+                    };
+                    bench::run(args)
                 })
                 .map(|()| true)
         }

@@ -42,7 +42,7 @@ pub struct PeerRow {
 }
 
 impl Peers {
-    /// Times one implementation.
+    /// Times one implementation; `extra` options go to the script as they are (`--weights`, `--pixels`).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -53,6 +53,7 @@ impl Peers {
         mode: &str,
         steps: usize,
         threads: usize,
+        extra: &[String],
     ) -> Result<PeerRow> {
         let peer_model = match model {
             "lenet" => "mnist",
@@ -76,6 +77,7 @@ impl Peers {
             "--threads".into(),
             threads.to_string(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
         let line = format!("{} {}", self.python.display(), args.join(" "));
         eprintln!("$ {line}");
         let out = Command::new(&self.python).args(&args).output().with_context(|| format!("running {line}"))?;
