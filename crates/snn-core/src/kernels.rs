@@ -316,13 +316,12 @@ pub fn add_into<F: Real>(dst: &mut [F], src: &[F]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
-/// Spikes of every neuron summed over the frames of a byte spike window `[frames, neurons]`.
-pub fn count_spikes(spikes: &[u8], neurons: usize) -> Vec<u32> {
-    let mut counts = vec![0u32; neurons];
-    for frame in spikes.chunks_exact(neurons.max(1)) {
+/// Adds the spikes of every neuron, summed over the frames of a byte spike window `[frames, neurons]`, into
+/// `counts` (one per neuron).
+pub fn add_spike_counts(spikes: &[u8], counts: &mut [u32]) {
+    for frame in spikes.chunks_exact(counts.len().max(1)) {
         counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
     }
-    counts
 }
 
 #[cfg(test)]

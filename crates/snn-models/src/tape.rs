@@ -302,6 +302,20 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         }
     }
 
+    /// Spikes per step of `layer` over the batch (`B · neurons`; 0 for the readout).
+    fn span(&self, layer: &Layer) -> usize {
+        if layer.spikes() {
+            self.batch * layer.neurons
+        } else {
+            0
+        }
+    }
+
+    /// One byte buffer per layer for a part's spikes (empty for the readout).
+    fn part_buffers(&self) -> Vec<Vec<u8>> {
+        self.plan.layers.iter().map(|l| vec![0; self.part * self.span(l)]).collect()
+    }
+
     /// The input window's part `[t0, t0 + len)`.
     fn input_part(&self, t0: usize, len: usize) -> Result<Vec<F>> {
         Ok(self.input.narrow(0, t0, len)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
@@ -342,9 +356,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
         let spec = self.net.spec();
-        let span = |l: &Layer| if l.spikes() { batch * l.neurons } else { 0 };
+        let span = |l: &Layer| self.span(l);
         let mut spikes: Vec<SpikeBits> = plan.layers.iter().map(|l| SpikeBits::zeros(steps * span(l))).collect();
-        let mut part: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; self.part * span(l)]).collect();
+        let mut part = self.part_buffers();
         let mut counts: Vec<Vec<u32>> =
             plan.layers.iter().map(|l| vec![0; if l.spikes() { l.neurons } else { 0 }]).collect();
         let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| vec![F::zero(); span(l)]).collect();
@@ -372,8 +386,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                         own,
                     );
                     spikes[i].store(t0 * span(layer), own);
-                    let part_counts = kernels::count_spikes(own, layer.neurons);
-                    counts[i].iter_mut().zip(part_counts).for_each(|(c, p)| *c += p);
+                    kernels::add_spike_counts(own, &mut counts[i]);
                 }
                 self.pool.recycle(currents);
             }
@@ -419,8 +432,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             )));
         }
         let spikes = &tape.spikes;
-        let span = |l: &Layer| if l.spikes() { batch * l.neurons } else { 0 };
-        let mut part: Vec<Vec<u8>> = plan.layers.iter().map(|l| vec![0; self.part * span(l)]).collect();
+        let span = |l: &Layer| self.span(l);
+        let mut part = self.part_buffers();
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
         let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| vec![F::zero(); w.rows.len()]).collect();
         let readout_input_grad = self.readout_backward(tape, grad_output, &mut grads[readout_weight])?;
