@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::Serialize;
@@ -24,27 +24,62 @@ use snn_train::{sample_rng, stream_rng, train_step, Sgd, Stream};
 use crate::peers::{PeerRow, Peers, IMPLS};
 
 /// Options of the benchmark.
+#[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Built-in model (MNIST input).
+    #[arg(long, default_value = "lenet")]
     pub model: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Time steps (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "20")]
     pub timesteps: Vec<usize>,
+    /// Timed repetitions per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Print JSON.
+    #[arg(long)]
     pub json: bool,
+    /// What to time (comma-separated): train (taped pass), train-graph (the same step through autograd),
+    /// infer (dense layers), infer-sparse (event-driven layers).
+    #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
     pub modes: Vec<String>,
-    /// Peer implementations to time in the same run.
-    pub peers: Option<Peers>,
-    /// The device the network runs on.
-    pub device: Device,
-    /// The event kernels' SIMD levels to time, each in turn (empty: the detected one).
+    /// Also time the peer implementations (plain PyTorch, snnTorch, SpikingJelly) with this Python, in the
+    /// same run, and print the speed-ups; needs --peers-script.
+    #[arg(long, requires = "peers_script")]
+    pub peers: Option<PathBuf>,
+    /// The peers' benchmark script (`bench/peers/snn_peers.py`).
+    #[arg(long, requires = "peers")]
+    pub peers_script: Option<PathBuf>,
+    /// Run on the first CUDA device (needs a build with `--features cuda`).
+    #[arg(long)]
+    pub cuda: bool,
+    /// Time the event kernels at these SIMD levels in turn (comma-separated: portable, avx2, avx512;
+    /// default: the widest the CPU runs).
+    #[arg(long, value_delimiter = ',', value_parser = parse_simd)]
     pub simd: Vec<SimdLevel>,
-    /// Time this trained network (a checkpoint of `snn-cli train`) instead of a freshly initialised one.
+    /// Time this trained network (a checkpoint of `snn-cli train`; it names its own architecture, so
+    /// --model is ignored) at the firing rates it has learned; with --peers they run on its weights too.
+    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Real test images to encode: the dataset and its folder (default: built-in MNIST digits or seeded
-    /// uniform pixels).
-    pub data: Option<(Dataset, PathBuf)>,
+    /// Encode the first --batch test images of this dataset folder (default: built-in MNIST digits for
+    /// MNIST-shaped networks, seeded uniform pixels otherwise); with --peers they encode the same images.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The dataset in --data-dir (default: implied by the network's input shape).
+    #[arg(long, requires = "data_dir")]
+    pub dataset: Option<String>,
 }
 
-/// What can be timed.
+/// A SIMD level by name.
+fn parse_simd(name: &str) -> std::result::Result<SimdLevel, String> {
+    [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .find(|l| l.name() == name)
+        .ok_or_else(|| format!("unknown SIMD level '{name}' (portable, avx2, avx512)"))
+}
+
 /// What can be timed: the training step (taped pass on the CPU), the same step through Candle's autograd,
 /// inference with dense layers, inference with event-driven layers.
 pub const MODES: [&str; 4] = ["train", "train-graph", "infer", "infer-sparse"];
@@ -164,7 +199,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     if let Some(bad) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         anyhow::bail!("unknown mode '{bad}' (available: {})", MODES.join(", "));
     }
-    let device = &args.device;
+    let device = &crate::device(args.cuda)?;
     if !device.is_cpu() {
         anyhow::ensure!(args.peers.is_none(), "--peers times the peers on the CPU; compare against a CPU run");
         anyhow::ensure!(
@@ -172,10 +207,23 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             "mode infer-sparse (the event-driven engine) runs on the CPU only"
         );
     }
-    let inputs = BenchInputs::new(&spec, args.batch, args.data.as_ref())?;
+    let data = match &args.data_dir {
+        Some(dir) => {
+            let dataset = match &args.dataset {
+                Some(name) => Dataset::from_name(name)?,
+                None => Dataset::for_input_shape(&spec.input_shape).with_context(|| {
+                    format!("no default dataset for input shape {:?}; pass --dataset", spec.input_shape)
+                })?,
+            };
+            Some((dataset, dir.clone()))
+        }
+        None => None,
+    };
+    let peers = args.peers.clone().zip(args.peers_script.clone()).map(|(python, script)| Peers { python, script });
+    let inputs = BenchInputs::new(&spec, args.batch, data.as_ref())?;
     // The peers run on the same weights and images when they are given.
     let scratch = tempfile::tempdir()?;
-    let given = args.data.is_some().then_some(&inputs);
+    let given = data.is_some().then_some(&inputs);
     let shared = PeerInputs::write(scratch.path(), args.checkpoint.as_deref(), given, &spec)?;
     let baseline = matmul_gflops(args.reps, device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -197,7 +245,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
                 rows.push(row?);
             }
         }
-        if let Some(peers) = &args.peers {
+        if let Some(peers) = &peers {
             // Interleaved with ours: the same T right after our own rows, for the modes timed here.
             for mode in ["train", "infer"]
                 .into_iter()
@@ -317,7 +365,7 @@ fn time_mode(
     (mode, t): (&'static str, usize),
     baseline: f64,
 ) -> Result<Row> {
-    let device = &args.device;
+    let device = net.device();
     let (batch, labels) = (inputs.batch, &inputs.labels);
     let (_, rss_before) = rss_mb();
     let mut times = Vec::new();

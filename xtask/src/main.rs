@@ -51,52 +51,7 @@ enum Command {
         cuda: bool,
     },
     /// Time one training step and one inference pass of a built-in network on MNIST inputs.
-    Bench {
-        /// Built-in model (MNIST input).
-        #[arg(long, default_value = "lenet")]
-        model: String,
-        /// Batch size.
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Time steps (comma-separated for several).
-        #[arg(long, value_delimiter = ',', default_value = "20")]
-        timesteps: Vec<usize>,
-        /// Timed repetitions per measurement (after one warm-up).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// What to time (comma-separated): train (taped pass), train-graph (the same step through autograd),
-        /// infer (dense layers), infer-sparse (event-driven layers).
-        #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
-        modes: Vec<String>,
-        /// Also time the peer implementations (plain PyTorch, snnTorch, SpikingJelly) with this Python, in the
-        /// same run, and print the speed-ups; needs --peers-script.
-        #[arg(long, requires = "peers_script")]
-        peers: Option<PathBuf>,
-        /// The peers' benchmark script (`bench/peers/snn_peers.py`).
-        #[arg(long, requires = "peers")]
-        peers_script: Option<PathBuf>,
-        /// Run on the first CUDA device (needs a build with `--features cuda`).
-        #[arg(long)]
-        cuda: bool,
-        /// Time the event kernels at these SIMD levels in turn (comma-separated: portable, avx2, avx512;
-        /// default: the widest the CPU runs).
-        #[arg(long, value_delimiter = ',', value_parser = parse_simd)]
-        simd: Vec<snn_core::events::SimdLevel>,
-        /// Time this trained network (a checkpoint of `snn-cli train`; it names its own architecture, so
-        /// --model is ignored) at the firing rates it has learned; with --peers they run on its weights too.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// Encode the first --batch test images of this dataset folder (default: built-in MNIST digits for
-        /// MNIST-shaped networks, seeded uniform pixels otherwise); with --peers they encode the same images.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The dataset in --data-dir (default: implied by the network's input shape).
-        #[arg(long, requires = "data_dir")]
-        dataset: Option<String>,
-    },
+    Bench(bench::BenchArgs),
     /// Reproduce a paper experiment end to end and write `report.md` (interrupted runs resume).
     Reproduce(reproduce::ReproduceArgs),
     /// Time the event-driven convolution against Candle's dense one at growing input densities (the
@@ -114,32 +69,6 @@ enum Command {
     /// Build with `--features cuda` (needs nvcc), replay the golden cases on the GPU in f64 and f32, and time
     /// LeNet (B 32) and VGG9 (B 16) at T = 100 there.
     GpuCheck,
-}
-
-/// The dataset of `bench --data-dir`: the one named, else the one the network's input shape implies.
-fn bench_dataset(name: Option<&str>, checkpoint: &Option<PathBuf>, model: &str) -> anyhow::Result<snn_data::Dataset> {
-    use snn_data::Dataset;
-    if let Some(name) = name {
-        return Ok(Dataset::from_name(name)?);
-    }
-    let spec = match checkpoint {
-        Some(path) => snn_models::load_checkpoint(path, &Device::Cpu)?.spec,
-        None => snn_models::builtin(model)?,
-    };
-    match spec.input_shape[..] {
-        [1, 28, 28] => Ok(Dataset::Mnist),
-        [3, 32, 32] => Ok(Dataset::Cifar10),
-        ref other => anyhow::bail!("no default dataset for input shape {other:?}; pass --dataset"),
-    }
-}
-
-/// A SIMD level by name.
-fn parse_simd(name: &str) -> Result<snn_core::events::SimdLevel, String> {
-    use snn_core::events::SimdLevel;
-    [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
-        .into_iter()
-        .find(|l| l.name() == name)
-        .ok_or_else(|| format!("unknown SIMD level '{name}' (portable, avx2, avx512)"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -240,43 +169,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir, cuda } => device(cuda).and_then(|d| golden(dir, &d)),
-        Command::Bench {
-            model,
-            batch,
-            timesteps,
-            reps,
-            json,
-            modes,
-            peers,
-            peers_script,
-            cuda,
-            simd,
-            checkpoint,
-            data_dir,
-            dataset,
-        } => {
-            let peers = peers.zip(peers_script).map(|(python, script)| peers::Peers { python, script });
-            let data = data_dir.map(|dir| bench_dataset(dataset.as_deref(), &checkpoint, &model).map(|d| (d, dir)));
-            data.transpose()
-                .and_then(|data| {
-                    let device = device(cuda)?;
-                    let args = bench::BenchArgs {
-                        model,
-                        batch,
-                        timesteps,
-                        reps,
-                        json,
-                        modes,
-                        peers,
-                        device,
-                        simd,
-                        checkpoint,
-                        data,
-                    };
-                    bench::run(args)
-                })
-                .map(|()| true)
-        }
+        Command::Bench(args) => bench::run(args).map(|()| true),
         Command::Reproduce(args) => reproduce::run(args, &workspace_root()).map(|()| true),
         Command::Density { reps } => density::run(reps).map(|()| true),
         Command::Windows(args) => windows::run(args).map(|()| true),

@@ -226,12 +226,8 @@ fn dataset_for(common: &Common, spec: &NetworkSpec) -> Result<Dataset> {
     if let Some(name) = &common.dataset {
         return Ok(Dataset::from_name(name)?);
     }
-    match spec.input_shape[..] {
-        [1, 28, 28] => Ok(Dataset::Mnist),
-        [3, 32, 32] => Ok(Dataset::Cifar10),
-        [2, 34, 34] => Ok(Dataset::Nmnist),
-        ref other => bail!("no default dataset for input shape {other:?}; pass --dataset"),
-    }
+    Dataset::for_input_shape(&spec.input_shape)
+        .with_context(|| format!("no default dataset for input shape {:?}; pass --dataset", spec.input_shape))
 }
 
 pub(crate) fn load_split(common: &Common, spec: &NetworkSpec, split: Split, limit: Option<usize>) -> Result<Samples> {

@@ -37,6 +37,18 @@ impl Dataset {
         }
     }
 
+    /// The paper's dataset for a network input shape `[C, H, W]`, when the shape implies one: MNIST for
+    /// 1×28×28, CIFAR-10 for 3×32×32, N-MNIST for 2×34×34 (Fashion-MNIST and SVHN share those shapes and are
+    /// never implied).
+    pub fn for_input_shape(shape: &[usize]) -> Option<Self> {
+        match shape {
+            [1, 28, 28] => Some(Self::Mnist),
+            [3, 32, 32] => Some(Self::Cifar10),
+            [2, 34, 34] => Some(Self::Nmnist),
+            _ => None,
+        }
+    }
+
     /// The dataset's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -77,5 +89,19 @@ impl Dataset {
                 name = self.name()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_shapes_imply_the_papers_datasets_only() {
+        assert_eq!(Dataset::for_input_shape(&[1, 28, 28]), Some(Dataset::Mnist));
+        assert_eq!(Dataset::for_input_shape(&[3, 32, 32]), Some(Dataset::Cifar10));
+        assert_eq!(Dataset::for_input_shape(&[2, 34, 34]), Some(Dataset::Nmnist));
+        assert_eq!(Dataset::for_input_shape(&[1, 32, 32]), None);
+        assert_eq!(Dataset::for_input_shape(&[3, 32]), None);
     }
 }
