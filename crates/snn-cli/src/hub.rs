@@ -98,13 +98,22 @@ pub(crate) fn resolve_checkpoint(path: &Path, hub: &HubArgs) -> Result<PathBuf> 
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["hub_layout", "nir"]))]
 pub(crate) struct ExportArgs {
     /// Checkpoint to export (a path or hf://owner/repo/file).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Output folder in the layout of a Hub model repository: model.safetensors, config.json, README.md.
     #[arg(long)]
-    hub_layout: PathBuf,
+    hub_layout: Option<PathBuf>,
+    /// Write the network as a NIR graph (HDF5) to this file, for other simulators and neuromorphic chips
+    /// (needs a build with `--features nir`).
+    #[arg(long)]
+    nir: Option<PathBuf>,
+    /// Time step of the NIR neuron parameters, in the unit of their time constants: 1 measures time in steps;
+    /// give the consumer's own step where it assumes one (snnTorch's importer: 1e-4).
+    #[arg(long, default_value_t = 1.0, requires = "nir")]
+    dt: f64,
     /// Dataset the model was trained on, for the model card (default: implied by the input shape).
     #[arg(long)]
     dataset: Option<String>,
@@ -114,6 +123,10 @@ pub(crate) struct ExportArgs {
 
 pub(crate) fn run_export(a: ExportArgs) -> Result<()> {
     let source = resolve_checkpoint(&a.checkpoint, &a.hub)?;
+    let Some(hub_layout) = &a.hub_layout else {
+        let nir = a.nir.as_deref().context("give --hub-layout or --nir")?;
+        return crate::nir::export_nir(&source, nir, a.dt);
+    };
     // Read once: the same bytes are checked and then copied into the layout.
     let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
     let ckpt = parse_checkpoint(&bytes, &source, &candle_core::Device::Cpu)?;
@@ -122,16 +135,16 @@ pub(crate) fn run_export(a: ExportArgs) -> Result<()> {
     let net = ckpt.into_network(candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let history = read_history(&source);
 
-    std::fs::create_dir_all(&a.hub_layout).with_context(|| format!("creating {}", a.hub_layout.display()))?;
+    std::fs::create_dir_all(hub_layout).with_context(|| format!("creating {}", hub_layout.display()))?;
     let write = |name: &str, bytes: &[u8]| {
-        let path = a.hub_layout.join(name);
+        let path = hub_layout.join(name);
         write_atomic(&path, bytes).with_context(|| format!("writing {}", path.display()))
     };
     write("model.safetensors", &bytes)?;
     write("config.json", spec.to_json().as_bytes())?;
     let card = model_card(&spec, net.parameter_count(), &meta, history.as_deref(), a.dataset.as_deref())?;
     write("README.md", card.as_bytes())?;
-    println!("wrote {} (model.safetensors, config.json, README.md)", a.hub_layout.display());
+    println!("wrote {} (model.safetensors, config.json, README.md)", hub_layout.display());
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use snn_train::{
 };
 
 mod hub;
+mod nir;
 mod plots;
 mod stats;
 
@@ -45,8 +46,11 @@ enum Command {
     /// Datasets from the Hugging Face Hub: fetch into the local cache, verify a cached copy.
     #[command(subcommand)]
     Data(hub::DataCommand),
-    /// Write a checkpoint with its config and a model card, laid out for a Hub model repository.
+    /// Write a checkpoint with its config and a model card laid out for a Hub model repository, or as a
+    /// NIR graph for other simulators and neuromorphic hardware.
     Export(hub::ExportArgs),
+    /// Read a NIR graph (written by this toolkit, snnTorch, Norse, ...) into a checkpoint.
+    Import(nir::ImportArgs),
     /// Draw a run's learning curves (loss, training and test accuracy, spikes per neuron per layer) from its
     /// `metrics.jsonl` into PNG files.
     Plot {
@@ -82,6 +86,15 @@ enum EngineArg {
 enum EncodingArg {
     Poisson,
     Direct,
+}
+
+impl From<EncodingArg> for InputEncoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::Poisson => InputEncoding::Poisson,
+            EncodingArg::Direct => InputEncoding::Direct,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -419,10 +432,7 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         None => builtin(&a.model)?,
     };
     if let Some(encoding) = a.encoding {
-        spec.input_encoding = match encoding {
-            EncodingArg::Poisson => InputEncoding::Poisson,
-            EncodingArg::Direct => InputEncoding::Direct,
-        };
+        spec.input_encoding = encoding.into();
     }
     let mut recipe = if a.paper {
         Recipe::paper_for(&a.model).with_context(|| format!("no paper recipe for model '{}'", a.model))?
@@ -691,6 +701,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => stats::run(a),
         Command::Data(c) => hub::run_data(c),
         Command::Export(a) => hub::run_export(a),
+        Command::Import(a) => nir::run_import(a),
         Command::Plot { run_dir, out } => run_plot(&run_dir, out),
         Command::Models { json } => run_models(json),
     };

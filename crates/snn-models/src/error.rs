@@ -25,6 +25,9 @@ pub enum Error {
     /// Weights given to a network do not fit its spec.
     #[error("weights do not fit the network: {0}")]
     Weights(String),
+    /// A NIR graph or file could not be converted, read or written.
+    #[error("NIR: {0}")]
+    Nir(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

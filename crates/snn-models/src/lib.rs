@@ -18,6 +18,7 @@
 mod checkpoint;
 mod error;
 mod network;
+pub mod nir;
 mod plan;
 mod spec;
 mod tape;

@@ -16,7 +16,7 @@ fn default_leak() -> f64 {
 fn default_threshold() -> f64 {
     Neuron::PAPER_LIF.threshold
 }
-fn default_pool_threshold() -> f64 {
+pub(crate) fn default_pool_threshold() -> f64 {
     Neuron::PAPER_POOL_IF.threshold
 }
 fn default_init_gain() -> f64 {
