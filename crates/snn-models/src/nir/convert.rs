@@ -282,6 +282,16 @@ struct Discrete {
     threshold: f64,
 }
 
+/// What a neuron node is in this toolkit's terms.
+enum Role {
+    /// The LIF neurons of a convolution or fully connected layer.
+    Lif,
+    /// The IF neurons after pooling.
+    Pool,
+    /// The leaky readout.
+    Readout,
+}
+
 /// Maps a neuron node to its per-step constants with step `dt`.
 fn discretise(name: &str, node: &NirNode, dt: f64) -> Result<Discrete> {
     let zero = |field: &str, a: &NirArray| -> Result<()> {
@@ -545,8 +555,19 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
         }
         let k = discretise(name, node, dt)?;
         let feeding = graph.inputs_of(name);
-        match node {
-            NirNode::Lif { .. } => {
+        // A LIF node without leak after pooling is an IF node (snnTorch writes its β = 1 neurons that way).
+        let after_pooling = matches!(
+            feeding.as_slice(),
+            [one] if matches!(graph.nodes[*one], NirNode::AvgPool2d { .. } | NirNode::SumPool2d { .. })
+        );
+        let role = match node {
+            NirNode::Lif { .. } if k.leak == 1.0 && after_pooling => Role::Pool,
+            NirNode::Lif { .. } => Role::Lif,
+            NirNode::If { .. } => Role::Pool,
+            _ => Role::Readout,
+        };
+        match role {
+            Role::Lif => {
                 // The gain, and the threshold relative to the first LIF layer's, fold into the incoming weights.
                 let factor = match &lif_constants {
                     None => {
@@ -661,7 +682,7 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                 layer_of.insert(name.as_str(), main.to_string());
                 layers.push(layer);
             }
-            NirNode::If { .. } => {
+            Role::Pool => {
                 let [pool] = feeding.as_slice() else {
                     return Err(Error::Nir(format!("IF node '{name}' needs exactly one input (a pooling node)")));
                 };
@@ -696,7 +717,7 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                 layer_of.insert(name.as_str(), pool.to_string());
                 layers.push(LayerSpec::Pool(PoolSpec { name: pool.to_string(), input: source, kernel: kernel[0], stride: stride[0], padding: 0 }));
             }
-            NirNode::Li { .. } => {
+            Role::Readout => {
                 if graph.outputs_of(name) != [*output] {
                     return Err(Error::Nir(format!("LI node '{name}' must feed the Output node (the readout is the last layer here)")));
                 }
@@ -730,7 +751,6 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                     out_features: weight.shape[0],
                 }));
             }
-            _ => unreachable!("neuron nodes only"),
         }
     }
     let Some((li, leak)) = readout_leak else {
