@@ -12,7 +12,8 @@ mod common;
 #[test]
 fn without_the_nir_feature_the_commands_say_how_to_enable_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::cli(&["import", "--nir", "model.nir", "--out", dir.path().join("m.safetensors").to_str().unwrap()]);
+    let out =
+        common::cli(&["import", "--nir", "model.nir", "--out", dir.path().join("m.safetensors").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(common::stderr(&out).contains("--features nir"), "{}", common::stderr(&out));
 }
@@ -85,12 +86,14 @@ mod with_hdf5 {
     fn an_exported_lenet_reads_in_nir_and_runs_in_snntorch_with_our_spikes() {
         let dir = tempfile::tempdir().unwrap();
         let ckpt = dir.path().join("lenet.safetensors");
-        let net = SpikingNetwork::new(builtin("lenet").unwrap(), &mut ChaCha8Rng::seed_from_u64(4), DType::F32, &Device::Cpu)
-            .unwrap();
+        let net =
+            SpikingNetwork::new(builtin("lenet").unwrap(), &mut ChaCha8Rng::seed_from_u64(4), DType::F32, &Device::Cpu)
+                .unwrap();
         save_checkpoint(&ckpt, &net, &HashMap::new()).unwrap();
         let nir = dir.path().join("lenet.nir");
         // snnTorch's importer assumes a step of 1e-4.
-        let out = cli(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--nir", nir.to_str().unwrap(), "--dt", "1e-4"]);
+        let out =
+            cli(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--nir", nir.to_str().unwrap(), "--dt", "1e-4"]);
         assert!(out.status.success(), "{}", stderr(&out));
         // Our own import of the file gives the checkpoint back.
         let back = dir.path().join("back.safetensors");
@@ -99,7 +102,10 @@ mod with_hdf5 {
         let (a, b) = (load_checkpoint(&ckpt, &Device::Cpu).unwrap(), load_checkpoint(&back, &Device::Cpu).unwrap());
         assert_eq!(a.spec, b.spec);
         for (k, t) in &a.weights {
-            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.weights[k].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.weights[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
 
         let Some(python) = python() else {
@@ -123,7 +129,17 @@ mod with_hdf5 {
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
         // What nir.read made of the file: node types, shapes (no batch dimension) and edges.
         let types = &report["nodes"];
-        for (node, ty) in [("cnn1", "Conv2d"), ("cnn1.lif", "LIF"), ("pool1", "AvgPool2d"), ("pool1.if", "IF"), ("fc0.flatten", "Flatten"), ("fc0", "Linear"), ("fc1.li", "LI"), ("input", "Input"), ("output", "Output")] {
+        for (node, ty) in [
+            ("cnn1", "Conv2d"),
+            ("cnn1.lif", "LIF"),
+            ("pool1", "AvgPool2d"),
+            ("pool1.if", "IF"),
+            ("fc0.flatten", "Flatten"),
+            ("fc0", "Linear"),
+            ("fc1.li", "LI"),
+            ("input", "Input"),
+            ("output", "Output"),
+        ] {
             assert_eq!(types[node], ty, "{node}");
         }
         assert_eq!(report["shapes"]["cnn1.lif"], serde_json::json!([20, 28, 28]));
@@ -163,7 +179,14 @@ mod with_hdf5 {
         let input = dir.path().join("input.json");
         let x = spike_input([10, 2, 1, 14, 14], 0.3, &input);
         let (nir, report_path) = (dir.path().join("snntorch.nir"), dir.path().join("report.json"));
-        let args = ["snntorch-file", nir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--out", report_path.to_str().unwrap()];
+        let args = [
+            "snntorch-file",
+            nir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            report_path.to_str().unwrap(),
+        ];
         run_script(&python, &args);
         // The file does not record its step: without --dt the import says so.
         let ckpt = dir.path().join("imported.safetensors");
@@ -197,11 +220,23 @@ mod with_hdf5 {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.nir");
         std::fs::write(&bad, b"\x89HDF\r\n\x1a\n truncated").unwrap();
-        let out = cli(&["import", "--nir", bad.to_str().unwrap(), "--out", dir.path().join("x.safetensors").to_str().unwrap()]);
+        let out = cli(&[
+            "import",
+            "--nir",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.path().join("x.safetensors").to_str().unwrap(),
+        ]);
         assert!(!out.status.success());
         assert!(stderr(&out).contains("bad.nir"), "{}", stderr(&out));
         assert!(!dir.path().join("x.safetensors").exists());
-        let out = cli(&["export", "--checkpoint", dir.path().join("missing.safetensors").to_str().unwrap(), "--nir", "out.nir"]);
+        let out = cli(&[
+            "export",
+            "--checkpoint",
+            dir.path().join("missing.safetensors").to_str().unwrap(),
+            "--nir",
+            "out.nir",
+        ]);
         assert!(!out.status.success() && stderr(&out).contains("missing.safetensors"), "{}", stderr(&out));
     }
 }

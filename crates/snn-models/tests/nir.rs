@@ -60,7 +60,8 @@ fn all_features_spec() -> NetworkSpec {
 
 #[test]
 fn export_then_import_gives_the_identical_network() {
-    for (model, dtype) in [("lenet", DType::F32), ("vgg9", DType::F32), ("resnet11", DType::F32), ("lenet", DType::F64)] {
+    for (model, dtype) in [("lenet", DType::F32), ("vgg9", DType::F32), ("resnet11", DType::F32), ("lenet", DType::F64)]
+    {
         let ck = checkpoint_of(builtin(model).unwrap(), 5, dtype);
         let graph = export(&ck, &ExportOptions::default()).unwrap();
         // Through the generic tree a file stores as well.
@@ -90,7 +91,10 @@ fn the_graph_alone_gives_the_network_without_the_stored_spec() {
     assert_eq!(back.spec.pool_threshold, 0.75);
     assert_eq!(back.spec.input_shape, ck.spec.input_shape);
     let strip = |s: &NetworkSpec| -> Vec<String> {
-        s.layers.iter().map(|l| serde_json::to_string(l).unwrap().replace("\"dropout\":true", "\"dropout\":false")).collect()
+        s.layers
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap().replace("\"dropout\":true", "\"dropout\":false"))
+            .collect()
     };
     assert_eq!(strip(&back.spec), strip(&ck.spec));
     assert_same_weights(&ck, &back, "derived spec");
@@ -282,7 +286,11 @@ fn the_exported_graph_simulated_from_nir_equations_matches_our_forward_pass() {
         // Our readout is the LI membrane divided by θ·T.
         for (m, y) in nir_membrane.iter().zip(&our_readout) {
             let m = m / (spec.threshold * steps as f64);
-            assert!((m - y).abs() <= tolerance * (1.0 + y.abs()), "{}: readout {y} vs NIR membrane / θT {m}", spec.name);
+            assert!(
+                (m - y).abs() <= tolerance * (1.0 + y.abs()),
+                "{}: readout {y} vs NIR membrane / θT {m}",
+                spec.name
+            );
         }
     }
 }

@@ -140,7 +140,11 @@ pub fn export(checkpoint: &Checkpoint, opts: &ExportOptions) -> Result<NirGraph>
                 }
             }
             LayerSpec::Pool(p) => {
-                add(&mut g, name.clone(), NirNode::AvgPool2d { kernel: [p.kernel; 2], stride: [p.stride; 2], padding: [0, 0] })?;
+                add(
+                    &mut g,
+                    name.clone(),
+                    NirNode::AvgPool2d { kernel: [p.kernel; 2], stride: [p.stride; 2], padding: [0, 0] },
+                )?;
                 g.edges.push((input, name.clone()));
                 let neuron = NirNode::If {
                     r: NirArray::filled_f32(out_shape, (1.0 / dt) as f32),
@@ -154,7 +158,11 @@ pub fn export(checkpoint: &Checkpoint, opts: &ExportOptions) -> Result<NirGraph>
                 let mut from = input;
                 if in_shape.len() > 1 {
                     let flat = format!("{name}.flatten");
-                    add(&mut g, flat.clone(), NirNode::Flatten { start_dim: 0, end_dim: -1, input_shape: Some(in_shape.clone()) })?;
+                    add(
+                        &mut g,
+                        flat.clone(),
+                        NirNode::Flatten { start_dim: 0, end_dim: -1, input_shape: Some(in_shape.clone()) },
+                    )?;
                     g.edges.push((from, flat.clone()));
                     from = flat;
                 }
@@ -296,13 +304,15 @@ enum Role {
 fn discretise(name: &str, node: &NirNode, dt: f64) -> Result<Discrete> {
     let zero = |field: &str, a: &NirArray| -> Result<()> {
         if uniform(name, field, a)? != 0.0 {
-            return Err(Error::Nir(format!("node '{name}': '{field}' must be 0 (this toolkit's neurons rest and reset at 0)")));
+            return Err(Error::Nir(format!(
+                "node '{name}': '{field}' must be 0 (this toolkit's neurons rest and reset at 0)"
+            )));
         }
         Ok(())
     };
     let leaky = |tau: &NirArray, r: &NirArray| -> Result<(f64, f64)> {
         let (tau, r) = (uniform(name, "tau", tau)?, uniform(name, "r", r)?);
-        if !(tau > 0.0) {
+        if tau.is_nan() || tau <= 0.0 {
             return Err(Error::Nir(format!("node '{name}': tau must be positive, got {tau}")));
         }
         let leak = 1.0 - dt / tau;
@@ -324,7 +334,11 @@ fn discretise(name: &str, node: &NirNode, dt: f64) -> Result<Discrete> {
         }
         NirNode::If { r, v_threshold, v_reset } => {
             zero("v_reset", v_reset)?;
-            Ok(Discrete { leak: 1.0, gain: uniform(name, "r", r)? * dt, threshold: uniform(name, "v_threshold", v_threshold)? })
+            Ok(Discrete {
+                leak: 1.0,
+                gain: uniform(name, "r", r)? * dt,
+                threshold: uniform(name, "v_threshold", v_threshold)?,
+            })
         }
         NirNode::Li { tau, r, v_leak } => {
             zero("v_leak", v_leak)?;
@@ -350,25 +364,30 @@ fn node_output_shape(name: &str, node: &NirNode, inputs: &[(&str, &Vec<usize>)])
     };
     for (other, s) in &inputs[1..] {
         if s != in_shape {
-            return Err(mismatch(format!("inputs '{first}' {in_shape:?} and '{other}' {s:?} differ, so they cannot be summed")));
+            return Err(mismatch(format!(
+                "inputs '{first}' {in_shape:?} and '{other}' {s:?} differ, so they cannot be summed"
+            )));
         }
     }
     let in_shape: &Vec<usize> = in_shape;
-    let spatial = |kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: usize| -> Result<[usize; 2]> {
-        if in_shape.len() != 3 {
-            return Err(mismatch(format!("needs a [C, H, W] input, '{first}' gives {in_shape:?}")));
-        }
-        let mut out = [0; 2];
-        for d in 0..2 {
-            let span = dilation * (kernel[d] - 1) + 1;
-            let padded = in_shape[1 + d] + 2 * padding[d];
-            if stride[d] == 0 || kernel[d] == 0 || padded < span {
-                return Err(mismatch(format!("window {kernel:?} stride {stride:?} does not fit the input {in_shape:?}")));
+    let spatial =
+        |kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: usize| -> Result<[usize; 2]> {
+            if in_shape.len() != 3 {
+                return Err(mismatch(format!("needs a [C, H, W] input, '{first}' gives {in_shape:?}")));
             }
-            out[d] = (padded - span) / stride[d] + 1;
-        }
-        Ok(out)
-    };
+            let mut out = [0; 2];
+            for d in 0..2 {
+                let span = dilation * (kernel[d] - 1) + 1;
+                let padded = in_shape[1 + d] + 2 * padding[d];
+                if stride[d] == 0 || kernel[d] == 0 || padded < span {
+                    return Err(mismatch(format!(
+                        "window {kernel:?} stride {stride:?} does not fit the input {in_shape:?}"
+                    )));
+                }
+                out[d] = (padded - span) / stride[d] + 1;
+            }
+            Ok(out)
+        };
     Ok(match node {
         NirNode::Input { .. } => unreachable!("handled above"),
         NirNode::Output { shape } => {
@@ -379,10 +398,15 @@ fn node_output_shape(name: &str, node: &NirNode, inputs: &[(&str, &Vec<usize>)])
         }
         NirNode::Conv2d { weight, stride, padding, dilation, groups, input_shape, .. } => {
             if *groups != 1 || dilation != &[1, 1] {
-                return Err(mismatch(format!("groups {groups} and dilation {dilation:?}: only groups 1 and dilation 1 run here")));
+                return Err(mismatch(format!(
+                    "groups {groups} and dilation {dilation:?}: only groups 1 and dilation 1 run here"
+                )));
             }
             if in_shape.len() != 3 || weight.shape[1] != in_shape[0] {
-                return Err(mismatch(format!("weight {:?} expects {} input channels, '{first}' gives {in_shape:?}", weight.shape, weight.shape[1])));
+                return Err(mismatch(format!(
+                    "weight {:?} expects {} input channels, '{first}' gives {in_shape:?}",
+                    weight.shape, weight.shape[1]
+                )));
             }
             if let Some(hw) = input_shape {
                 if hw[..] != in_shape[1..] {
@@ -394,7 +418,10 @@ fn node_output_shape(name: &str, node: &NirNode, inputs: &[(&str, &Vec<usize>)])
         }
         NirNode::Linear { weight } | NirNode::Affine { weight, .. } => {
             if in_shape.len() != 1 || in_shape[0] != weight.shape[1] {
-                return Err(mismatch(format!("weight {:?} needs {} input features, '{first}' gives {in_shape:?}", weight.shape, weight.shape[1])));
+                return Err(mismatch(format!(
+                    "weight {:?} needs {} input features, '{first}' gives {in_shape:?}",
+                    weight.shape, weight.shape[1]
+                )));
             }
             vec![weight.shape[0]]
         }
@@ -411,14 +438,19 @@ fn node_output_shape(name: &str, node: &NirNode, inputs: &[(&str, &Vec<usize>)])
             let last = in_shape.len() as i64 - 1;
             // NIR shapes have no batch dimension (start 0); torch-style files count it (start 1).
             if !matches!(start_dim, 0 | 1) || !(*end_dim == -1 || *end_dim == last || *end_dim == last + 1) {
-                return Err(mismatch(format!("flattens dimensions {start_dim}..={end_dim}; only a full flatten runs here")));
+                return Err(mismatch(format!(
+                    "flattens dimensions {start_dim}..={end_dim}; only a full flatten runs here"
+                )));
             }
             vec![in_shape.iter().product()]
         }
         NirNode::Lif { tau: a, .. } | NirNode::Li { tau: a, .. } | NirNode::If { v_threshold: a, .. } => {
             let n: usize = in_shape.iter().product();
             if a.len() != 1 && a.len() != n {
-                return Err(mismatch(format!("parameters of shape {:?} for an input of shape {in_shape:?} from '{first}'", a.shape)));
+                return Err(mismatch(format!(
+                    "parameters of shape {:?} for an input of shape {in_shape:?} from '{first}'",
+                    a.shape
+                )));
             }
             in_shape.clone()
         }
@@ -431,7 +463,9 @@ fn weight_tensor(name: &str, a: &NirArray, factor: f64) -> Result<Tensor> {
     let dev = Device::Cpu;
     let t = match &a.data {
         NirData::F32(v) if factor == 1.0 => Tensor::from_vec(v.clone(), a.shape.clone(), &dev)?,
-        NirData::F32(v) => Tensor::from_vec(v.iter().map(|&x| (x as f64 * factor) as f32).collect::<Vec<_>>(), a.shape.clone(), &dev)?,
+        NirData::F32(v) => {
+            Tensor::from_vec(v.iter().map(|&x| (x as f64 * factor) as f32).collect::<Vec<_>>(), a.shape.clone(), &dev)?
+        }
         NirData::F64(v) => Tensor::from_vec(v.iter().map(|&x| x * factor).collect::<Vec<_>>(), a.shape.clone(), &dev)?,
         _ => return Err(Error::Nir(format!("node '{name}': the weight is not a float array"))),
     };
@@ -442,7 +476,9 @@ fn weight_tensor(name: &str, a: &NirArray, factor: f64) -> Result<Tensor> {
 fn no_bias(name: &str, bias: &NirArray) -> Result<()> {
     let v = bias.to_f64().ok_or_else(|| Error::Nir(format!("node '{name}': the bias is not numeric")))?;
     if v.iter().any(|&b| b != 0.0) {
-        return Err(Error::Nir(format!("node '{name}': a non-zero bias cannot run here (this toolkit's layers have no bias)")));
+        return Err(Error::Nir(format!(
+            "node '{name}': a non-zero bias cannot run here (this toolkit's layers have no bias)"
+        )));
     }
     Ok(())
 }
@@ -471,22 +507,21 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
             unsupported.join(", ")
         )));
     }
-    let dt = match opts.dt {
-        Some(dt) => dt,
-        None => match graph.metadata.get(DT_METADATA) {
-            Some(NirValue::Array(a)) => match a.to_f64().as_deref() {
-                Some([dt]) => *dt,
-                _ => return Err(Error::Nir("the graph's 'dt' metadata is not one number".into())),
-            },
-            _ => {
-                return Err(Error::Nir(
+    let dt =
+        match opts.dt {
+            Some(dt) => dt,
+            None => match graph.metadata.get(DT_METADATA) {
+                Some(NirValue::Array(a)) => match a.to_f64().as_deref() {
+                    Some([dt]) => *dt,
+                    _ => return Err(Error::Nir("the graph's 'dt' metadata is not one number".into())),
+                },
+                _ => return Err(Error::Nir(
                     "the graph does not say which time step its tau values assume: give dt (snnTorch writes its files \
                      for dt = 1e-4, Norse for 1e-3)"
                         .into(),
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     if !(dt.is_finite() && dt > 0.0) {
         return Err(Error::Nir(format!("the time step dt must be positive, got {dt}")));
     }
@@ -590,7 +625,9 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                         // The shortcut is the 1×1 convolution or window-1 pooling; if both qualify, the other input
                         // comes from the layer just before.
                         let is_shortcut = |n: &str| match &graph.nodes[n] {
-                            NirNode::Conv2d { weight, padding, .. } => weight.shape[2..] == [1, 1] && padding == &[0, 0],
+                            NirNode::Conv2d { weight, padding, .. } => {
+                                weight.shape[2..] == [1, 1] && padding == &[0, 0]
+                            }
                             NirNode::AvgPool2d { kernel, padding, .. } | NirNode::SumPool2d { kernel, padding, .. } => {
                                 kernel == &[1, 1] && padding == &[0, 0]
                             }
@@ -607,7 +644,10 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                         }
                     }
                     more => {
-                        return Err(Error::Nir(format!("LIF node '{name}' has {} inputs; at most two (a layer and a shortcut) run here", more.len())))
+                        return Err(Error::Nir(format!(
+                            "LIF node '{name}' has {} inputs; at most two (a layer and a shortcut) run here",
+                            more.len()
+                        )))
                     }
                 };
                 feeds_only(main, name)?;
@@ -715,11 +755,19 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                 }
                 let source = layer_input(single_input(pool)?, &layer_of)?;
                 layer_of.insert(name.as_str(), pool.to_string());
-                layers.push(LayerSpec::Pool(PoolSpec { name: pool.to_string(), input: source, kernel: kernel[0], stride: stride[0], padding: 0 }));
+                layers.push(LayerSpec::Pool(PoolSpec {
+                    name: pool.to_string(),
+                    input: source,
+                    kernel: kernel[0],
+                    stride: stride[0],
+                    padding: 0,
+                }));
             }
             Role::Readout => {
                 if graph.outputs_of(name) != [*output] {
-                    return Err(Error::Nir(format!("LI node '{name}' must feed the Output node (the readout is the last layer here)")));
+                    return Err(Error::Nir(format!(
+                        "LI node '{name}' must feed the Output node (the readout is the last layer here)"
+                    )));
                 }
                 let [linear] = feeding.as_slice() else {
                     return Err(Error::Nir(format!("LI node '{name}' needs exactly one input (a Linear node)")));
@@ -732,12 +780,17 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                         weight
                     }
                     other => {
-                        return Err(Error::Nir(format!("LI node '{name}' is fed by '{linear}' ({}); the readout runs here after a Linear node", other.type_name())))
+                        return Err(Error::Nir(format!(
+                            "LI node '{name}' is fed by '{linear}' ({}); the readout runs here after a Linear node",
+                            other.type_name()
+                        )))
                     }
                 };
                 // This toolkit's readout adds λ·I per step (and divides by θ·T at the end, which keeps the argmax).
                 if k.leak <= 0.0 {
-                    return Err(Error::Nir(format!("LI node '{name}': tau = dt leaves nothing of the membrane from one step to the next")));
+                    return Err(Error::Nir(format!(
+                        "LI node '{name}': tau = dt leaves nothing of the membrane from one step to the next"
+                    )));
                 }
                 let factor = snap_to_one(k.gain / k.leak);
                 weights.insert(format!("{linear}.weight"), weight_tensor(linear, weight, factor)?);
@@ -809,14 +862,16 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
         Some(Ok(stored)) => match matches_stored(&derived, &stored) {
             Ok(()) => derived = stored,
             Err(why) => {
-                metadata.insert("nir_spec".into(), format!("derived from the graph; its stored spec was not used: {why}"));
+                metadata
+                    .insert("nir_spec".into(), format!("derived from the graph; its stored spec was not used: {why}"));
             }
         },
         Some(Err(e)) => {
             metadata.insert("nir_spec".into(), format!("derived from the graph; its stored spec is unreadable: {e}"));
         }
         None => {
-            metadata.insert("nir_spec".into(), "derived from the graph (no spec of this toolkit in its metadata)".into());
+            metadata
+                .insert("nir_spec".into(), "derived from the graph (no spec of this toolkit in its metadata)".into());
         }
     }
     if let Some(g) = graph.metadata_str("generator") {
@@ -830,7 +885,11 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
 /// flags aside, which the graph cannot show) and the same neuron constants to 32-bit precision.
 fn matches_stored(derived: &NetworkSpec, stored: &NetworkSpec) -> std::result::Result<(), String> {
     if derived.layers.len() != stored.layers.len() {
-        return Err(format!("{} layers in the graph, {} in the stored spec", derived.layers.len(), stored.layers.len()));
+        return Err(format!(
+            "{} layers in the graph, {} in the stored spec",
+            derived.layers.len(),
+            stored.layers.len()
+        ));
     }
     let strip = |l: &LayerSpec| {
         let mut l = l.clone();

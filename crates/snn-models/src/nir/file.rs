@@ -68,7 +68,8 @@ pub fn read_nir(path: &Path) -> Result<NirGraph> {
         return Err(Error::Io { path: path.to_path_buf(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
     }
     let file = hdf5::File::open(path).map_err(|e| h5_error(path, "not a readable HDF5 file", e))?;
-    let node = file.group("node").map_err(|_| Error::Nir(format!("{}: no 'node' group: not a NIR file", path.display())))?;
+    let node =
+        file.group("node").map_err(|_| Error::Nir(format!("{}: no 'node' group: not a NIR file", path.display())))?;
     let tree = read_group(&node).map_err(|e| h5_error(path, "cannot read", e))?;
     NirGraph::from_group(&tree).map_err(|e| Error::Nir(format!("{}: {e}", path.display())))
 }

@@ -258,7 +258,9 @@ impl NirNode {
             "Conv2d" => {
                 let weight = fields.array("weight")?.clone();
                 if weight.shape.len() != 4 {
-                    return Err(fields.bad("weight", &format!("has shape {:?}, a Conv2d needs 4 dimensions", weight.shape)));
+                    return Err(
+                        fields.bad("weight", &format!("has shape {:?}, a Conv2d needs 4 dimensions", weight.shape))
+                    );
                 }
                 let kernel = [weight.shape[2], weight.shape[3]];
                 let bias = match fields.optional("bias") {
@@ -310,7 +312,9 @@ impl NirNode {
                 v_reset: fields.floats_or_zero("v_reset", "v_threshold")?,
                 v_threshold: fields.floats("v_threshold")?,
             },
-            "LI" => NirNode::Li { tau: fields.floats("tau")?, r: fields.floats("r")?, v_leak: fields.floats("v_leak")? },
+            "LI" => {
+                NirNode::Li { tau: fields.floats("tau")?, r: fields.floats("r")?, v_leak: fields.floats("v_leak")? }
+            }
             other => NirNode::Unsupported { type_name: other.to_string() },
         })
     }
@@ -441,7 +445,10 @@ impl Fields<'_> {
             return match s {
                 "valid" => Ok([0, 0]),
                 "same" if kernel.iter().all(|k| k % 2 == 1) => Ok([kernel[0] / 2, kernel[1] / 2]),
-                other => Err(self.bad("padding", &format!("'{other}' is not supported (integers, 'valid', or 'same' with odd kernels)"))),
+                other => Err(self.bad(
+                    "padding",
+                    &format!("'{other}' is not supported (integers, 'valid', or 'same' with odd kernels)"),
+                )),
             };
         }
         self.pair("padding", Some(0))
@@ -552,7 +559,10 @@ impl NirGraph {
         let nodes = self.nodes.iter().map(|(k, n)| (k.clone(), NirValue::Group(n.to_group()))).collect();
         g.insert("nodes".into(), NirValue::Group(nodes));
         let flat: Vec<String> = self.edges.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
-        g.insert("edges".into(), NirValue::Array(NirArray { shape: vec![self.edges.len(), 2], data: NirData::Str(flat) }));
+        g.insert(
+            "edges".into(),
+            NirValue::Array(NirArray { shape: vec![self.edges.len(), 2], data: NirData::Str(flat) }),
+        );
         if !self.metadata.is_empty() {
             g.insert("metadata".into(), NirValue::Group(self.metadata.clone()));
         }
