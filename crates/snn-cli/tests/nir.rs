@@ -82,6 +82,26 @@ mod with_hdf5 {
             .collect()
     }
 
+    /// Our forward pass on `x` fires exactly as the script's run, layer by layer (every layer firing), and our
+    /// readout equals its final membrane divided by θ·T (θ = 1) to 1e-6.
+    fn agree_with_script(checkpoint: &Path, x: &Tensor, report: &Value, steps: f64) {
+        let (our_counts, our_readout) = ours(checkpoint, x);
+        let theirs = script_counts(report);
+        assert_eq!(theirs.len(), our_counts.len());
+        for (layer, n) in &our_counts {
+            eprintln!("{layer}: here {n}, snnTorch {}", theirs[layer]);
+            assert_eq!(*n, theirs[layer], "{layer}: spikes here and in snnTorch");
+        }
+        assert!(our_counts.values().all(|&n| n > 0.0), "every layer should fire: {our_counts:?}");
+        let membrane = report["readout_membrane"].as_array().unwrap();
+        for (ours_row, theirs_row) in our_readout.iter().zip(membrane) {
+            for (y, m) in ours_row.iter().zip(theirs_row.as_array().unwrap()) {
+                let m = m.as_f64().unwrap() / steps;
+                assert!((y - m).abs() <= 1e-6 * (1.0 + y.abs()), "readout {y} here, {m} in snnTorch");
+            }
+        }
+    }
+
     #[test]
     fn an_exported_lenet_reads_in_nir_and_runs_in_snntorch_with_our_spikes() {
         let dir = tempfile::tempdir().unwrap();
@@ -149,24 +169,9 @@ mod with_hdf5 {
         assert_eq!(report["edges"].as_array().unwrap().len(), 14);
         assert!(report["metadata_keys"].as_array().unwrap().iter().any(|k| k == "snn.spec"));
 
-        let (our_counts, our_readout) = ours(&ckpt, &x);
-        let theirs = script_counts(&report);
-        assert_eq!(theirs.len(), our_counts.len());
         // snnTorch's leak is 1 − 1e-4/τ with τ stored in 32 bits (0.98999999776 instead of 0.99): a membrane within
         // ~1e-9 of the threshold could fire on one side and not the other; on this input none does.
-        for (layer, n) in &our_counts {
-            eprintln!("{layer}: ours {n}, snnTorch {}", theirs[layer]);
-            assert_eq!(*n, theirs[layer], "{layer}: spikes here and in snnTorch");
-        }
-        assert!(our_counts.values().all(|&n| n > 0.0), "every layer should fire: {our_counts:?}");
-        let steps = 20.0;
-        let membrane = report["readout_membrane"].as_array().unwrap();
-        for (ours_row, theirs_row) in our_readout.iter().zip(membrane) {
-            for (y, m) in ours_row.iter().zip(theirs_row.as_array().unwrap()) {
-                let m = m.as_f64().unwrap() / steps;
-                assert!((y - m).abs() <= 1e-6 * (1.0 + y.abs()), "readout {y} here, {m} in snnTorch");
-            }
-        }
+        agree_with_script(&ckpt, &x, &report, 20.0);
     }
 
     #[test]
@@ -197,22 +202,8 @@ mod with_hdf5 {
         let spec = load_checkpoint(&ckpt, &Device::Cpu).unwrap().spec;
         assert_eq!(spec.pool_threshold, 0.75);
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-        let (our_counts, our_readout) = ours(&ckpt, &x);
-        let theirs = script_counts(&report);
-        assert_eq!(theirs.len(), our_counts.len());
-        for (layer, n) in &our_counts {
-            eprintln!("{layer}: here {n}, snnTorch {}", theirs[layer]);
-            assert_eq!(*n, theirs[layer], "{layer}");
-        }
-        assert!(our_counts.values().all(|&n| n > 0.0), "every layer should fire: {our_counts:?}");
-        let membrane = report["readout_membrane"].as_array().unwrap();
-        for (ours_row, theirs_row) in our_readout.iter().zip(membrane) {
-            for (y, m) in ours_row.iter().zip(theirs_row.as_array().unwrap()) {
-                // Our readout is the membrane / (θ·T), θ = 1 (the first LIF layer's threshold).
-                let m = m.as_f64().unwrap() / 10.0;
-                assert!((y - m).abs() <= 1e-6 * (1.0 + y.abs()), "readout {y} here, {m} in snnTorch");
-            }
-        }
+        // Our readout is the membrane / (θ·T), θ = 1 (the first LIF layer's threshold).
+        agree_with_script(&ckpt, &x, &report, 10.0);
     }
 
     #[test]
