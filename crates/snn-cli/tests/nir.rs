@@ -174,6 +174,49 @@ mod with_hdf5 {
         agree_with_script(&ckpt, &x, &report, 20.0);
     }
 
+    /// A residual network (a 1×1 convolution shortcut and an identity-subsampling one into strided
+    /// convolutions): nirtorch sums the shortcut into the block's LIF input as this toolkit does.
+    #[test]
+    fn an_exported_residual_network_runs_in_snntorch_with_our_spikes() {
+        let Some(python) = python() else {
+            eprintln!("skipped: no Python with nir, nirtorch and snntorch (set SNN_NIR_PYTHON; see interop/nir/requirements.txt)");
+            return;
+        };
+        let spec = snn_models::NetworkSpec::from_json(
+            r#"{"name": "tiny-resnet", "input_shape": [2, 9, 9], "layers": [
+                {"kind": "conv", "name": "c1", "input": "input", "in_channels": 2, "out_channels": 4, "kernel": 3, "padding": 1},
+                {"kind": "pool", "name": "p1", "input": "c1"},
+                {"kind": "conv", "name": "c2", "input": "p1", "in_channels": 4, "out_channels": 6, "kernel": 3, "padding": 1},
+                {"kind": "conv", "name": "c3", "input": "c2", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
+                 "shortcut": {"name": "s1", "kind": "conv1x1", "input": "p1"}},
+                {"kind": "conv", "name": "c4", "input": "c3", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
+                 "stride": 2, "shortcut": {"name": "s2", "kind": "subsample", "input": "c3", "stride": 2}},
+                {"kind": "fc", "name": "f1", "input": "c4", "in_features": 24, "out_features": 12},
+                {"kind": "readout", "name": "out", "input": "f1", "in_features": 12, "out_features": 3}]}"#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let net = SpikingNetwork::new(spec, &mut ChaCha8Rng::seed_from_u64(11), DType::F32, &Device::Cpu).unwrap();
+        // Stronger weights so that the deep layers of the small network fire too.
+        let weights = net.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 3.0).unwrap())).collect();
+        let net = SpikingNetwork::from_weights(net.spec().clone(), weights, DType::F32, &Device::Cpu).unwrap();
+        let ckpt = dir.path().join("resnet.safetensors");
+        save_checkpoint(&ckpt, &net, &HashMap::new()).unwrap();
+        let nir = dir.path().join("resnet.nir");
+        let out =
+            cli(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--nir", nir.to_str().unwrap(), "--dt", "1e-4"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let input = dir.path().join("input.json");
+        let x = spike_input([12, 2, 2, 9, 9], 0.3, &input);
+        let report_path = dir.path().join("report.json");
+        let (g, i, r) = (nir.to_str().unwrap(), input.to_str().unwrap(), report_path.to_str().unwrap());
+        run_script(&python, &["simulate", g, "--input", i, "--dt", "1e-4", "--out", r]);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+        assert_eq!(report["nodes"]["s2"], "AvgPool2d");
+        assert!(report["edges"].as_array().unwrap().contains(&serde_json::json!(["s1", "c3.lif"])));
+        agree_with_script(&ckpt, &x, &report, 12.0);
+    }
+
     #[test]
     fn a_network_written_by_snntorch_imports_and_runs_here() {
         let Some(python) = python() else {
