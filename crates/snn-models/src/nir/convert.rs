@@ -491,7 +491,8 @@ fn no_bias(name: &str, bias: &NirArray) -> Result<()> {
 /// Graphs from other tools: a neuron's input gain `R·dt/τ` other than 1 and a threshold other than the
 /// first LIF layer's are folded into the weights that feed it (exact for these neurons, which rest and
 /// reset at zero); `SumPool2d` → `IF` becomes average pooling with the threshold divided by the window
-/// size. Leaks must agree across layers (the toolkit's layers share one λ).
+/// size; a LIF node without leak after pooling is an IF node. Leaks must agree across layers (the toolkit's
+/// layers share one λ).
 pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
     let order = graph.topological_order()?;
     let unsupported: Vec<String> = graph
