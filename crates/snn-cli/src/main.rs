@@ -18,6 +18,7 @@ use snn_train::{
     Stream, TrainObserver, STABLE_TIMESTEPS,
 };
 
+mod distributed;
 mod hub;
 mod nir;
 mod plots;
@@ -156,6 +157,11 @@ struct TrainArgs {
     /// image as a constant input current at every step (steadier at short windows).
     #[arg(long, value_enum, conflicts_with = "resume")]
     encoding: Option<EncodingArg>,
+    /// Data-parallel training: `mpi` makes this process one rank of an MPI job (launched by `mpirun` or
+    /// `srun`; every rank takes its share of each batch and the gradients are summed), `auto` picks MPI when
+    /// an MPI launcher started the process. Results do not depend on the number of ranks.
+    #[arg(long, value_enum, default_value_t = distributed::DistributedArg::Single)]
+    distributed: distributed::DistributedArg,
 
     /// Time steps per test sample, if different from --timesteps.
     #[arg(long)]
@@ -403,7 +409,19 @@ fn keep_saved<T: PartialEq + ValueEnum>(
     }
 }
 
-fn run_train(mut a: TrainArgs) -> Result<()> {
+fn run_train(a: TrainArgs) -> Result<()> {
+    let comm = distributed::connect(a.distributed)?;
+    match (&comm, prepare_training(a, comm.clone())) {
+        // A rank that fails alone ends the whole job: the others would wait for it in the next collective.
+        (Some(c), Err(e)) if c.size() > 1 => {
+            eprintln!("error on rank {} of {}: {e:#}", c.rank(), c.size());
+            c.abort(1)
+        }
+        (_, result) => result,
+    }
+}
+
+fn prepare_training(mut a: TrainArgs, comm: Option<std::sync::Arc<dyn snn_train::Collective>>) -> Result<()> {
     if let Some(dir) = a.resume.clone() {
         let path = dir.join("recipe.json");
         let text =
@@ -417,7 +435,7 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
         a.common.dtype = keep_saved("--dtype", a.common.dtype, saved.dtype, &dir)?;
         a.common.device = keep_saved("--device", a.common.device, saved.device, &dir)?;
         a.out = dir;
-        return execute_training(a, saved.model, saved.spec, saved.recipe, true);
+        return execute_training(a, saved.model, saved.spec, saved.recipe, true, comm);
     }
     let mut spec = match &a.model_config {
         Some(path) => {
@@ -489,10 +507,20 @@ fn run_train(mut a: TrainArgs) -> Result<()> {
     }
     recipe.validate()?;
     let model = a.model.clone();
-    execute_training(a, model, spec, recipe, false)
+    execute_training(a, model, spec, recipe, false, comm)
 }
 
-fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Recipe, resume: bool) -> Result<()> {
+fn execute_training(
+    a: TrainArgs,
+    model: String,
+    spec: NetworkSpec,
+    recipe: Recipe,
+    resume: bool,
+    comm: Option<std::sync::Arc<dyn snn_train::Collective>>,
+) -> Result<()> {
+    // Rank 0 alone reports and writes; the other ranks of a distributed run only log.
+    let (rank, ranks) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    let lead = rank == 0;
     let dev = device(a.common.device)?;
     let train_set = load_split(&a.common, &spec, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.common, &spec, Split::Test, a.common.test_limit)?;
@@ -501,22 +529,28 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
         model = %model, params = net.parameter_count(), train = train_set.len(), test = test_set.len(),
         "training"
     );
-    if !a.common.json {
+    if ranks > 1 {
+        tracing::info!(rank, ranks, "data-parallel training");
+    }
+    if !a.common.json && lead {
         eprintln!(
-            "training {} ({} parameters) on {} images, testing on {}; T = {}, batch {}, lr {}, {} epoch(s) -> {}",
+            "training {} ({} parameters) on {} images, testing on {}; T = {}, batch {}{}, lr {}, {} epoch(s) -> {}",
             model,
             net.parameter_count(),
             train_set.len(),
             test_set.len(),
             recipe.timesteps,
             recipe.batch_size,
+            if ranks > 1 { format!(" over {ranks} ranks") } else { String::new() },
             recipe.lr,
             recipe.epochs,
             a.out.display()
         );
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    if !resume {
+    if lead {
+        std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    }
+    if !resume && lead {
         let saved = SavedRun {
             model: model.clone(),
             spec: net.spec().clone(),
@@ -532,7 +566,8 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
         snn_models::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&saved)?.as_bytes())
             .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
     }
-    let mut progress = Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json };
+    let mut progress =
+        Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json || !lead };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C while the first is being handled kills the process the usual way.
@@ -552,6 +587,7 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
         resume,
         stop: Some(stop),
         crash,
+        collective: comm,
     };
     let summary = match train_run(&net, &train_set, &test_set, &recipe, &opts, &mut progress) {
         Err(snn_train::Error::Interrupted { epoch, batch }) => {
@@ -564,6 +600,10 @@ fn execute_training(a: TrainArgs, model: String, spec: NetworkSpec, recipe: Reci
         }
         other => other?,
     };
+    if !lead {
+        tracing::info!(rank, "done");
+        return Ok(());
+    }
     if a.common.json {
         let mut v = serde_json::to_value(&summary)?;
         if let Some(obj) = v.as_object_mut() {

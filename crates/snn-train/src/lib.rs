@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod collective;
 mod error;
 pub mod golden;
 pub mod loss;
@@ -22,6 +23,7 @@ mod recipe;
 mod trainer;
 
 pub use analysis::{analyse, EnergyModel, SparsityReport};
+pub use collective::{Collective, Single};
 pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::{Recipe, QUICK_TIMESTEPS, RESNET_CIFAR10_LR, STABLE_TIMESTEPS, VGG_CIFAR10_LR};

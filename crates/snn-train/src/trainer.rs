@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
-    checkpoint_bytes, load_checkpoint, save_checkpoint, temp_path, write_atomic, Engine, ForwardOptions, ForwardOutput,
-    Gradients, Masks, SpikingNetwork,
+    checkpoint_bytes, parse_checkpoint, save_checkpoint, temp_path, write_atomic, Engine, ForwardOptions,
+    ForwardOutput, Gradients, LayerActivity, LayerSpec, Masks, SpikingNetwork,
 };
 
+use crate::collective::{Collective, Single};
 use crate::loss::{count_correct, sum_squared_error};
 use crate::{Error, Recipe, Result, Sgd};
 
@@ -231,6 +232,19 @@ pub fn evaluate(
     engine: Engine,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalResult> {
+    evaluate_with(net, data, (timesteps, batch_size, seed), engine, on_batch, &SINGLE)
+}
+
+/// [`evaluate`] with the batches dealt out over the ranks of `comm` (batch `b` to rank `b mod size`) and the
+/// counts summed: every input draw is keyed by its sample, so the result does not depend on the rank count.
+fn evaluate_with(
+    net: &SpikingNetwork,
+    data: &Samples,
+    (timesteps, batch_size, seed): (usize, usize, u64),
+    engine: Engine,
+    on_batch: &mut dyn FnMut(usize, usize),
+    comm: &dyn Collective,
+) -> Result<EvalResult> {
     check_dataset(net, data, "test")?;
     if timesteps == 0 || batch_size == 0 {
         return Err(Error::Config("timesteps and batch size must be at least 1".into()));
@@ -239,12 +253,31 @@ pub fn evaluate(
     let mut correct = 0;
     let mut tally = ActivityTally::default();
     let opts = ForwardOptions { engine, ..ForwardOptions::default() };
-    for idx in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None)? {
+    for (b, idx) in Batches::new::<ChaCha8Rng>(data.len(), batch_size, None)?.enumerate() {
+        if b % comm.size() != comm.rank() {
+            continue;
+        }
         let (x, labels) = encode(net, data, &idx, timesteps, (seed, Stream::EvalInput, 0))?;
         let out = net.forward(&x, &Masks::new(), opts)?;
         correct += count_correct(&out.output, &labels)?;
         tally.add(&out, idx.len(), timesteps)?;
         on_batch(tally.samples, data.len());
+    }
+    if comm.size() > 1 {
+        if tally.layers.is_empty() {
+            tally.layers =
+                spiking_layers(net).into_iter().map(|(n, _, shape)| (n, vec![0.0; shape.iter().product()])).collect();
+        }
+        let mut buf = vec![correct as f64, tally.samples as f64];
+        tally.layers.iter().for_each(|(_, c)| buf.extend(c));
+        comm.all_reduce_sum(&mut buf)?;
+        (correct, tally.samples, tally.timesteps) = (buf[0] as usize, buf[1] as usize, timesteps);
+        let mut at = 2;
+        for (_, c) in &mut tally.layers {
+            let n = c.len();
+            c.copy_from_slice(&buf[at..at + n]);
+            at += n;
+        }
     }
     Ok(EvalResult {
         correct,
@@ -254,6 +287,23 @@ pub fn evaluate(
         layers: tally.rates(),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The one-process collective of runs without one.
+static SINGLE: Single = Single;
+
+/// The spiking layers in the order of [`ForwardOutput::activity`]: name, whether it is a pooling layer, and
+/// its per-sample shape.
+fn spiking_layers(net: &SpikingNetwork) -> Vec<(String, bool, Vec<usize>)> {
+    net.spec()
+        .layers
+        .iter()
+        .filter(|l| !matches!(l, LayerSpec::Readout(_)))
+        .map(|l| {
+            let shape = net.layer_shape(l.name()).unwrap_or_default().to_vec();
+            (l.name().to_string(), matches!(l, LayerSpec::Pool(_)), shape)
+        })
+        .collect()
 }
 
 /// Spikes per neuron over the window below which a layer counts as nearly silent: fewer than one spike per
@@ -483,8 +533,23 @@ pub fn train_step(
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
+    let (out, loss_value, grads) = batch_gradients(net, x, labels, masks)?;
+    for (name, g) in grads.iter() {
+        ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
+    }
+    opt.step(&grads)?;
+    Ok((out, loss_value))
+}
+
+/// The forward pass, the loss and the weights' gradients of one batch (no update).
+fn batch_gradients(
+    net: &SpikingNetwork,
+    x: &Tensor,
+    labels: &[u32],
+    masks: &Masks,
+) -> Result<(ForwardOutput, f64, Gradients)> {
     // On the CPU the taped pass (compact tape, hand-written backward); elsewhere Candle's autograd.
-    let (out, loss_value, grads) = if net.device().is_cpu() {
+    Ok(if net.device().is_cpu() {
         let (out, tape) = net.forward_taped(x, masks)?;
         let readout = Var::from_tensor(&out.output)?;
         let loss = sum_squared_error(readout.as_tensor(), labels)?;
@@ -500,12 +565,7 @@ pub fn train_step(
         let loss_value = checked_loss(net, &loss)?;
         let grads = Gradients::from_grad_store(&loss.backward()?, net);
         (out, loss_value, grads)
-    };
-    for (name, g) in grads.iter() {
-        ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
-    }
-    opt.step(&grads)?;
-    Ok((out, loss_value))
+    })
 }
 
 /// The loss as a number, or a non-finite error that names a non-finite weight when there is one.
@@ -532,6 +592,9 @@ pub struct RunOptions {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Kill the process at a chosen point, to test that a crashed run resumes exactly.
     pub crash: Option<CrashPoint>,
+    /// Data-parallel training over several processes ([`Collective`]); `None` trains in this process alone.
+    /// Every rank runs the same call with the same data and recipe; rank 0 alone writes the output folder.
+    pub collective: Option<std::sync::Arc<dyn Collective>>,
 }
 
 /// A point at which [`train_run`] aborts the whole process (`std::process::abort`: no unwinding, no
@@ -649,6 +712,10 @@ struct Run<'a> {
     batches_run: usize,
     /// Per spiking layer: whether it was active on the last batch, so that falling silent is reported once.
     armed: Vec<bool>,
+    /// The ranks training together ([`SINGLE`] when alone).
+    comm: &'a dyn Collective,
+    /// Whether some rank was asked to stop at the last batch (every rank then stops there).
+    stop_all: bool,
 }
 
 impl<'a> Run<'a> {
@@ -666,12 +733,15 @@ impl<'a> Run<'a> {
         if opts.checkpoint_every == Some(0) {
             return Err(Error::Config("checkpoint interval must be at least 1 batch".into()));
         }
+        let comm: &'a dyn Collective = opts.collective.as_deref().unwrap_or(&SINGLE);
+        crate::collective::check(comm)?;
+        // Rank 0 alone writes the run's folder.
         let files = match &opts.out_dir {
-            Some(dir) => {
+            Some(dir) if comm.rank() == 0 => {
                 std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
                 Some(RunFiles::in_dir(dir))
             }
-            None => None,
+            _ => None,
         };
         let writer = files.as_ref().map(|f| StateWriter {
             path: f.state.clone(),
@@ -699,9 +769,13 @@ impl<'a> Run<'a> {
             tally,
             batches_run: 0,
             armed: vec![],
+            comm,
+            stop_all: false,
         };
         if opts.resume {
             run.resume()?;
+        } else {
+            run.share_weights()?;
         }
         Ok(run)
     }
@@ -709,8 +783,16 @@ impl<'a> Run<'a> {
     /// Restores the weights, momentum, streams and running statistics from the saved state, after checking
     /// that it belongs to this run (recipe, training set size, element type, device).
     fn resume(&mut self) -> Result<()> {
-        let path = &self.files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?.state;
-        let (state, restored) = load_state(path, self.net, &mut self.opt)?;
+        // Rank 0 reads the state and hands it to the others, so every rank resumes from the same bytes.
+        let (mut bytes, mut path) = (Vec::new(), PathBuf::from("run state received from rank 0"));
+        if self.comm.rank() == 0 {
+            let files = self.files.as_ref().ok_or_else(|| Error::Config("resuming needs the run's folder".into()))?;
+            path = files.state.clone();
+            bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        }
+        self.comm.broadcast(&mut bytes, 0)?;
+        let path = &path;
+        let (state, restored) = load_state(&bytes, path, self.net, &mut self.opt)?;
         if state.recipe != *self.recipe || state.train_images != self.train.len() {
             return Err(Error::Config(format!(
                 "{}: the saved run used a different recipe or training set size",
@@ -732,6 +814,26 @@ impl<'a> Run<'a> {
         self.shuffle.set_word_pos(state.shuffle_pos);
         self.st = state;
         self.tally = restored;
+        Ok(())
+    }
+
+    /// Gives every rank rank 0's weights (they start equal when every rank seeds alike; this makes sure).
+    fn share_weights(&self) -> Result<()> {
+        if self.comm.size() == 1 {
+            return Ok(());
+        }
+        for (_, var) in self.net.weights() {
+            let mut bytes = Vec::new();
+            if self.comm.rank() == 0 {
+                let values = var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+                bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }
+            self.comm.broadcast(&mut bytes, 0)?;
+            let values: Vec<f64> =
+                bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+            let t = Tensor::from_vec(values, var.dims(), self.net.device())?.to_dtype(self.net.dtype())?;
+            var.set(&t)?;
+        }
         Ok(())
     }
 
@@ -766,7 +868,7 @@ impl<'a> Run<'a> {
                 accuracy: self.st.correct as f64 / seen as f64,
                 images_per_sec: self.tally.samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
             });
-            if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            if self.stop_all || (self.comm.size() == 1 && self.stop_requested()) {
                 self.save_state()?;
                 return Err(Error::Interrupted { epoch, batch: self.st.batches_done });
             }
@@ -783,9 +885,17 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Whether this process was asked to stop (e.g. by Ctrl-C).
+    fn stop_requested(&self) -> bool {
+        self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// One batch: fresh input spikes (and augmentation) and dropout masks, one training step, and the
     /// non-finite policy of the recipe.
     fn train_batch(&mut self, epoch: usize, b: usize, idx: &[usize], observer: &mut dyn TrainObserver) -> Result<()> {
+        if self.comm.size() > 1 {
+            return self.train_shard(epoch, b, idx, observer);
+        }
         let (net, recipe) = (self.net, self.recipe);
         let (seed, key) = (recipe.seed, epoch as u64);
         let mut augment = recipe.augment.then(|| sample_rngs(seed, Stream::Augment, key, idx));
@@ -806,6 +916,117 @@ impl<'a> Run<'a> {
         };
         self.st.loss_sum += loss;
         self.st.correct += count_correct(&out.output, &labels)?;
+        let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        self.watch_activity(&out, &rates, epoch, b, observer);
+        self.st.batches_done = b + 1;
+        Ok(())
+    }
+
+    /// One batch of a data-parallel run: this rank's shard of the global batch (draws keyed by sample, as
+    /// alone), then one all-reduce of the gradients with the loss, the correct count, the stop requests, the
+    /// spike counts and a failure flag per rank, then the same update on every rank. A rank whose shard
+    /// failed makes every rank fail (or skip the batch, for non-finite values under the recipe's policy)
+    /// with an error naming it, instead of leaving the others waiting.
+    fn train_shard(&mut self, epoch: usize, b: usize, idx: &[usize], observer: &mut dyn TrainObserver) -> Result<()> {
+        let (net, recipe, comm) = (self.net, self.recipe, self.comm);
+        let (rank, size) = (comm.rank(), comm.size());
+        let mine = &idx[crate::collective::shard(idx.len(), rank, size)];
+        let (seed, key) = (recipe.seed, epoch as u64);
+        let local = if mine.is_empty() {
+            Ok(None)
+        } else {
+            (|| {
+                let mut augment = recipe.augment.then(|| sample_rngs(seed, Stream::Augment, key, mine));
+                let mut inputs = sample_rngs(seed, Stream::TrainInput, key, mine);
+                let (x, labels) =
+                    encode_augmented(net, self.train, mine, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
+                let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, mine))?;
+                let (out, loss, grads) = batch_gradients(net, &x, &labels, &masks)?;
+                let correct = count_correct(&out.output, &labels)?;
+                Ok::<_, Error>(Some((out, loss, grads, correct)))
+            })()
+        };
+        let layers = spiking_layers(net);
+        let mut buf = Vec::new();
+        for (name, var) in net.weights() {
+            match local.as_ref().ok().and_then(|l| l.as_ref()).and_then(|(_, _, g, _)| g.get(name)) {
+                Some(g) => buf.extend(g.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?),
+                None => buf.resize(buf.len() + var.elem_count(), 0.0),
+            }
+        }
+        let scalars = buf.len();
+        let (loss, correct) = match &local {
+            Ok(Some((_, loss, _, correct))) => (*loss, *correct as f64),
+            _ => (0.0, 0.0),
+        };
+        buf.extend([loss, correct, f64::from(u8::from(self.stop_requested()))]);
+        for (name, _, shape) in &layers {
+            let counts = local.as_ref().ok().and_then(|l| l.as_ref()).and_then(|(out, ..)| {
+                out.activity.iter().find(|a| &a.name == name).map(|a| a.neuron_counts.flatten_all())
+            });
+            match counts {
+                Some(c) => buf.extend(c?.to_vec1::<f64>()?),
+                None => buf.resize(buf.len() + shape.iter().product::<usize>(), 0.0),
+            }
+        }
+        // Per rank: 1 for a non-finite loss or gradient, 2 for any other failure.
+        let flags = buf.len();
+        buf.resize(flags + size, 0.0);
+        let finite = buf[..scalars + 1].iter().all(|v| v.is_finite());
+        buf[flags + rank] = match &local {
+            Err(Error::NonFinite { .. }) => 1.0,
+            Err(_) => 2.0,
+            Ok(_) if !finite => 1.0,
+            Ok(_) => 0.0,
+        };
+        if buf[flags + rank] != 0.0 {
+            // Keep the sums finite so that only the flags speak.
+            buf[..flags].iter_mut().for_each(|v| *v = 0.0);
+        }
+        comm.all_reduce_sum(&mut buf)?;
+        let failed: Vec<usize> = (0..size).filter(|r| buf[flags + r] != 0.0).collect();
+        if !failed.is_empty() {
+            let here = match &local {
+                Err(e) => format!("; rank {rank}: {e}"),
+                _ => String::new(),
+            };
+            if failed.iter().any(|r| buf[flags + r] >= 2.0) {
+                return Err(Error::Config(format!(
+                    "epoch {epoch}, batch {b}: the shard of rank(s) {failed:?} failed{here}"
+                )));
+            }
+            let what = format!("the loss or a gradient of the shard of rank(s) {failed:?}{here}");
+            if recipe.skip_nonfinite_batches {
+                ensure_weights_finite(net, epoch, b)?;
+                tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
+                self.st.skipped += 1;
+                self.st.batches_done = b + 1;
+                return Ok(());
+            }
+            return Err(Error::NonFinite { what, epoch, batch: b });
+        }
+        let mut grads = Vec::with_capacity(net.weights().len());
+        let mut at = 0;
+        for (name, var) in net.weights() {
+            let n = var.elem_count();
+            let g = Tensor::from_slice(&buf[at..at + n], var.dims(), net.device())?.to_dtype(net.dtype())?;
+            grads.push((name.clone(), g));
+            at += n;
+        }
+        self.opt.step(&Gradients::new(grads))?;
+        self.st.loss_sum += buf[scalars];
+        self.st.correct += buf[scalars + 1] as usize;
+        self.stop_all = buf[scalars + 2] > 0.0;
+        let mut at = scalars + 3;
+        let mut activity = Vec::with_capacity(layers.len());
+        for (name, is_pool, shape) in layers {
+            let n: usize = shape.iter().product();
+            let neuron_counts = Tensor::from_slice(&buf[at..at + n], shape, &candle_core::Device::Cpu)?;
+            activity.push(LayerActivity { name, is_pool, neurons: n, neuron_counts, spikes: None });
+            at += n;
+        }
+        let out =
+            ForwardOutput { output: Tensor::zeros(0, candle_core::DType::F64, &candle_core::Device::Cpu)?, activity };
         let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
         self.watch_activity(&out, &rates, epoch, b, observer);
         self.st.batches_done = b + 1;
@@ -859,14 +1080,13 @@ impl<'a> Run<'a> {
         let epoch = self.st.epoch;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         ensure_weights_finite(net, epoch, 0)?;
-        let eval = evaluate(
+        let eval = evaluate_with(
             net,
             self.test,
-            recipe.test_timesteps,
-            recipe.test_batch_size,
-            recipe.seed,
+            (recipe.test_timesteps, recipe.test_batch_size, recipe.seed),
             Engine::Sparse,
             &mut |d, t| observer.on_eval(d, t),
+            self.comm,
         )?;
         // Means over the samples actually trained on (all of them unless batches were skipped).
         let trained = self.tally.samples.max(1) as f64;
@@ -1023,9 +1243,10 @@ fn state_bytes(net: &SpikingNetwork, opt: &Sgd, st: &RunState, tally: &ActivityT
     Ok(checkpoint_bytes(net, &extra, &meta)?)
 }
 
-fn load_state(path: &Path, net: &SpikingNetwork, opt: &mut Sgd) -> Result<(RunState, ActivityTally)> {
+/// Restores a run state from the bytes of its file (`path` names it in errors).
+fn load_state(bytes: &[u8], path: &Path, net: &SpikingNetwork, opt: &mut Sgd) -> Result<(RunState, ActivityTally)> {
     let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
-    let ckpt = load_checkpoint(path, &candle_core::Device::Cpu)?;
+    let ckpt = parse_checkpoint(bytes, path, &candle_core::Device::Cpu)?;
     let text = ckpt.metadata.get(STATE_KEY).ok_or_else(|| bad("no run state in the file".into()))?;
     let st: RunState = serde_json::from_str(text).map_err(|e| bad(format!("corrupt run state: {e}")))?;
     if ckpt.spec != *net.spec() {
