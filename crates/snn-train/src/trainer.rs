@@ -417,6 +417,21 @@ pub struct EpochMetrics {
     pub skipped_batches: usize,
     /// Wall time of the epoch, training and test.
     pub seconds: f64,
+    /// Data-parallel runs: the ranks, the seconds this rank spent in the per-batch all-reduce (gradients,
+    /// counts and flags) and the bytes it contributed to each one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication: Option<Communication>,
+}
+
+/// What a data-parallel epoch spent communicating (see [`EpochMetrics::communication`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Communication {
+    /// Ranks of the run.
+    pub ranks: usize,
+    /// Seconds in the all-reduce over the epoch's batches (this rank's wait included).
+    pub allreduce_seconds: f64,
+    /// Bytes of one all-reduce buffer (f64 gradients, loss, counts, flags).
+    pub bytes_per_step: usize,
 }
 
 /// Progress of the current training batch, for progress displays.
@@ -716,6 +731,8 @@ struct Run<'a> {
     comm: &'a dyn Collective,
     /// Whether some rank was asked to stop at the last batch (every rank then stops there).
     stop_all: bool,
+    /// The epoch's all-reduce time and buffer size so far (data-parallel runs).
+    communication: Option<Communication>,
 }
 
 impl<'a> Run<'a> {
@@ -771,6 +788,7 @@ impl<'a> Run<'a> {
             armed: vec![],
             comm,
             stop_all: false,
+            communication: None,
         };
         if opts.resume {
             run.resume()?;
@@ -983,7 +1001,12 @@ impl<'a> Run<'a> {
             // Keep the sums finite so that only the flags speak.
             buf[..flags].iter_mut().for_each(|v| *v = 0.0);
         }
+        let reduce_start = Instant::now();
         comm.all_reduce_sum(&mut buf)?;
+        let c =
+            self.communication.get_or_insert(Communication { ranks: size, allreduce_seconds: 0.0, bytes_per_step: 0 });
+        c.allreduce_seconds += reduce_start.elapsed().as_secs_f64();
+        c.bytes_per_step = buf.len() * std::mem::size_of::<f64>();
         let failed: Vec<usize> = (0..size).filter(|r| buf[flags + r] != 0.0).collect();
         if !failed.is_empty() {
             let here = match &local {
@@ -1101,6 +1124,7 @@ impl<'a> Run<'a> {
             test_spikes: eval.layers.clone(),
             skipped_batches: self.st.skipped,
             seconds: epoch_start.elapsed().as_secs_f64(),
+            communication: self.communication.take(),
         };
         tracing::info!(epoch, loss = metrics.loss, test_accuracy = metrics.test_accuracy, "epoch done");
         let st = &mut self.st;
