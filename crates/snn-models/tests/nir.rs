@@ -377,6 +377,18 @@ fn bad_graphs_are_refused_with_errors_that_name_the_problem() {
     g.nodes.insert("cnn1.lif".into(), NirNode::Unsupported { type_name: "CubaLIF".into() });
     g.nodes.insert("pool1".into(), NirNode::Unsupported { type_name: "Delay".into() });
     expect_error(&g, "'cnn1.lif' (CubaLIF), 'pool1' (Delay)");
+    // A pooling window of zero, and a size too large to be real.
+    let mut g = good.clone();
+    g.nodes.insert("pool1".into(), NirNode::AvgPool2d { kernel: [0, 0], stride: [2, 2], padding: [0, 0] });
+    expect_error(&g, "must be positive");
+    let mut group = good.to_group();
+    if let Some(NirValue::Group(nodes)) = group.get_mut("nodes") {
+        if let Some(NirValue::Group(n)) = nodes.get_mut("pool1") {
+            n.insert("stride".into(), NirValue::Array(NirArray::ints(&[i64::MAX / 2])));
+        }
+    }
+    let e = NirGraph::from_group(&group).unwrap_err().to_string();
+    assert!(e.contains("'pool1'") && e.contains("'stride'"), "{e}");
     // A bias.
     let mut g = good.clone();
     if let Some(NirNode::Conv2d { bias, .. }) = g.nodes.get_mut("cnn1") {

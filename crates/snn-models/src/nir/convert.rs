@@ -377,9 +377,12 @@ fn node_output_shape(name: &str, node: &NirNode, inputs: &[(&str, &Vec<usize>)])
             }
             let mut out = [0; 2];
             for d in 0..2 {
+                if stride[d] == 0 || kernel[d] == 0 {
+                    return Err(mismatch(format!("window {kernel:?} and stride {stride:?} must be positive")));
+                }
                 let span = dilation * (kernel[d] - 1) + 1;
                 let padded = in_shape[1 + d] + 2 * padding[d];
-                if stride[d] == 0 || kernel[d] == 0 || padded < span {
+                if padded < span {
                     return Err(mismatch(format!(
                         "window {kernel:?} stride {stride:?} does not fit the input {in_shape:?}"
                     )));

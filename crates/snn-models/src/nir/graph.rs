@@ -381,6 +381,10 @@ impl NirNode {
     }
 }
 
+/// The largest size, stride or padding a node may declare (larger values are surely corrupt, and would
+/// overflow the shape arithmetic).
+const MAX_SIZE: i64 = 1 << 24;
+
 /// The fields of one node's group, with errors that name the node and the field.
 struct Fields<'a> {
     node: &'a str,
@@ -418,8 +422,8 @@ impl Fields<'_> {
 
     fn shape(&self, field: &str) -> Result<Vec<usize>> {
         let v = self.ints(field)?;
-        if v.iter().any(|&d| d <= 0) {
-            return Err(self.bad(field, &format!("holds a non-positive size: {v:?}")));
+        if v.iter().any(|&d| d <= 0 || d > MAX_SIZE) {
+            return Err(self.bad(field, &format!("holds a size outside 1 to {MAX_SIZE}: {v:?}")));
         }
         Ok(v.into_iter().map(|d| d as usize).collect())
     }
@@ -433,9 +437,9 @@ impl Fields<'_> {
         }
         let v = self.ints(field)?;
         match v.as_slice() {
-            [a] if *a >= 0 => Ok([*a as usize, *a as usize]),
-            [a, b] if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
-            _ => Err(self.bad(field, &format!("must hold one or two non-negative integers, got {v:?}"))),
+            [a] if (0..=MAX_SIZE).contains(a) => Ok([*a as usize, *a as usize]),
+            [a, b] if (0..=MAX_SIZE).contains(a) && (0..=MAX_SIZE).contains(b) => Ok([*a as usize, *b as usize]),
+            _ => Err(self.bad(field, &format!("must hold one or two integers from 0 to {MAX_SIZE}, got {v:?}"))),
         }
     }
 
