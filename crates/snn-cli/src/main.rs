@@ -277,6 +277,8 @@ struct Progress {
     eval_bar: Option<ProgressBar>,
     epochs: usize,
     quiet: bool,
+    /// A rank other than 0 of a data-parallel run: rank 0 reports for every rank.
+    follower: bool,
 }
 
 impl Progress {
@@ -308,6 +310,9 @@ impl TrainObserver for Progress {
     }
 
     fn on_warning(&mut self, w: &ActivityWarning) {
+        if self.follower {
+            return;
+        }
         let line = format!("warning: {w}");
         match &self.train_bar {
             Some(pb) => pb.suspend(|| eprintln!("{line}")),
@@ -318,6 +323,9 @@ impl TrainObserver for Progress {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         if let Some(pb) = self.eval_bar.take() {
             pb.finish_and_clear();
+        }
+        if self.follower {
+            return;
         }
         if m.skipped_batches > 0 {
             eprintln!(
@@ -566,8 +574,13 @@ fn execute_training(
         snn_models::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&saved)?.as_bytes())
             .with_context(|| format!("writing {}", a.out.join("recipe.json").display()))?;
     }
-    let mut progress =
-        Progress { train_bar: None, eval_bar: None, epochs: recipe.epochs, quiet: a.common.json || !lead };
+    let mut progress = Progress {
+        train_bar: None,
+        eval_bar: None,
+        epochs: recipe.epochs,
+        quiet: a.common.json || !lead,
+        follower: !lead,
+    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C while the first is being handled kills the process the usual way.
