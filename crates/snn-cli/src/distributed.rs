@@ -1,6 +1,6 @@
 //! `--distributed`: which group of processes a training run spreads over.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use anyhow::Result;
 use clap::ValueEnum;
@@ -19,7 +19,7 @@ pub(crate) enum DistributedArg {
 }
 
 /// The collective of the run, `None` for one process.
-pub(crate) fn connect(arg: DistributedArg) -> Result<Option<Arc<dyn Collective>>> {
+pub(crate) fn connect(arg: DistributedArg) -> Result<Option<Rc<dyn Collective>>> {
     match arg {
         DistributedArg::Single => Ok(None),
         DistributedArg::Auto if !snn_train::collective::launched_by_mpi() => Ok(None),
@@ -28,12 +28,12 @@ pub(crate) fn connect(arg: DistributedArg) -> Result<Option<Arc<dyn Collective>>
 }
 
 #[cfg(feature = "mpi")]
-fn mpi() -> Result<Option<Arc<dyn Collective>>> {
-    Ok(Some(Arc::new(snn_train::collective::Mpi::init()?)))
+fn mpi() -> Result<Option<Rc<dyn Collective>>> {
+    Ok(Some(Rc::new(snn_train::collective::Mpi::init()?)))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi() -> Result<Option<Arc<dyn Collective>>> {
+fn mpi() -> Result<Option<Rc<dyn Collective>>> {
     anyhow::bail!(
         "this snn-cli was built without MPI: rebuild it with `cargo build --release -p snn-cli --features mpi` \
          (needs an MPI library and libclang, e.g. Debian's libopenmpi-dev, openmpi-bin and libclang-dev)"

@@ -429,7 +429,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     }
 }
 
-fn prepare_training(mut a: TrainArgs, comm: Option<std::sync::Arc<dyn snn_train::Collective>>) -> Result<()> {
+fn prepare_training(mut a: TrainArgs, comm: Option<std::rc::Rc<dyn snn_train::Collective>>) -> Result<()> {
     if let Some(dir) = a.resume.clone() {
         let path = dir.join("recipe.json");
         let text =
@@ -524,7 +524,7 @@ fn execute_training(
     spec: NetworkSpec,
     recipe: Recipe,
     resume: bool,
-    comm: Option<std::sync::Arc<dyn snn_train::Collective>>,
+    comm: Option<std::rc::Rc<dyn snn_train::Collective>>,
 ) -> Result<()> {
     // Rank 0 alone reports and writes; the other ranks of a distributed run only log.
     let (rank, ranks) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));

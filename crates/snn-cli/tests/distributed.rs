@@ -99,7 +99,7 @@ fn test_accuracy(dir: &Path) -> f64 {
     last["test_accuracy"].as_f64().unwrap()
 }
 
-fn with_out<'a>(out: &'a Path) -> Vec<&'a str> {
+fn with_out(out: &Path) -> Vec<&str> {
     let mut a = RUN.to_vec();
     a.extend(["--out", out.to_str().unwrap()]);
     a

@@ -609,7 +609,7 @@ pub struct RunOptions {
     pub crash: Option<CrashPoint>,
     /// Data-parallel training over several processes ([`Collective`]); `None` trains in this process alone.
     /// Every rank runs the same call with the same data and recipe; rank 0 alone writes the output folder.
-    pub collective: Option<std::sync::Arc<dyn Collective>>,
+    pub collective: Option<std::rc::Rc<dyn Collective>>,
 }
 
 /// A point at which [`train_run`] aborts the whole process (`std::process::abort`: no unwinding, no
