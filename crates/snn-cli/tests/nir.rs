@@ -182,19 +182,9 @@ mod with_hdf5 {
             eprintln!("skipped: no Python with nir, nirtorch and snntorch (set SNN_NIR_PYTHON; see interop/nir/requirements.txt)");
             return;
         };
-        let spec = snn_models::NetworkSpec::from_json(
-            r#"{"name": "tiny-resnet", "input_shape": [2, 9, 9], "layers": [
-                {"kind": "conv", "name": "c1", "input": "input", "in_channels": 2, "out_channels": 4, "kernel": 3, "padding": 1},
-                {"kind": "pool", "name": "p1", "input": "c1"},
-                {"kind": "conv", "name": "c2", "input": "p1", "in_channels": 4, "out_channels": 6, "kernel": 3, "padding": 1},
-                {"kind": "conv", "name": "c3", "input": "c2", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
-                 "shortcut": {"name": "s1", "kind": "conv1x1", "input": "p1"}},
-                {"kind": "conv", "name": "c4", "input": "c3", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
-                 "stride": 2, "shortcut": {"name": "s2", "kind": "subsample", "input": "c3", "stride": 2}},
-                {"kind": "fc", "name": "f1", "input": "c4", "in_features": 24, "out_features": 12},
-                {"kind": "readout", "name": "out", "input": "f1", "in_features": 12, "out_features": 3}]}"#,
-        )
-        .unwrap();
+        // The network of the library's own NIR tests (dropout does not act at inference).
+        let spec = snn_models::NetworkSpec::from_json(include_str!("../../snn-models/tests/fixtures/tiny-resnet.json"))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let net = SpikingNetwork::new(spec, &mut ChaCha8Rng::seed_from_u64(11), DType::F32, &Device::Cpu).unwrap();
         // Stronger weights so that the deep layers of the small network fire too.

@@ -38,24 +38,7 @@ fn assert_same_weights(a: &Checkpoint, b: &Checkpoint, what: &str) {
 /// edge, a 1×1 convolution shortcut, a strided convolution with an identity-subsampling shortcut, a flatten
 /// into a fully connected layer, and the readout.
 fn all_features_spec() -> NetworkSpec {
-    NetworkSpec::from_json(
-        r#"{
-        "name": "tiny", "family": "resnet", "input_shape": [2, 9, 9], "input_signed": true,
-        "layers": [
-            {"kind": "conv", "name": "c1", "input": "input", "in_channels": 2, "out_channels": 4, "kernel": 3, "padding": 1},
-            {"kind": "pool", "name": "p1", "input": "c1"},
-            {"kind": "conv", "name": "c2", "input": "p1", "in_channels": 4, "out_channels": 6, "kernel": 3, "padding": 1},
-            {"kind": "conv", "name": "c3", "input": "c2", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
-             "shortcut": {"name": "s1", "kind": "conv1x1", "input": "p1"}},
-            {"kind": "conv", "name": "c4", "input": "c3", "in_channels": 6, "out_channels": 6, "kernel": 3, "padding": 1,
-             "stride": 2, "dropout": true, "shortcut": {"name": "s2", "kind": "subsample", "input": "c3", "stride": 2}},
-            {"kind": "fc", "name": "f1", "input": "c4", "in_features": 24, "out_features": 12, "dropout": true},
-            {"kind": "readout", "name": "out", "input": "f1", "in_features": 12, "out_features": 3}
-        ],
-        "dropout_p": 0.2
-    }"#,
-    )
-    .unwrap()
+    NetworkSpec::from_json(include_str!("fixtures/tiny-resnet.json")).unwrap()
 }
 
 #[test]
