@@ -180,3 +180,41 @@ fn a_rank_that_dies_ends_the_job_with_an_error() {
     assert!(err.contains("error on rank 1 of 2") && err.contains("bad-mnist"), "{err}");
     eprintln!("corrupt data on rank 1: job ended {:.1} s after start", start.elapsed().as_secs_f64());
 }
+
+#[test]
+fn a_non_finite_shard_on_one_rank_stops_or_skips_every_rank_together() {
+    if !mpirun_available() {
+        eprintln!("skipped: no mpirun");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fault: &[(&str, &str)] = &[("SNN_CRASH_AT", "nonfinite:3")];
+    // The paper's policy: the run stops, on every rank, with an error naming the rank whose shard went bad.
+    let stopped = dir.path().join("stopped");
+    let out = mpirun(&[(&[], &[]), (fault, &[])], &with_out(&stopped), Duration::from_secs(120));
+    assert!(!out.status.success(), "the job should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank(s) [1]") && err.contains("epoch 1, batch 2"), "{err}");
+    assert!(!stopped.join("last.safetensors").exists());
+    // With non-finite batches skipped, both ranks skip the same batch and end where one process that skips
+    // that batch ends.
+    let config = dir.path().join("skip.toml");
+    std::fs::write(&config, "skip_nonfinite_batches = true\n").unwrap();
+    let (alone, split) = (dir.path().join("alone"), dir.path().join("split"));
+    let mut args = with_out(&alone);
+    args.extend(["--config", config.to_str().unwrap()]);
+    let out = cli_env(&args, fault);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut args = with_out(&split);
+    args.extend(["--config", config.to_str().unwrap()]);
+    let out = mpirun(&[(&[], &[]), (fault, &[])], &args, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let skipped = |dir: &Path| -> u64 {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        last["skipped_batches"].as_u64().unwrap()
+    };
+    assert_eq!((skipped(&alone), skipped(&split)), (1, 1));
+    let diff = max_weight_difference(&alone.join("last.safetensors"), &split.join("last.safetensors"));
+    assert!(diff <= 1e-9, "weights differ by {diff}");
+}

@@ -623,18 +623,23 @@ pub enum CrashPoint {
     /// Halfway through writing the `N`-th run state of this process: the temporary file holds the first half
     /// of the new state and the previous state file is untouched.
     DuringStateWrite(usize),
+    /// Not a crash: the `N`-th training batch of this process gets a non-finite loss, to test the non-finite
+    /// policies (and, in a data-parallel run, that one rank's bad shard stops or skips every rank together).
+    NonFiniteAt(usize),
 }
 
 impl std::str::FromStr for CrashPoint {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Config(format!("crash point '{s}' is not batch:N or state-write:N with N >= 1"));
+        let bad =
+            || Error::Config(format!("crash point '{s}' is not batch:N, state-write:N or nonfinite:N with N >= 1"));
         let (kind, n) = s.split_once(':').ok_or_else(bad)?;
         let n: usize = n.parse().ok().filter(|&n| n >= 1).ok_or_else(bad)?;
         match kind {
             "batch" => Ok(Self::AfterBatch(n)),
             "state-write" => Ok(Self::DuringStateWrite(n)),
+            "nonfinite" => Ok(Self::NonFiniteAt(n)),
             _ => Err(bad()),
         }
     }
@@ -903,6 +908,15 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// The fault [`CrashPoint::NonFiniteAt`] injects at this batch, if it does.
+    fn injected_fault(&self, epoch: usize, batch: usize) -> Option<Error> {
+        (self.opts.crash == Some(CrashPoint::NonFiniteAt(self.batches_run + 1))).then(|| Error::NonFinite {
+            what: "loss (injected fault)".into(),
+            epoch,
+            batch,
+        })
+    }
+
     /// Whether this process was asked to stop (e.g. by Ctrl-C).
     fn stop_requested(&self) -> bool {
         self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
@@ -921,7 +935,11 @@ impl<'a> Run<'a> {
         let (x, labels) =
             encode_augmented(net, self.train, idx, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
         let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, idx))?;
-        let (out, loss) = match train_step(net, &mut self.opt, &x, &labels, &masks) {
+        let step = match self.injected_fault(epoch, b) {
+            Some(fault) => Err(fault),
+            None => train_step(net, &mut self.opt, &x, &labels, &masks),
+        };
+        let (out, loss) = match step {
             Ok(step) => step,
             Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
                 ensure_weights_finite(net, epoch, b)?;
@@ -950,7 +968,9 @@ impl<'a> Run<'a> {
         let (rank, size) = (comm.rank(), comm.size());
         let mine = &idx[crate::collective::shard(idx.len(), rank, size)];
         let (seed, key) = (recipe.seed, epoch as u64);
-        let local = if mine.is_empty() {
+        let local = if let Some(fault) = self.injected_fault(epoch, b) {
+            Err(fault)
+        } else if mine.is_empty() {
             Ok(None)
         } else {
             (|| {
