@@ -275,8 +275,7 @@ fn evaluate_with(
         let mut at = 2;
         for (_, c) in &mut tally.layers {
             let n = c.len();
-            c.copy_from_slice(&buf[at..at + n]);
-            at += n;
+            c.copy_from_slice(take(&buf, &mut at, n));
         }
     }
     Ok(EvalResult {
@@ -287,6 +286,13 @@ fn evaluate_with(
         layers: tally.rates(),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The next `n` values of a reduced buffer read front to back, from `*at` on (which moves past them).
+fn take<'b>(buf: &'b [f64], at: &mut usize, n: usize) -> &'b [f64] {
+    let part = &buf[*at..*at + n];
+    *at += n;
+    part
 }
 
 /// The one-process collective of runs without one.
@@ -814,8 +820,7 @@ impl<'a> Run<'a> {
             bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         }
         self.comm.broadcast(&mut bytes, 0)?;
-        let path = &path;
-        let (state, restored) = load_state(&bytes, path, self.net, &mut self.opt)?;
+        let (state, restored) = load_state(&bytes, &path, self.net, &mut self.opt)?;
         if state.recipe != *self.recipe || state.train_images != self.train.len() {
             return Err(Error::Config(format!(
                 "{}: the saved run used a different recipe or training set size",
@@ -942,11 +947,7 @@ impl<'a> Run<'a> {
         let (out, loss) = match step {
             Ok(step) => step,
             Err(Error::NonFinite { what, .. }) if recipe.skip_nonfinite_batches => {
-                ensure_weights_finite(net, epoch, b)?;
-                tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
-                self.st.skipped += 1;
-                self.st.batches_done = b + 1;
-                return Ok(());
+                return self.skip_batch(epoch, b, &what);
             }
             Err(e) => return Err(locate(e, epoch, b)),
         };
@@ -954,6 +955,16 @@ impl<'a> Run<'a> {
         self.st.correct += count_correct(&out.output, &labels)?;
         let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
         self.watch_activity(&out, &rates, epoch, b, observer);
+        self.st.batches_done = b + 1;
+        Ok(())
+    }
+
+    /// Skips a batch whose loss or gradient was not finite (the recipe's non-finite policy), after checking
+    /// that the weights still are.
+    fn skip_batch(&mut self, epoch: usize, b: usize, what: &str) -> Result<()> {
+        ensure_weights_finite(self.net, epoch, b)?;
+        tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
+        self.st.skipped += 1;
         self.st.batches_done = b + 1;
         Ok(())
     }
@@ -1040,21 +1051,15 @@ impl<'a> Run<'a> {
             }
             let what = format!("the loss or a gradient of the shard of rank(s) {failed:?}{here}");
             if recipe.skip_nonfinite_batches {
-                ensure_weights_finite(net, epoch, b)?;
-                tracing::warn!(epoch, batch = b, %what, "non-finite batch skipped");
-                self.st.skipped += 1;
-                self.st.batches_done = b + 1;
-                return Ok(());
+                return self.skip_batch(epoch, b, &what);
             }
             return Err(Error::NonFinite { what, epoch, batch: b });
         }
         let mut grads = Vec::with_capacity(net.weights().len());
         let mut at = 0;
         for (name, var) in net.weights() {
-            let n = var.elem_count();
-            let g = Tensor::from_slice(&buf[at..at + n], var.dims(), net.device())?.to_dtype(net.dtype())?;
-            grads.push((name.clone(), g));
-            at += n;
+            let g = take(&buf, &mut at, var.elem_count());
+            grads.push((name.clone(), Tensor::from_slice(g, var.dims(), net.device())?.to_dtype(net.dtype())?));
         }
         self.opt.step(&Gradients::new(grads))?;
         self.st.loss_sum += buf[scalars];
@@ -1064,9 +1069,8 @@ impl<'a> Run<'a> {
         let mut activity = Vec::with_capacity(layers.len());
         for (name, is_pool, shape) in layers {
             let n: usize = shape.iter().product();
-            let neuron_counts = Tensor::from_slice(&buf[at..at + n], shape, &candle_core::Device::Cpu)?;
+            let neuron_counts = Tensor::from_slice(take(&buf, &mut at, n), shape, &candle_core::Device::Cpu)?;
             activity.push(LayerActivity { name, is_pool, neurons: n, neuron_counts, spikes: None });
-            at += n;
         }
         let out =
             ForwardOutput { output: Tensor::zeros(0, candle_core::DType::F64, &candle_core::Device::Cpu)?, activity };

@@ -89,10 +89,7 @@ fn tensor_array(t: &Tensor) -> Result<NirArray> {
 pub fn export(checkpoint: &Checkpoint, opts: &ExportOptions) -> Result<NirGraph> {
     let spec = &checkpoint.spec;
     let shapes = spec.output_shapes()?;
-    if !(opts.dt.is_finite() && opts.dt > 0.0) {
-        return Err(Error::Nir(format!("the time step dt must be positive, got {}", opts.dt)));
-    }
-    let dt = opts.dt;
+    let dt = checked_dt(opts.dt)?;
     let weight = |name: &str| -> Result<NirArray> {
         let key = format!("{name}.weight");
         let t = checkpoint.weights.get(&key).ok_or_else(|| Error::Weights(format!("missing tensor '{key}'")))?;
@@ -189,6 +186,14 @@ pub fn export(checkpoint: &Checkpoint, opts: &ExportOptions) -> Result<NirGraph>
     }
     g.metadata = export_metadata(spec, dt);
     Ok(g)
+}
+
+/// The time step, if it is a positive number.
+fn checked_dt(dt: f64) -> Result<f64> {
+    if !(dt.is_finite() && dt > 0.0) {
+        return Err(Error::Nir(format!("the time step dt must be positive, got {dt}")));
+    }
+    Ok(dt)
 }
 
 fn zero_bias(weight: &NirArray) -> NirArray {
@@ -526,9 +531,7 @@ pub fn import(graph: &NirGraph, opts: &ImportOptions) -> Result<Checkpoint> {
                 )),
             },
         };
-    if !(dt.is_finite() && dt > 0.0) {
-        return Err(Error::Nir(format!("the time step dt must be positive, got {dt}")));
-    }
+    let dt = checked_dt(dt)?;
 
     // Shapes, in graph order.
     let mut shapes: HashMap<&str, Vec<usize>> = HashMap::new();

@@ -26,6 +26,10 @@ pub fn write_nir(path: &Path, graph: &NirGraph) -> Result<()> {
         let node = file.create_group("node").map_err(|e| h5_error(path, "cannot write", e))?;
         write_group(&node, &graph.to_group()).map_err(|e| h5_error(path, "cannot write", e))?;
         file.close().map_err(|e| h5_error(path, "cannot close", e))?;
+        // On disk before the rename, as `write_atomic` does for the other files.
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| Error::Io { path: tmp.clone(), source })?;
         std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
     })();
     if result.is_err() {
