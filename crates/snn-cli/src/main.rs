@@ -422,7 +422,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
     match (&comm, prepare_training(a, comm.clone())) {
         // A rank that fails alone ends the whole job: the others would wait for it in the next collective.
         (Some(c), Err(e)) if c.size() > 1 => {
-            eprintln!("error on rank {} of {}: {e:#}", c.rank(), c.size());
+            // One write of the whole line: stderr is unbuffered, and `eprintln!` writes each piece of the
+            // format separately, so the launcher's own abort notice could land in the middle of the message.
+            let line = format!("error on rank {} of {}: {e:#}\n", c.rank(), c.size());
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             c.abort(1)
         }
         (_, result) => result,
