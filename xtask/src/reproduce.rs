@@ -225,8 +225,19 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     let train_dir = out.join("train");
     let summary_path = out.join("train_summary.json");
     let quick_limits = if exp.dataset == "mnist" { (2000, 1000) } else { (500, 200) };
-    let train_limit = args.train_limit.or(args.quick.then_some(quick_limits.0));
-    let test_limit = args.test_limit.or(args.quick.then_some(quick_limits.1));
+    let mut train_limit = args.train_limit.or(args.quick.then_some(quick_limits.0));
+    let mut test_limit = args.test_limit.or(args.quick.then_some(quick_limits.1));
+    // A budget run's recipe (and, when not even one epoch fits, its subset) is planned before training, and
+    // planned again identically from the saved calibration when the pipeline is resumed.
+    let budget_recipe = match args.budget {
+        Some(budget) => {
+            let (path, plan) = budget_config(&cli, exp, &data, &out, budget, (train_limit, test_limit))?;
+            train_limit = plan.train_limit;
+            test_limit = plan.test_limit;
+            Some(path)
+        }
+        None => None,
+    };
     if !summary_path.is_file() {
         let state = train_dir.join("state.safetensors");
         let mut train: Vec<String> = if state.is_file() {
@@ -235,8 +246,7 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
             let mut a: Vec<String> =
                 vec!["train".into(), "--model".into(), exp.model.into(), "--seed".into(), args.seed.to_string()];
             a.extend(data.iter().cloned());
-            if let Some(budget) = args.budget {
-                let config = budget_config(&cli, exp, &data, &out, budget)?;
+            if let Some(config) = &budget_recipe {
                 a.extend(["--paper".into(), "--config".into(), config.display().to_string()]);
             } else if args.quick {
                 let batch = if exp.dataset == "mnist" { "32" } else { "16" };
@@ -320,25 +330,84 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the budget run's recipe overrides (`budget.toml` in `out`) and returns its path: the window of
-/// [`budget_window`], the epochs of the budget and the paper's milestones scaled to them. A time budget is
-/// turned into epochs from a calibration run of ten batches at the same window.
-fn budget_config(cli: &Path, exp: &Experiment, data: &[String], out: &Path, budget: Budget) -> Result<PathBuf> {
+/// How a time budget is spent: the epochs, and the subset when not even one full epoch fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BudgetPlan {
+    epochs: usize,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    /// Whether the budget cut the training set to fit (else whole epochs over the given set).
+    subset: bool,
+}
+
+/// Epochs of a sub-epoch budget run over its subset: enough points for a learning curve, each image seen a few
+/// times (with the recipe's crops and flips).
+const SUBSET_EPOCHS: usize = 4;
+/// Test images of a sub-epoch budget run unless `--test-limit` says otherwise (class-balanced; a standard error
+/// of at most 1.6 points).
+const SUBSET_TEST_IMAGES: usize = 1000;
+
+/// Plans a `minutes` budget from the measured training speed (`per_sec` images per second at the run's window)
+/// over a training and test set of `sizes` (already cut by any `--train-limit` / `--test-limit`: `limits`).
+/// Inference is counted at three times the training speed. When a whole epoch fits, the run trains as many
+/// whole epochs as fit. Otherwise it trains [`SUBSET_EPOCHS`] epochs over the largest class-balanced subset
+/// (a multiple of ten batches) that fits together with a test pass per epoch and the report's three
+/// evaluations afterwards (at the window, the statistics, and at T = 100, which counts twice).
+fn plan_budget(
+    minutes: f64,
+    per_sec: f64,
+    sizes: (usize, usize),
+    limits: (Option<usize>, Option<usize>),
+    batch: usize,
+) -> Result<BudgetPlan> {
+    let seconds = 60.0 * minutes;
+    let infer = |images: usize| images as f64 / (3.0 * per_sec);
+    let train = limits.0.map_or(sizes.0, |n| n.min(sizes.0));
+    let test = limits.1.map_or(sizes.1, |n| n.min(sizes.1));
+    let epoch_seconds = train as f64 / per_sec + infer(test);
+    if epoch_seconds <= seconds {
+        let epochs = (seconds / epoch_seconds).floor() as usize;
+        return Ok(BudgetPlan { epochs, train_limit: limits.0, test_limit: limits.1, subset: false });
+    }
+    let test = limits.1.unwrap_or(SUBSET_TEST_IMAGES).min(sizes.1);
+    let per_epoch = (seconds - infer(4 * test)) / SUBSET_EPOCHS as f64 - infer(test);
+    let unit = 10 * batch;
+    let subset = ((per_epoch * per_sec).max(0.0) as usize / unit * unit).min(train);
+    ensure!(
+        subset >= unit,
+        "a budget of {minutes} min does not fit {SUBSET_EPOCHS} epochs of {unit} images and {test} test images at          {per_sec:.2} training images per second; give more time or a smaller --test-limit"
+    );
+    Ok(BudgetPlan { epochs: SUBSET_EPOCHS, train_limit: Some(subset), test_limit: Some(test), subset: true })
+}
+
+/// Writes the budget run's recipe overrides (`budget.toml` in `out`) and returns its path with the plan: the
+/// window of [`budget_window`], the epochs of the budget and the paper's milestones scaled to them. A time
+/// budget is planned by [`plan_budget`] from a calibration run of ten batches at the same window. A run over a
+/// subset keeps the initial rate throughout: it sees far less than the paper's first milestone (70 of 150
+/// epochs for CIFAR-10), before which the rate is constant.
+fn budget_config(
+    cli: &Path,
+    exp: &Experiment,
+    data: &[String],
+    out: &Path,
+    budget: Budget,
+    limits: (Option<usize>, Option<usize>),
+) -> Result<(PathBuf, BudgetPlan)> {
     let window = budget_window(exp.dataset);
     let (paper_epochs, milestones) = if exp.dataset == "cifar10" || exp.dataset == "svhn" {
         (150, vec![(70, 0.2), (100, 0.04), (125, 0.008)])
     } else {
         (125, vec![(75, 0.2)])
     };
-    let epochs = match budget {
-        Budget::Epochs(n) => n,
+    let batch = if window == 50 { 16 } else { 64 };
+    let plan = match budget {
+        Budget::Epochs(n) => BudgetPlan { epochs: n, train_limit: limits.0, test_limit: limits.1, subset: false },
         Budget::Minutes(minutes) => {
             let calibration = out.join("calibration");
             let summary_path = out.join("calibration.json");
             if !summary_path.is_file() {
                 let mut a: Vec<String> = vec!["train".into(), "--model".into(), exp.model.into(), "--paper".into()];
                 a.extend(data.iter().cloned());
-                let batch = if budget_window(exp.dataset) == 50 { 16 } else { 64 };
                 a.extend(
                     ["--epochs", "1", "--timesteps", &window.to_string(), "--train-limit", &(10 * batch).to_string()]
                         .map(String::from),
@@ -347,25 +416,31 @@ fn budget_config(cli: &Path, exp: &Experiment, data: &[String], out: &Path, budg
                 a.extend(["--out".into(), calibration.display().to_string()]);
                 run_cli(cli, &a, Some(&summary_path))?;
             }
-            let summary = read_json(&summary_path)?;
-            let per_sec = summary["history"][0]["images_per_sec"].as_f64().filter(|v| *v > 0.0);
-            let per_sec = per_sec.context("the calibration run reported no training speed")?;
-            let (train, test) = dataset_sizes(exp.dataset);
-            // Inference runs about three times as fast as a training step; count the test pass at that rate.
-            let epoch_seconds = (train as f64 + test as f64 / 3.0) / per_sec;
-            ((60.0 * minutes / epoch_seconds).floor() as usize).max(1)
+            // The speed of the calibration epoch, from the first line of its metrics log.
+            let metrics = calibration.join("metrics.jsonl");
+            let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
+            let first: Value = serde_json::from_str(text.lines().next().unwrap_or_default())
+                .with_context(|| format!("{} has no epoch record", metrics.display()))?;
+            let per_sec = first["images_per_sec"].as_f64().filter(|v| v.is_finite() && *v > 0.0);
+            let per_sec = per_sec.with_context(|| format!("{} reports no training speed", metrics.display()))?;
+            plan_budget(minutes, per_sec, dataset_sizes(exp.dataset), limits, batch)?
         }
     };
-    let milestones = scaled_milestones(&milestones, paper_epochs, epochs);
+    let epochs = plan.epochs;
+    let milestones = if plan.subset { Vec::new() } else { scaled_milestones(&milestones, paper_epochs, epochs) };
     let list: Vec<String> = milestones.iter().map(|(at, f)| format!("[{at}, {f}]")).collect();
+    let scope = match plan.train_limit {
+        Some(n) if plan.subset => format!(" over a subset of {n} training images, initial rate throughout"),
+        _ => format!(", milestones scaled from {paper_epochs} epochs"),
+    };
     let toml = format!(
-        "# The paper's recipe cut to a budget: {epochs} epoch(s) at T = {window}, milestones scaled from {paper_epochs} epochs\n\
+        "# The paper's recipe cut to a budget: {epochs} epoch(s) at T = {window}{scope}\n\
          epochs = {epochs}\ntimesteps = {window}\ntest_timesteps = {window}\nlr_milestones = [{}]\n",
         list.join(", ")
     );
     let path = out.join("budget.toml");
     write_atomic(&path, toml.as_bytes())?;
-    Ok(path)
+    Ok((path, plan))
 }
 
 /// The evaluations a report shows: the best checkpoint at the training window and, for budget runs, at
@@ -582,6 +657,30 @@ mod tests {
         for bad in ["0", "-3", "m", "5 days", "nanm", "2x"] {
             assert!(bad.parse::<Budget>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_budget_plans_whole_epochs_or_a_subset_that_fits() {
+        // 100 images/s, 60,000 + 10,000 images: an epoch is 600 + 33.3 s, so 90 minutes hold 8 epochs.
+        let plan = plan_budget(90.0, 100.0, (60_000, 10_000), (None, None), 64).unwrap();
+        assert_eq!(plan, BudgetPlan { epochs: 8, train_limit: None, test_limit: None, subset: false });
+        // 1.5 images/s on CIFAR-10 (an epoch is 9.9 hours): two hours train 4 epochs over a subset. Per epoch
+        // (7200 - 4 * 1000 / 4.5) / 4 - 1000 / 4.5 = 1355.6 s of training, 2033 images, 1920 in whole units of
+        // 160.
+        let plan = plan_budget(120.0, 1.5, (50_000, 10_000), (None, None), 16).unwrap();
+        assert_eq!(plan, BudgetPlan { epochs: 4, train_limit: Some(1920), test_limit: Some(1000), subset: true });
+        let used = 4.0 * (1920.0 / 1.5 + 1000.0 / 4.5) + 4.0 * 1000.0 / 4.5;
+        assert!(used <= 7200.0, "{used}");
+        // Given limits size the epoch: 1,000 + 500 images fit 9 whole epochs.
+        let plan = plan_budget(120.0, 1.5, (50_000, 10_000), (Some(1000), Some(500)), 16).unwrap();
+        assert_eq!(plan, BudgetPlan { epochs: 9, train_limit: Some(1000), test_limit: Some(500), subset: false });
+        // A given test limit is kept when the training set has to be cut: (7200 - 4 * 500 / 4.5) / 4 - 500 / 4.5
+        // = 1577.8 s, 2366 images, 2240 in whole units.
+        let plan = plan_budget(120.0, 1.5, (50_000, 10_000), (Some(20_000), Some(500)), 16).unwrap();
+        assert_eq!(plan, BudgetPlan { epochs: 4, train_limit: Some(2240), test_limit: Some(500), subset: true });
+        // Too little time for even ten batches per epoch is an error, not a run that overshoots.
+        let err = plan_budget(5.0, 1.5, (50_000, 10_000), (None, None), 16).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
     }
 
     #[test]
