@@ -17,11 +17,14 @@ use serde::Serialize;
 use snn_core::events::SimdLevel;
 use snn_data::mnist::{builtin_subset, Split};
 use snn_data::{Dataset, Samples};
-use snn_models::{builtin, load_checkpoint, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, SpikingNetwork};
+use snn_models::{
+    builtin, load_checkpoint, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, Phase, SpikingNetwork, Work,
+};
 use snn_train::loss::sum_squared_error;
 use snn_train::{sample_rng, stream_rng, train_step, Sgd, Stream};
 
 use crate::peers::{PeerRow, Peers, IMPLS};
+use crate::roofline;
 
 /// Options of the benchmark.
 #[derive(clap::Args)]
@@ -70,6 +73,11 @@ pub struct BenchArgs {
     /// The dataset in --data-dir (default: implied by the network's input shape).
     #[arg(long, requires = "data_dir")]
     pub dataset: Option<String>,
+    /// Instead of the timing table: where the training step's time goes, by layer and phase, with the
+    /// achieved GFLOP/s or GB/s against the machine's arithmetic peak and memory bandwidth measured in the
+    /// same run (`--reps` steps at the first --timesteps, after a warm-up).
+    #[arg(long, conflicts_with_all = ["peers", "cuda", "simd"])]
+    pub profile: bool,
 }
 
 /// A SIMD level by name.
@@ -221,6 +229,13 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     };
     let peers = args.peers.clone().zip(args.peers_script.clone()).map(|(python, script)| Peers { python, script });
     let inputs = BenchInputs::new(&spec, args.batch, data.as_ref())?;
+    if args.profile {
+        let net = match &checkpoint {
+            Some(c) => c.clone().into_network(DType::F32, device)?,
+            None => SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?,
+        };
+        return profile(&args, &net, &inputs);
+    }
     // The peers run on the same weights and images when they are given.
     let scratch = tempfile::tempdir()?;
     let given = data.is_some().then_some(&inputs);
@@ -412,6 +427,46 @@ fn time_mode(
         peak_rss_mb: peak,
         rss_before_mb: rss_before,
     })
+}
+
+/// Profiles `args.reps` training steps at the first `--timesteps` after a warm-up step and prints (or writes
+/// as JSON) the roofline table.
+fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Result<()> {
+    let t = args.timesteps[0];
+    let peaks = roofline::measure_peaks();
+    let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
+    let device = net.device();
+    let batch = inputs.batch;
+    let mut times = Vec::new();
+    for rep in 0..=args.reps {
+        if rep == 1 {
+            net.start_profile(); // rep 0 is a warm-up
+        }
+        let start = Instant::now();
+        let rngs = |stream| (0..batch as u64).map(|b| sample_rng(1, stream, rep as u64, b)).collect::<Vec<_>>();
+        let x = net.spec().encode_input(&inputs.pixels, &mut rngs(Stream::TrainInput), t, DType::F32, device)?;
+        let bytes = Work::bytes((x.elem_count() * DType::F32.size_in_bytes()) as f64);
+        net.record_profile("input", Phase::Encoding, start.elapsed(), bytes);
+        let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
+        train_step(net, &mut opt, &x, &inputs.labels, &masks)?;
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let profile = net.take_profile().context("the profile was not recorded")?;
+    // The mean, so that the recorded phases and the untimed rest add up to it.
+    let step = times.iter().sum::<f64>() / times.len() as f64;
+    let rows = roofline::rows(&profile, args.reps, step, &peaks);
+    if args.json {
+        let report = serde_json::json!({
+            "model": args.model, "batch": batch, "timesteps": t, "mean_step_s": step, "limits": peaks, "rows": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{} batch {batch} T {t}: training step profiled over {} steps", args.model, args.reps);
+        roofline::print(&peaks, &rows, step);
+    }
+    Ok(())
 }
 
 /// Prints the rows as a table, then the peers.

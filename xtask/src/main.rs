@@ -3,7 +3,9 @@
 //! * `cargo xtask golden [DIR]`: replays every golden training step in DIR (default `tests/golden`) in
 //!   float64 and float32 through the project's model code and fails when any exceeds its tolerance.
 //! * `cargo xtask bench`: times a training step and an inference pass (median of repetitions), with the
-//!   throughput of a dense matrix product measured in the same run as the baseline.
+//!   throughput of a dense matrix product measured in the same run as the baseline; with `--profile`, where
+//!   the training step's time goes by layer and phase against the arithmetic peak and memory bandwidth
+//!   measured in the same run.
 //! * `cargo xtask reproduce <experiment> [--quick]`: a paper experiment end to end (data, training,
 //!   evaluation, analysis) with a Markdown report; resumes when interrupted.
 //! * `cargo xtask density`: the event-driven convolution against Candle's dense one at growing input
@@ -18,6 +20,7 @@ mod bench;
 mod density;
 mod peers;
 mod reproduce;
+mod roofline;
 mod windows;
 
 /// Large tensors are allocated and freed on every layer; mimalloc keeps their pages mapped where the system

@@ -275,13 +275,18 @@ pub trait EventFrames<F: Real>: Sync {
         self.for_each_event_in(frame, 0..self.frame_len(), f);
     }
 
-    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]).
-    fn sparse_enough(&self) -> bool {
+    /// The number of non-zero entries over all frames (the events the event-driven kernels would visit).
+    fn nonzero(&self) -> usize {
         let mut nonzero = 0;
         for f in 0..self.frames() {
             self.for_each_event(f, |_, _| nonzero += 1);
         }
-        within_density_limit(nonzero, self.frames() * self.frame_len())
+        nonzero
+    }
+
+    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]).
+    fn sparse_enough(&self) -> bool {
+        within_density_limit(self.nonzero(), self.frames() * self.frame_len())
     }
 
     /// The frames written out densely, zeros included: `frames · frame_len` values.

@@ -20,6 +20,7 @@ mod error;
 mod network;
 pub mod nir;
 mod plan;
+pub mod profile;
 mod spec;
 mod tape;
 pub mod zoo;
@@ -30,6 +31,7 @@ pub use checkpoint::{
 };
 pub use error::{Error, Result};
 pub use network::{spike_counts, Engine, ForwardOptions, ForwardOutput, LayerActivity, Masks, SpikingNetwork};
+pub use profile::{Phase, Profile, ProfileEntry, Work};
 pub use spec::{
     ConvSpec, FcSpec, InputEncoding, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
 };

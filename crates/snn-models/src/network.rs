@@ -81,6 +81,8 @@ pub struct SpikingNetwork {
     pub(crate) plan: Plan,
     /// Float buffers of the taped training pass, kept from one call to the next.
     pub(crate) scratch: Scratch,
+    /// Where the taped passes' time goes, while [`SpikingNetwork::start_profile`] has recording on.
+    pub(crate) profile: std::sync::Mutex<Option<crate::Profile>>,
     /// Identifies the network to the tapes it records ([`crate::Tape`]); never shared by two networks of a
     /// process, even when one is dropped and the other takes its memory.
     pub(crate) id: u64,
@@ -145,8 +147,42 @@ impl SpikingNetwork {
             device: device.clone(),
             dtype,
             scratch: Scratch::default(),
+            profile: std::sync::Mutex::new(None),
             id: NEXT_NETWORK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// Starts recording where the time of the taped training passes ([`Self::forward_taped`],
+    /// [`Self::backward`]) goes, by layer and phase with the work done (see [`crate::profile`]); a profile
+    /// already being recorded is discarded.
+    pub fn start_profile(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Profile::default());
+    }
+
+    /// Stops recording and returns what the passes since [`Self::start_profile`] recorded (`None` when
+    /// recording was off).
+    pub fn take_profile(&self) -> Option<crate::Profile> {
+        self.profile.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether [`Self::start_profile`] has recording on.
+    pub fn profiling(&self) -> bool {
+        self.profile.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Adds a caller's own timed work (e.g. the optimizer's update, the input encoding) to the profile being
+    /// recorded; does nothing when recording is off.
+    pub fn record_profile(&self, layer: &str, phase: crate::Phase, elapsed: std::time::Duration, work: crate::Work) {
+        if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            p.record(layer, phase, elapsed, work);
+        }
+    }
+
+    /// Adds a finished pass's profile to the one being recorded (dropped when recording stopped meanwhile).
+    pub(crate) fn add_profile(&self, pass: crate::Profile) {
+        if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            p.merge(pass);
+        }
     }
 
     /// The network's spec.

@@ -34,13 +34,14 @@ use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
+    linear_weight_grad_events, transpose, within_density_limit, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
 use snn_core::kernels::{self, Real};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
 
 use crate::network::{LayerActivity, Masks};
 use crate::plan::{Feed, Layer, Op, Plan, ShortcutMap};
+use crate::profile::{Phase, Recorder, Work};
 use crate::{Error, ForwardOutput, Result, SpikingNetwork};
 
 /// At most this many frames (`steps · batch`) per part of the window.
@@ -180,17 +181,22 @@ struct Prepared<F> {
 }
 
 impl<F: Real + WithDType> Prepared<F> {
-    fn new(net: &SpikingNetwork, masks: &Masks) -> Result<Self> {
+    fn new(net: &SpikingNetwork, masks: &Masks, rec: &Recorder) -> Result<Self> {
         let slice = |m: &Tensor| -> Result<Vec<F>> { Ok(m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?) };
         let masks = net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>()?;
         let weights = net
             .weights()
             .iter()
-            .map(|(_, var)| {
+            .map(|(name, var)| {
                 let tensor = var.as_tensor().detach();
                 let values = tensor.flatten_all()?.to_vec1::<F>()?;
                 let outputs = tensor.dims()[0];
-                let rows = transpose(&values, outputs, values.len() / outputs);
+                let rows = rec.time(
+                    name,
+                    Phase::Transpose,
+                    || transpose(&values, outputs, values.len() / outputs),
+                    |r| Work::bytes(moved::<F>(2 * r.len())),
+                );
                 Ok(Weights { tensor, rows })
             })
             .collect::<Result<_>>()?;
@@ -254,6 +260,8 @@ struct Pass<'a, F: Real + WithDType> {
     weights: Vec<Weights<F>>,
     /// Float buffers reused from part to part.
     pool: BufferPool<F>,
+    /// Times the phases when the network records a profile.
+    rec: Recorder,
 }
 
 /// The input gradient buffer of what `from` names, if it is a spiking layer whose gradient this part needs.
@@ -269,9 +277,10 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks, prepared: Option<Prepared<F>>) -> Result<Self> {
         let (steps, batch) = net.check_input(input, masks)?;
         let mask_tensors = masks.clone();
+        let rec = Recorder::new(net.profiling());
         let Prepared { masks, weights } = match prepared {
             Some(prepared) => prepared,
-            None => Prepared::new(net, masks)?,
+            None => Prepared::new(net, masks, &rec)?,
         };
         let neurons: usize = net.plan.layers.iter().map(|l| l.neurons).sum();
         let per_step = batch * neurons * std::mem::size_of::<F>();
@@ -281,7 +290,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let for_threads = (2 * threads).div_ceil(batch);
         let part = (PART_FRAMES / batch).min(PART_BYTES / per_step.max(1)).max(for_threads).clamp(1, steps);
         let pool = net.scratch.take();
-        Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool })
+        Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool, rec })
     }
 
     /// The frames of a part of `len` steps of what `from` names: the input window's part, or a spiking
@@ -326,30 +335,54 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     fn currents(&self, layer: &Layer, x: &Source<F>, len: usize, input: &[F], part: &[Vec<u8>]) -> Result<Vec<F>> {
         let frames = len * self.batch;
         let mut currents = self.pool.zeroed(frames * layer.neurons);
-        match &layer.op {
+        self.rec.time(
+            &layer.name,
+            Phase::Forward,
+            || self.synapses_forward(layer, x, len, input, part, &mut currents),
+            |w| w.as_ref().copied().unwrap_or_default(),
+        )?;
+        Ok(currents)
+    }
+
+    /// The work of [`Self::currents`] into `currents`: the layer's synaptic map (and shortcut), or its pool.
+    fn synapses_forward(
+        &self,
+        layer: &Layer,
+        x: &Source<F>,
+        len: usize,
+        input: &[F],
+        part: &[Vec<u8>],
+        currents: &mut [F],
+    ) -> Result<Work> {
+        Ok(match &layer.op {
             Op::Conv { weight, geometry, shortcut } => {
-                synapse_forward(x, &self.weights[*weight], Synapse::Conv(*geometry), &mut currents)?;
+                let mut macs = synapse_forward(x, &self.weights[*weight], Synapse::Conv(*geometry), currents)?;
                 if let Some(sc) = shortcut {
                     let src = self.source(sc.from, len, input, part);
                     let mut term = self.pool.zeroed(currents.len());
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {
-                            synapse_forward(&src, &self.weights[*weight], Synapse::Conv(*geometry), &mut term)?;
+                            macs += synapse_forward(&src, &self.weights[*weight], Synapse::Conv(*geometry), &mut term)?;
                         }
                         ShortcutMap::Subsample { stride, in_shape } => {
                             subsample_frames(&src, in_shape, *stride, &layer.shape, &mut term)?;
                         }
                     }
-                    kernels::add_into(&mut currents, &term);
+                    kernels::add_into(currents, &term);
                     self.pool.recycle(term);
                 }
+                Work::flops(2.0 * macs)
             }
             Op::Fc { weight, outputs: n } | Op::Readout { weight, classes: n } => {
-                synapse_forward(x, &self.weights[*weight], Synapse::Linear(*n), &mut currents)?;
+                Work::flops(2.0 * synapse_forward(x, &self.weights[*weight], Synapse::Linear(*n), currents)?)
             }
-            Op::Pool { kernel, in_shape } => average_pool_frames(x, in_shape, *kernel, &mut currents),
-        }
-        Ok(currents)
+            Op::Pool { kernel, in_shape } => {
+                average_pool_frames(x, in_shape, *kernel, currents);
+                // One addition per input entry; the inputs are spike bytes, the sums floats.
+                let entries = x.frames() * x.frame_len();
+                Work { flops: entries as f64, bytes: entries as f64 + moved::<F>(currents.len()) }
+            }
+        })
     }
 
     fn forward(mut self) -> Result<(ForwardOutput, Tape)> {
@@ -372,21 +405,31 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             for (i, layer) in plan.layers.iter().enumerate() {
                 let x = self.source(layer.from, len, &input, &part);
                 let currents = self.currents(layer, &x, len, &input, &part)?;
+                let rec = &self.rec;
                 if !layer.spikes() {
-                    kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout_membrane);
-                    x.add_to_counts(&mut readout_counts);
+                    let inputs = x.frames() * x.frame_len();
+                    let readout = || {
+                        kernels::readout_membrane_from(&currents, F::lit(spec.leak), &mut readout_membrane);
+                        x.add_to_counts(&mut readout_counts);
+                    };
+                    rec.time(&layer.name, Phase::Neurons, readout, |_| {
+                        Work::bytes(moved::<F>(currents.len()) + inputs as f64)
+                    });
                 } else {
                     let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-                    let own = &mut part[i][..len * span(layer)];
-                    kernels::spike_forward_from(
-                        &currents,
-                        F::lit(neuron.threshold),
-                        F::lit(neuron.leak),
-                        &mut membranes[i],
-                        own,
-                    );
-                    spikes[i].store(t0 * span(layer), own);
-                    kernels::add_spike_counts(own, &mut counts[i]);
+                    let n = len * span(layer);
+                    let own = &mut part[i][..n];
+                    let (membrane, bits, count) = (&mut membranes[i], &mut spikes[i], &mut counts[i]);
+                    let recurrence = || {
+                        let (threshold, leak) = (F::lit(neuron.threshold), F::lit(neuron.leak));
+                        kernels::spike_forward_from(&currents, threshold, leak, membrane, own);
+                        bits.store(t0 * span(layer), own);
+                        kernels::add_spike_counts(own, count);
+                    };
+                    // Currents in; spikes out as bytes, read back for the tape and the counts, one bit each.
+                    rec.time(&layer.name, Phase::Neurons, recurrence, |_| {
+                        Work::bytes(moved::<F>(n) + n as f64 * (2.0 + 1.0 / 8.0))
+                    });
                 }
                 self.pool.recycle(currents);
             }
@@ -433,11 +476,17 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         }
         let spikes = &tape.spikes;
         let span = |l: &Layer| self.span(l);
+        let rec = &self.rec;
         let mut part = self.part_buffers();
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
         let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| vec![F::zero(); w.rows.len()]).collect();
-        let readout_input_grad = self.readout_backward(tape, grad_output, &mut grads[readout_weight])?;
         let fan_in = plan.feed_len(readout.from);
+        let readout_input_grad = rec.time(
+            &readout.name,
+            Phase::KernelAndInputGradient,
+            || self.readout_backward(tape, grad_output, &mut grads[readout_weight]),
+            |_| Work::flops(4.0 * (batch * fan_in * classes) as f64),
+        )?;
 
         // Per spiking layer: the factor at spike times (θ⁻¹·NG or 1) and the running error δ(t+1).
         let mut gains: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
@@ -450,13 +499,18 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
             let span = span(layer);
             let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-            let mut gain = kernels::SpikeGains::new(span, neuron.backward_rule());
-            for t0 in (0..steps).step_by(self.part) {
-                let own = &mut own[..self.part.min(steps - t0) * span];
-                bits.load(t0 * span, own);
-                gain.add_steps(own);
-            }
-            gains.push(gain.finish());
+            let gain = || {
+                let mut gain = kernels::SpikeGains::new(span, neuron.backward_rule());
+                for t0 in (0..steps).step_by(self.part) {
+                    let own = &mut own[..self.part.min(steps - t0) * span];
+                    bits.load(t0 * span, own);
+                    gain.add_steps(own);
+                }
+                gain.finish()
+            };
+            // The window's bits in, as bytes out and back in for the gains.
+            let bytes = (steps * span) as f64 * (1.0 / 8.0 + 2.0);
+            gains.push(rec.time(&layer.name, Phase::Tape, gain, |_| Work::bytes(bytes)));
             deltas.push(vec![F::zero(); span]);
         }
 
@@ -466,8 +520,10 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let len = self.part.min(steps - t0);
             let frames = len * batch;
             let input = self.input_part(t0, len)?;
-            for ((layer, bits), own) in plan.layers.iter().zip(spikes).zip(&mut part) {
-                bits.load(t0 * span(layer), &mut own[..len * span(layer)]);
+            for ((layer, bits), own) in plan.layers.iter().zip(spikes).zip(&mut part).filter(|((l, _), _)| l.spikes()) {
+                let n = len * span(layer);
+                let load = || bits.load(t0 * span(layer), &mut own[..n]);
+                rec.time(&layer.name, Phase::Tape, load, |_| Work::bytes(n as f64 * (1.0 / 8.0 + 1.0)));
             }
             let mut grad_spikes: Vec<Option<Vec<F>>> =
                 plan.layers.iter().map(|l| l.spikes().then(|| pool.zeroed(frames * l.neurons))).collect();
@@ -478,12 +534,20 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
             for (i, layer) in plan.layers.iter().enumerate().rev() {
                 let Some(mut grad) = grad_spikes[i].take() else { continue };
-                if let Some(mask) = &self.masks[i] {
-                    kernels::apply_mask(&mut grad, mask);
-                }
                 let mut currents_grad = pool.zeroed(grad.len());
                 let own = &part[i][..len * span(layer)];
-                kernels::spike_backward_from(own, &grad, &gains[i], &mut deltas[i], &mut currents_grad);
+                let (mask, n) = (self.masks[i].as_deref(), grad.len());
+                let (gain, delta) = (&gains[i], &mut deltas[i]);
+                let recurrence = || {
+                    if let Some(mask) = mask {
+                        kernels::apply_mask(&mut grad, mask);
+                    }
+                    kernels::spike_backward_from(own, &grad, gain, delta, &mut currents_grad);
+                };
+                // Per value: the spike byte, the spike gradient, the gain, δ(t+1) in and δ(t) out, the
+                // current gradient out; the mask reads the mask and rewrites the gradient.
+                let per_value = 1.0 + moved::<F>(5) + if mask.is_some() { moved::<F>(3) } else { 0.0 };
+                rec.time(&layer.name, Phase::NeuronsBackward, recurrence, |_| Work::bytes(n as f64 * per_value));
                 pool.recycle(grad);
                 self.backward_layer(layer, &currents_grad, len, &input, &part, &mut grad_spikes, &mut grads)?;
                 pool.recycle(currents_grad);
@@ -493,7 +557,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let mut out = Vec::with_capacity(grads.len());
         for ((name, var), g) in self.net.weights().iter().zip(grads) {
             let outputs = var.dims()[0];
-            let g = transpose(&g, g.len() / outputs, outputs);
+            let back = || transpose(&g, g.len() / outputs, outputs);
+            let g = rec.time(name, Phase::Transpose, back, |t| Work::bytes(moved::<F>(2 * t.len())));
             out.push((name.clone(), Tensor::from_vec(g, var.dims(), &Device::Cpu)?));
         }
         Ok(Gradients(out))
@@ -526,22 +591,29 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     ) -> Result<()> {
         let x = self.source(layer.from, len, input, part);
         let pool = &self.pool;
+        let map_backward = |x: &Source<F>, w: &Weights<F>, map: Synapse, into: Option<&mut Vec<F>>, acc: &mut [F]| {
+            synapse_backward(x, w, map, delta, into, acc, pool, (&self.rec, &layer.name))
+        };
+        let rec = &self.rec;
         match &layer.op {
             Op::Conv { weight, geometry, shortcut } => {
                 let (w, map, into) =
                     (&self.weights[*weight], Synapse::Conv(*geometry), feed_grad(layer.from, grad_spikes));
-                synapse_backward(&x, w, map, delta, into, &mut grads[*weight], pool)?;
+                map_backward(&x, w, map, into, &mut grads[*weight])?;
                 if let Some(sc) = shortcut {
                     let src = self.source(sc.from, len, input, part);
                     let into = feed_grad(sc.from, grad_spikes);
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {
                             let (w, map) = (&self.weights[*weight], Synapse::Conv(*geometry));
-                            synapse_backward(&src, w, map, delta, into, &mut grads[*weight], pool)?;
+                            map_backward(&src, w, map, into, &mut grads[*weight])?;
                         }
                         ShortcutMap::Subsample { stride, in_shape } => {
                             if let Some(into) = into {
-                                subsample_grad(in_shape, *stride, &layer.shape, delta, into);
+                                let grad = || subsample_grad(in_shape, *stride, &layer.shape, delta, into);
+                                rec.time(&layer.name, Phase::InputGradient, grad, |_| {
+                                    Work::bytes(moved::<F>(3 * delta.len()))
+                                });
                             }
                         }
                     }
@@ -550,11 +622,17 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             Op::Fc { weight, outputs } => {
                 let (w, map, into) =
                     (&self.weights[*weight], Synapse::Linear(*outputs), feed_grad(layer.from, grad_spikes));
-                synapse_backward(&x, w, map, delta, into, &mut grads[*weight], pool)?;
+                map_backward(&x, w, map, into, &mut grads[*weight])?;
             }
             Op::Pool { kernel, in_shape } => {
                 if let Some(into) = feed_grad(layer.from, grad_spikes) {
-                    average_pool_grad(in_shape, *kernel, delta, into);
+                    // Each input's gradient gains its window's error: one read and one update per input.
+                    let entries = into.len();
+                    let grad = || average_pool_grad(in_shape, *kernel, delta, into);
+                    rec.time(&layer.name, Phase::InputGradient, grad, |_| Work {
+                        flops: entries as f64,
+                        bytes: moved::<F>(2 * entries + delta.len()),
+                    });
                 }
             }
             Op::Readout { .. } => {}
@@ -564,10 +642,14 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
 }
 
 impl<F: Real + WithDType> Drop for Pass<'_, F> {
-    /// Hands the buffers back to the network, for its next pass.
+    /// Hands the buffers back to the network, for its next pass, and the profile of this pass if one was
+    /// recorded.
     fn drop(&mut self) {
         self.pool.end_pass();
         self.net.scratch.put(std::mem::take(&mut self.pool));
+        if let Some(profile) = std::mem::take(&mut self.rec).finish() {
+            self.net.add_profile(profile);
+        }
     }
 }
 
@@ -597,15 +679,40 @@ fn dense_frames<F: Real + WithDType>(x: &Source<F>, frame: &[usize]) -> Result<T
     Ok(Tensor::from_vec(x.to_dense(), dims, &Device::Cpu)?)
 }
 
+/// Bytes of `n` values of the float type `F`.
+fn moved<F>(n: usize) -> f64 {
+    (n * std::mem::size_of::<F>()) as f64
+}
+
+/// The share of a synaptic map's dense work that its input frames demand: the share of non-zero entries when
+/// few enough are non-zero for the event-driven kernels (`within_density_limit`, the one density measure),
+/// else `None` (the dense layers run).
+fn event_share<F: Real>(x: &Source<F>) -> Option<f64> {
+    let entries = x.frames() * x.frame_len();
+    let nonzero = x.nonzero();
+    within_density_limit(nonzero, entries).then(|| nonzero as f64 / entries.max(1) as f64)
+}
+
+/// Multiply-accumulates of a synaptic map's dense pass over every frame of `x`.
+fn dense_macs<F: Real>(map: Synapse, x: &Source<F>) -> f64 {
+    let per_frame = match map {
+        Synapse::Conv(g) => g.frame_out() * g.channels * g.kernel * g.kernel,
+        Synapse::Linear(outputs) => x.frame_len() * outputs,
+    };
+    (per_frame * x.frames()) as f64
+}
+
 /// Currents of a synaptic map over the part's frames into `out`: event-driven when the input is sparse
-/// (`EventFrames::sparse_enough`, the one density measure), else the dense layer (Candle's convolution or product).
-fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Synapse, out: &mut [F]) -> Result<()> {
-    if x.sparse_enough() {
+/// ([`event_share`]), else the dense layer (Candle's convolution or product). Returns the multiply-accumulates
+/// done (the dense count times the share of events on the event-driven path).
+fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Synapse, out: &mut [F]) -> Result<f64> {
+    let macs = dense_macs(map, x);
+    if let Some(share) = event_share(x) {
         match map {
             Synapse::Conv(g) => conv_events(x, &w.rows, g, out),
             Synapse::Linear(outputs) => linear_events_into(x, &w.rows, outputs, out),
         }
-        return Ok(());
+        return Ok(macs * share);
     }
     let dense = dense_frames(x, &map.frame_shape(x))?;
     let y = match map {
@@ -613,13 +720,14 @@ fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Syna
         Synapse::Linear(_) => dense.matmul(&w.tensor.t()?)?,
     };
     out.copy_from_slice(&y.flatten_all()?.to_vec1::<F>()?);
-    Ok(())
+    Ok(macs)
 }
 
 /// The backward pass of a synaptic map over one part: adds its weight gradient to `acc` (transposed,
 /// `[fan-in, outputs]`) and, when given a buffer (the input is a spiking layer), its input gradient into
 /// `input_grad`. Sparse inputs take the event-driven kernels (the input gradient at the input's events only,
-/// all the neuron backward reads), dense ones the dense layers (the input gradient everywhere).
+/// all the neuron backward reads), dense ones the dense layers (the input gradient everywhere). Each part is
+/// timed into `rec` under `layer`.
 #[allow(clippy::too_many_arguments)]
 fn synapse_backward<F: Real + WithDType>(
     x: &Source<F>,
@@ -629,45 +737,76 @@ fn synapse_backward<F: Real + WithDType>(
     input_grad: Option<&mut Vec<F>>,
     acc: &mut [F],
     pool: &BufferPool<F>,
+    (rec, layer): (&Recorder, &str),
 ) -> Result<()> {
-    if x.sparse_enough() {
+    let macs = dense_macs(map, x);
+    if let Some(share) = event_share(x) {
+        let flops = Work::flops(2.0 * macs * share);
         match map {
             Synapse::Conv(g) => {
                 // The kernels read the error channel-last; one pass over the events gives both gradients.
                 let mut delta_rows = pool.zeroed(delta.len());
-                channel_last_into(delta, g, &mut delta_rows);
+                let layout = || channel_last_into(delta, g, &mut delta_rows);
+                rec.time(layer, Phase::Transpose, layout, |_| Work::bytes(moved::<F>(2 * delta.len())));
+                let both = input_grad.is_some();
                 let input = input_grad.map(|into| (w.rows.as_slice(), into.as_mut_slice()));
-                conv_grads_events(x, &delta_rows, g, acc, input);
+                let grads = || conv_grads_events(x, &delta_rows, g, acc, input);
+                if both {
+                    rec.time(layer, Phase::KernelAndInputGradient, grads, |_| Work::flops(2.0 * flops.flops));
+                } else {
+                    rec.time(layer, Phase::KernelGradient, grads, |_| flops);
+                }
                 pool.recycle(delta_rows);
             }
             Synapse::Linear(outputs) => {
                 if let Some(into) = input_grad {
-                    linear_input_grad_events(x, &w.rows, delta, outputs, into);
+                    let grad = || linear_input_grad_events(x, &w.rows, delta, outputs, into);
+                    rec.time(layer, Phase::InputGradient, grad, |_| flops);
                 }
-                linear_weight_grad_events(x, delta, outputs, acc);
+                let grad = || linear_weight_grad_events(x, delta, outputs, acc);
+                rec.time(layer, Phase::KernelGradient, grad, |_| flops);
             }
         }
         return Ok(());
     }
-    let dense = dense_frames(x, &map.frame_shape(x))?;
+    let flops = Work::flops(2.0 * macs);
     let frames = x.frames();
     match map {
         Synapse::Conv(g) => {
             let delta = Tensor::from_slice(delta, (frames, g.outputs, g.out_h, g.out_w), &Device::Cpu)?;
             if let Some(into) = input_grad {
-                let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
-                kernels::add_into(into, &gx.flatten_all()?.to_vec1::<F>()?);
+                let grad = || -> Result<()> {
+                    let gx = dense_input_grad(&w.tensor, &delta, g.padding, g.stride, (g.height, g.width))?;
+                    kernels::add_into(into, &gx.flatten_all()?.to_vec1::<F>()?);
+                    Ok(())
+                };
+                rec.time(layer, Phase::InputGradient, grad, |_| flops)?;
             }
             // Candle's gradient is [O, C·k·k]; the accumulator holds it transposed.
-            let gw = dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?;
-            kernels::add_into(acc, &transpose(&gw, g.outputs, g.channels * g.kernel * g.kernel));
+            let grad = || -> Result<Vec<F>> {
+                let dense = dense_frames(x, &map.frame_shape(x))?;
+                Ok(dense_kernel_grad(&dense, &delta, g.kernel, g.padding, g.stride)?.flatten_all()?.to_vec1::<F>()?)
+            };
+            let gw = rec.time(layer, Phase::KernelGradient, grad, |_| flops)?;
+            let fan_in = g.channels * g.kernel * g.kernel;
+            let layout = || kernels::add_into(acc, &transpose(&gw, g.outputs, fan_in));
+            rec.time(layer, Phase::Transpose, layout, |_| Work::bytes(moved::<F>(4 * gw.len())));
         }
         Synapse::Linear(outputs) => {
             let delta = Tensor::from_slice(delta, (frames, outputs), &Device::Cpu)?;
             if let Some(into) = input_grad {
-                kernels::add_into(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+                let grad = || -> Result<()> {
+                    kernels::add_into(into, &delta.matmul(&w.tensor)?.flatten_all()?.to_vec1::<F>()?);
+                    Ok(())
+                };
+                rec.time(layer, Phase::InputGradient, grad, |_| flops)?;
             }
-            kernels::add_into(acc, &dense.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
+            let grad = || -> Result<()> {
+                let dense = dense_frames(x, &map.frame_shape(x))?;
+                kernels::add_into(acc, &dense.t()?.contiguous()?.matmul(&delta)?.flatten_all()?.to_vec1::<F>()?);
+                Ok(())
+            };
+            rec.time(layer, Phase::KernelGradient, grad, |_| flops)?;
         }
     }
     Ok(())

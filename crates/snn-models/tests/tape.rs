@@ -243,3 +243,47 @@ fn buffers_kept_between_passes_do_not_leak_into_the_next_step() {
         assert_eq!(reached, reused.len(), "T {steps}, B {batch}: the step must reach every weight");
     }
 }
+
+#[test]
+fn a_profile_times_every_phase_and_counts_the_dense_work_without_changing_the_step() {
+    use snn_models::Phase;
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let net = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+    let (steps, batch) = (6, 4);
+    let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
+    // Every input entry non-zero: the stem takes the dense path, whose work is the whole dense count.
+    let x = (input(&[steps, batch, 2, 16, 16], 1.0, true, &mut rng) * 0.5).unwrap();
+    let plain = taped_gradients(&net, &x, &masks);
+    assert!(net.take_profile().is_none(), "nothing is recorded unless asked");
+
+    net.start_profile();
+    let profiled = taped_gradients(&net, &x, &masks);
+    let profile = net.take_profile().expect("recording was on");
+    assert_eq!(plain, profiled, "recording must not change the gradients");
+    assert!(net.take_profile().is_none(), "taking the profile stops recording");
+
+    let entry = |layer: &str, phase: Phase| profile.entries().iter().find(|e| e.layer == layer && e.phase == phase);
+    // The stem's forward work, from the spec's own operation count: 2 · MACs per image and step · T · B.
+    let macs: HashMap<String, u64> = spec.dense_macs().unwrap().into_iter().collect();
+    let stem = entry("stem", Phase::Forward).expect("the stem's forward pass is timed");
+    assert_eq!(stem.work.flops, 2.0 * (macs["stem"] * (steps * batch) as u64) as f64);
+    // A dense input gives no input gradient (nothing spikes there); its kernel gradient is the same work.
+    let kernel = entry("stem", Phase::KernelGradient).expect("the stem's kernel gradient is timed");
+    assert_eq!(kernel.work.flops, stem.work.flops);
+    // Every spiking layer runs its recurrence both ways and reads its tape; every synaptic layer runs forward.
+    for layer in ["stem", "pool1", "a1", "a2", "b1", "b2", "fc0"] {
+        for phase in [Phase::Forward, Phase::Neurons, Phase::Tape, Phase::NeuronsBackward] {
+            let e = entry(layer, phase).unwrap_or_else(|| panic!("{layer} {phase:?} missing"));
+            assert!(e.calls >= 1 && e.seconds >= 0.0 && e.work.flops + e.work.bytes > 0.0, "{layer}: {e:?}");
+        }
+    }
+    // The gradients go back to the weights' layout, one timed transpose per weight.
+    for (name, _) in net.weights() {
+        assert!(entry(name, Phase::Transpose).is_some(), "{name}");
+    }
+    // Event-driven work never exceeds the dense count: a1's forward over its spike input.
+    let a1 = entry("a1", Phase::Forward).unwrap();
+    assert!(a1.work.flops <= 2.0 * (macs["a1"] * (steps * batch) as u64) as f64);
+    assert!(profile.total_seconds() > 0.0);
+}

@@ -12,7 +12,7 @@ use snn_data::augment::random_crop_flip;
 use snn_data::{Batches, Samples};
 use snn_models::{
     checkpoint_bytes, parse_checkpoint, save_checkpoint, temp_path, write_atomic, Engine, ForwardOptions,
-    ForwardOutput, Gradients, LayerActivity, LayerSpec, Masks, SpikingNetwork,
+    ForwardOutput, Gradients, LayerActivity, LayerSpec, Masks, Phase, SpikingNetwork, Work,
 };
 
 use crate::collective::{Collective, Single};
@@ -555,10 +555,14 @@ pub fn train_step(
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
     let (out, loss_value, grads) = batch_gradients(net, x, labels, masks)?;
+    let start = Instant::now();
     for (name, g) in grads.iter() {
         ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
     }
     opt.step(&grads)?;
+    // The check reads every gradient; the update reads the weights and gradients and writes the weights.
+    let bytes = 4 * net.parameter_count() * net.dtype().size_in_bytes();
+    net.record_profile("step", Phase::Optimizer, start.elapsed(), Work::bytes(bytes as f64));
     Ok((out, loss_value))
 }
 
