@@ -364,11 +364,32 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
         self.spikes.len().checked_div(self.frame_len).unwrap_or(0)
     }
 
+    /// Spikes whose mask entry is not zero, counted in one pass over the bytes (and the mask).
+    fn nonzero(&self) -> usize {
+        let Some(mask) = self.mask else { return self.spikes.iter().filter(|&&b| b != 0).count() };
+        let len = self.frame_len.max(1);
+        let kept = |(f, frame): (usize, &[u8])| {
+            let m = &mask[(f % self.batch) * len..][..frame.len()];
+            frame.iter().zip(m).filter(|&(&b, &m)| b != 0 && m != F::zero()).count()
+        };
+        self.spikes.chunks(len).enumerate().map(kept).sum()
+    }
+
     #[inline(always)]
     fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, mut f: impl FnMut(usize, F)) {
         let bytes = &self.spikes[frame * self.frame_len..][range.clone()];
         let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][range.clone()]);
-        let mut visit = |base: usize, chunk: &[u8]| {
+        // Eight silent neurons are skipped with one comparison; the last few bytes are visited one by one. The
+        // events are visited in this function's own body, not in a closure: a closure the compiler leaves out
+        // of line is compiled for the baseline instruction set, so the caller's work on every event (inlined
+        // into it) would lose the SIMD level of the kernel that calls.
+        let words = bytes.chunks_exact(8);
+        let tail = (bytes.len() - words.remainder().len(), words.remainder());
+        let busy = words
+            .enumerate()
+            .filter(|(_, w)| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) != 0)
+            .map(|(k, w)| (8 * k, w));
+        for (base, chunk) in busy.chain(std::iter::once(tail)) {
             for (j, &b) in chunk.iter().enumerate() {
                 if b != 0 {
                     let i = base + j;
@@ -379,16 +400,7 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
                     }
                 }
             }
-        };
-        // Eight silent neurons are skipped with one comparison; the last few bytes are visited one by one.
-        let words = bytes.chunks_exact(8);
-        let tail = words.remainder();
-        for (k, w) in words.enumerate() {
-            if u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) != 0 {
-                visit(8 * k, w);
-            }
         }
-        visit(bytes.len() - tail.len(), tail);
     }
 }
 
@@ -714,18 +726,23 @@ pub fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     out
 }
 
-/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles: within a
-/// tile `src` is still read with a stride of a row, but the tile's rows stay in the first-level cache, so each
-/// cache line of either side is loaded once.
+/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles, so that
+/// each cache line of either side is loaded once.
 fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
     const TILE: usize = 16;
+    let mut block = [[F::zero(); TILE]; TILE];
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
         for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                let column = &mut dst[c * rows..][r0..r1];
-                for (d, r) in column.iter_mut().zip(r0..r1) {
-                    *d = src[r * cols + c];
+            let c1 = (c0 + TILE).min(cols);
+            // Each row of the tile is read once, whole, into a small block first: rows a power of two apart
+            // share a cache set, so a tile read column by column would evict its own lines between columns.
+            for (r, row) in (r0..r1).zip(block.iter_mut()) {
+                row[..c1 - c0].copy_from_slice(&src[r * cols + c0..r * cols + c1]);
+            }
+            for c in c0..c1 {
+                for (d, row) in dst[c * rows + r0..c * rows + r1].iter_mut().zip(&block) {
+                    *d = row[c - c0];
                 }
             }
         }

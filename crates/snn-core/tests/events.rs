@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events};
+use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events, EventFrames, SpikeFrames};
 
 /// Spike-like values: 0 mostly, else +1 or -1.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -80,9 +80,19 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 fn event_convolution_matches_the_definition_for_every_geometry() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let dev = Device::Cpu;
-    for (c, h, o, k, p, s) in
-        [(3, 9, 4, 3, 1, 1), (2, 8, 5, 3, 1, 2), (4, 7, 3, 1, 0, 2), (1, 12, 6, 5, 2, 1), (2, 6, 2, 5, 0, 1)]
-    {
+    // The last four are layers of VGG size (many outputs over wide frames), with padding, without, and with a
+    // stride.
+    for (c, h, o, k, p, s) in [
+        (3, 9, 4, 3, 1, 1),
+        (2, 8, 5, 3, 1, 2),
+        (4, 7, 3, 1, 0, 2),
+        (1, 12, 6, 5, 2, 1),
+        (2, 6, 2, 5, 0, 1),
+        (3, 34, 40, 3, 1, 1),
+        (3, 33, 64, 3, 1, 2),
+        (2, 30, 48, 5, 0, 1),
+        (2, 41, 20, 3, 1, 1),
+    ] {
         let n = 3;
         let x = spikes(n * c * h * h, 0.2, &mut rng);
         let w: Vec<f64> = (0..o * c * k * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -216,5 +226,27 @@ fn the_convolution_and_its_gradients_are_right_on_non_square_inputs() {
             let got_w = grads.get(wv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
             assert!(max_abs_diff(&got_w, &gw) < 1e-10, "kernel gradient {case}");
         }
+    }
+}
+
+#[test]
+fn spike_frames_count_the_events_they_visit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (frames, batch, len) = (12, 4, 37);
+    let bytes: Vec<u8> = (0..frames * len).map(|_| u8::from(rng.gen_bool(0.3))).collect();
+    // Dropout-like: a third of the entries dropped (0), the rest scaled.
+    let mask: Vec<f32> = (0..batch * len).map(|_| if rng.gen_bool(1.0 / 3.0) { 0.0 } else { 1.5 }).collect();
+    for mask in [None, Some(mask.as_slice())] {
+        let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask };
+        let mut visited = 0;
+        for f in 0..frames {
+            x.for_each_event(f, |_, _| visited += 1);
+        }
+        // Independent count: a spike whose sample's mask keeps it.
+        let expected = (0..frames * len)
+            .filter(|&i| bytes[i] != 0 && mask.is_none_or(|m| m[(i / len % batch) * len + i % len] != 0.0))
+            .count();
+        assert_eq!((x.nonzero(), visited), (expected, expected), "mask given: {}", mask.is_some());
+        assert!(expected > 0);
     }
 }
