@@ -447,7 +447,10 @@ fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Resu
         let x = net.spec().encode_input(&inputs.pixels, &mut rngs(Stream::TrainInput), t, DType::F32, device)?;
         let bytes = Work::bytes((x.elem_count() * DType::F32.size_in_bytes()) as f64);
         net.record_profile("input", Phase::Encoding, start.elapsed(), bytes);
+        let drawn = Instant::now();
         let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
+        let bytes = masks.values().map(|m| m.elem_count() * DType::F32.size_in_bytes()).sum::<usize>();
+        net.record_profile("step", Phase::Dropout, drawn.elapsed(), Work::bytes(bytes as f64));
         train_step(net, &mut opt, &x, &inputs.labels, &masks)?;
         if rep > 0 {
             times.push(start.elapsed().as_secs_f64());

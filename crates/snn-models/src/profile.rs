@@ -47,6 +47,8 @@ pub enum Phase {
     Optimizer,
     /// The input window's spikes drawn from the pixels (recorded by the caller that encodes them).
     Encoding,
+    /// The step's dropout masks drawn (recorded by the caller that draws them).
+    Dropout,
 }
 
 impl Phase {
@@ -63,6 +65,7 @@ impl Phase {
             Phase::Transpose => "transpose",
             Phase::Optimizer => "optimizer",
             Phase::Encoding => "encoding",
+            Phase::Dropout => "dropout masks",
         }
     }
 }

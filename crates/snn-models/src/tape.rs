@@ -183,7 +183,15 @@ struct Prepared<F> {
 impl<F: Real + WithDType> Prepared<F> {
     fn new(net: &SpikingNetwork, masks: &Masks, rec: &Recorder) -> Result<Self> {
         let slice = |m: &Tensor| -> Result<Vec<F>> { Ok(m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?) };
-        let masks = net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>()?;
+        let masks: Vec<Option<Vec<F>>> = rec.time(
+            "step",
+            Phase::Dropout,
+            || net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>(),
+            |m| {
+                let values = m.as_ref().map_or(0, |m| m.iter().flatten().map(Vec::len).sum::<usize>());
+                Work::bytes(moved::<F>(2 * values))
+            },
+        )?;
         let weights = net
             .weights()
             .iter()
