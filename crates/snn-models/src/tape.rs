@@ -187,7 +187,7 @@ impl<F: Real + WithDType> Prepared<F> {
             "step",
             Phase::Dropout,
             || net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>(),
-            |m| {
+            |m: &Result<Vec<Option<Vec<F>>>>| {
                 let values = m.as_ref().map_or(0, |m| m.iter().flatten().map(Vec::len).sum::<usize>());
                 Work::bytes(moved::<F>(2 * values))
             },
