@@ -324,7 +324,12 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     steps.push(Step { title: "learning curves", command: cmd });
 
     let evals = Evals { best: &eval, at_100: eval_100.as_ref() };
-    let report = render_report(exp, &args, &data_source, &summary, &evals, &stats, &steps, root)?;
+    // The budget's plan, as its recipe file states it.
+    let budget_plan = match &budget_recipe {
+        Some(path) => std::fs::read_to_string(path)?.lines().next().map(|l| l.trim_start_matches("# ").to_string()),
+        None => None,
+    };
+    let report = render_report(exp, &args, &data_source, &summary, &evals, &stats, &steps, budget_plan, root)?;
     write_atomic(&out.join("report.md"), report.as_bytes())?;
     println!("{}", out.join("report.md").display());
     Ok(())
@@ -514,6 +519,7 @@ fn render_report(
     evals: &Evals,
     stats: &Value,
     steps: &[Step],
+    budget_plan: Option<String>,
     root: &Path,
 ) -> Result<String> {
     use std::fmt::Write as _;
@@ -560,6 +566,9 @@ fn render_report(
         )?;
     }
     writeln!(s, "## Training\n")?;
+    if let Some(plan) = budget_plan {
+        writeln!(s, "{plan}.\n")?;
+    }
     writeln!(
         s,
         "Model `{}`, dataset `{}` from {data_source}; {} training images, {} epoch(s), T = {} for training, best test \

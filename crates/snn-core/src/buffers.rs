@@ -27,19 +27,32 @@ impl<F: Real> BufferPool<F> {
 
     /// A buffer of `len` zeros: the smallest free one that holds them, else a new one.
     pub fn zeroed(&self, len: usize) -> Vec<F> {
-        let mut free = self.free.borrow_mut();
-        let fitting =
-            free.iter().enumerate().filter(|(_, (b, _))| b.capacity() >= len).min_by_key(|(_, (b, _))| b.capacity());
-        let mut buffer = match fitting.map(|(i, _)| i) {
-            Some(i) => free.swap_remove(i).0,
-            None => Vec::with_capacity(len),
-        };
+        let mut buffer = self.fitting(len);
         buffer.clear();
         buffer.resize(len, F::zero());
         buffer
     }
 
-    /// Hands a buffer back for later [`BufferPool::zeroed`] calls.
+    /// A buffer of `len` values for a caller that writes every one of them before it reads any: it holds
+    /// whatever an earlier use left (zeros where it had to grow), so no time goes into clearing it.
+    pub fn overwritten(&self, len: usize) -> Vec<F> {
+        let mut buffer = self.fitting(len);
+        buffer.resize(len, F::zero());
+        buffer
+    }
+
+    /// The smallest free buffer with room for `len` values (with its old contents), else a new, empty one.
+    fn fitting(&self, len: usize) -> Vec<F> {
+        let mut free = self.free.borrow_mut();
+        let fitting =
+            free.iter().enumerate().filter(|(_, (b, _))| b.capacity() >= len).min_by_key(|(_, (b, _))| b.capacity());
+        match fitting.map(|(i, _)| i) {
+            Some(i) => free.swap_remove(i).0,
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Hands a buffer back for later [`BufferPool::zeroed`] and [`BufferPool::overwritten`] calls.
     pub fn recycle(&self, buffer: Vec<F>) {
         self.free.borrow_mut().push((buffer, 0));
     }
@@ -71,5 +84,29 @@ impl Scratch {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(Box::new(pool));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_zeroed_or_as_left_and_sized_as_asked() {
+        let pool = BufferPool::<f32>::default();
+        let mut a = pool.zeroed(8);
+        assert_eq!(a, vec![0.0; 8]);
+        a.iter_mut().for_each(|v| *v = 7.0);
+        pool.recycle(a);
+        // The same buffer again: cleared when asked for zeros, left as it was otherwise.
+        let b = pool.overwritten(5);
+        assert_eq!(b, vec![7.0; 5]);
+        pool.recycle(b);
+        assert_eq!(pool.zeroed(6), vec![0.0; 6]);
+        // Longer than what it held (but within its capacity): the new part is zeros.
+        let mut c = Vec::with_capacity(8);
+        c.extend([1.0; 3]);
+        pool.recycle(c);
+        assert_eq!(pool.overwritten(6), vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
     }
 }

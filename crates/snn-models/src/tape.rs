@@ -342,7 +342,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     /// source, read from `input` or the part's spikes `part`) given.
     fn currents(&self, layer: &Layer, x: &Source<F>, len: usize, input: &[F], part: &[Vec<u8>]) -> Result<Vec<F>> {
         let frames = len * self.batch;
-        let mut currents = self.pool.zeroed(frames * layer.neurons);
+        // A pool adds its inputs into its currents; every synaptic map writes all of its own.
+        let n = frames * layer.neurons;
+        let mut currents = if layer.is_pool() { self.pool.zeroed(n) } else { self.pool.overwritten(n) };
         self.rec.time(
             &layer.name,
             Phase::Forward,
@@ -542,7 +544,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
             for (i, layer) in plan.layers.iter().enumerate().rev() {
                 let Some(mut grad) = grad_spikes[i].take() else { continue };
-                let mut currents_grad = pool.zeroed(grad.len());
+                // The backward recurrence writes every current's gradient.
+                let mut currents_grad = pool.overwritten(grad.len());
                 let own = &part[i][..len * span(layer)];
                 let (mask, n) = (self.masks[i].as_deref(), grad.len());
                 let (gain, delta) = (&gains[i], &mut deltas[i]);
@@ -753,7 +756,7 @@ fn synapse_backward<F: Real + WithDType>(
         match map {
             Synapse::Conv(g) => {
                 // The kernels read the error channel-last; one pass over the events gives both gradients.
-                let mut delta_rows = pool.zeroed(delta.len());
+                let mut delta_rows = pool.overwritten(delta.len());
                 let layout = || channel_last_into(delta, g, &mut delta_rows);
                 rec.time(layer, Phase::Transpose, layout, |_| Work::bytes(moved::<F>(2 * delta.len())));
                 let both = input_grad.is_some();
