@@ -865,6 +865,11 @@ fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -
 /// latency).
 const DOT_LANES: usize = 32;
 
+/// The width in which [`DotLanes`] takes what is left of a row after its whole chunks of [`DOT_LANES`] (into
+/// the first partial sums), before the last few values one by one: a row of 50 leaves 2 values to the scalar
+/// tail instead of 18.
+const DOT_TAIL_LANES: usize = 8;
+
 /// A running dot product over several pairs of rows, in [`DOT_LANES`] partial sums that the compiler keeps in
 /// SIMD registers; they are added up once, by [`DotLanes::sum`].
 struct DotLanes<F> {
@@ -882,9 +887,16 @@ impl<F: Real> DotLanes<F> {
     #[inline(always)]
     fn add(&mut self, a: &[F], b: &[F]) {
         let (head_a, head_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-        let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
+        let (rest_a, rest_b) = (head_a.remainder(), head_b.remainder());
         for (ca, cb) in head_a.zip(head_b) {
             for k in 0..DOT_LANES {
+                self.lanes[k] += ca[k] * cb[k];
+            }
+        }
+        let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
+        let (tail_a, tail_b) = (mid_a.remainder(), mid_b.remainder());
+        for (ca, cb) in mid_a.zip(mid_b) {
+            for k in 0..DOT_TAIL_LANES {
                 self.lanes[k] += ca[k] * cb[k];
             }
         }
@@ -897,7 +909,7 @@ impl<F: Real> DotLanes<F> {
     #[inline(always)]
     fn add_and_scatter(&mut self, a: &[F], b: &[F], acc: &mut [F], v: F) {
         let (head_a, head_b) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-        let (tail_a, tail_b) = (head_a.remainder(), head_b.remainder());
+        let (rest_a, rest_b) = (head_a.remainder(), head_b.remainder());
         let mut head_acc = acc.chunks_exact_mut(DOT_LANES);
         for ((ca, cb), cacc) in head_a.zip(head_b).zip(&mut head_acc) {
             for k in 0..DOT_LANES {
@@ -905,7 +917,16 @@ impl<F: Real> DotLanes<F> {
                 cacc[k] += v * cb[k];
             }
         }
-        for ((&x, &y), d) in tail_a.iter().zip(tail_b).zip(head_acc.into_remainder()) {
+        let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
+        let (tail_a, tail_b) = (mid_a.remainder(), mid_b.remainder());
+        let mut mid_acc = head_acc.into_remainder().chunks_exact_mut(DOT_TAIL_LANES);
+        for ((ca, cb), cacc) in mid_a.zip(mid_b).zip(&mut mid_acc) {
+            for k in 0..DOT_TAIL_LANES {
+                self.lanes[k] += ca[k] * cb[k];
+                cacc[k] += v * cb[k];
+            }
+        }
+        for ((&x, &y), d) in tail_a.iter().zip(tail_b).zip(mid_acc.into_remainder()) {
             self.tail += x * y;
             *d += v * y;
         }
