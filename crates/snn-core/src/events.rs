@@ -719,29 +719,42 @@ impl ConvGeometry {
     }
 }
 
-/// `src` as a `rows × cols` row-major matrix, transposed.
+/// Columns of the source per parallel task of [`transpose`].
+const TRANSPOSE_BAND: usize = 64;
+
+/// `src` as a `rows × cols` row-major matrix, transposed; bands of columns in parallel.
 pub fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
-    transpose_into(src, rows, cols, &mut out);
+    out.par_chunks_mut((TRANSPOSE_BAND * rows).max(1)).enumerate().for_each(|(band, dst)| {
+        let c0 = band * TRANSPOSE_BAND;
+        transpose_columns(src, rows, cols, c0..(c0 + TRANSPOSE_BAND).min(cols), dst);
+    });
     out
 }
 
 /// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles, so that
 /// each cache line of either side is loaded once.
 fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+    transpose_columns(src, rows, cols, 0..cols, dst);
+}
+
+/// The columns `columns` of `src` (`rows × cols`, row-major) as rows of `dst` (`columns.len() × rows`): tiles
+/// of 16 × 16 with the columns outermost, so the 16 rows of `dst` being written advance together.
+fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std::ops::Range<usize>, dst: &mut [F]) {
     const TILE: usize = 16;
     let mut block = [[F::zero(); TILE]; TILE];
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            let c1 = (c0 + TILE).min(cols);
+    for c0 in columns.clone().step_by(TILE) {
+        let c1 = (c0 + TILE).min(columns.end);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
             // Each row of the tile is read once, whole, into a small block first: rows a power of two apart
             // share a cache set, so a tile read column by column would evict its own lines between columns.
             for (r, row) in (r0..r1).zip(block.iter_mut()) {
                 row[..c1 - c0].copy_from_slice(&src[r * cols + c0..r * cols + c1]);
             }
             for c in c0..c1 {
-                for (d, row) in dst[c * rows + r0..c * rows + r1].iter_mut().zip(&block) {
+                let at = (c - columns.start) * rows;
+                for (d, row) in dst[at + r0..at + r1].iter_mut().zip(&block) {
                     *d = row[c - c0];
                 }
             }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events, EventFrames, SpikeFrames};
+use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events, transpose, EventFrames, SpikeFrames};
 
 /// Spike-like values: 0 mostly, else +1 or -1.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -248,5 +248,20 @@ fn spike_frames_count_the_events_they_visit() {
             .count();
         assert_eq!((x.nonzero(), visited), (expected, expected), "mask given: {}", mask.is_some());
         assert!(expected > 0);
+    }
+}
+
+#[test]
+fn transposes_match_the_definition_at_every_shape() {
+    // Shapes below, at and above the tile (16) and the parallel band (64), square and not, powers of two.
+    for (rows, cols) in [(1, 1), (3, 7), (16, 16), (17, 33), (64, 200), (130, 65), (256, 128), (5, 0)] {
+        let src: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
+        let got = transpose(&src, rows, cols);
+        assert_eq!(got.len(), rows * cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(got[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+            }
+        }
     }
 }
