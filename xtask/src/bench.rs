@@ -229,12 +229,15 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     };
     let peers = args.peers.clone().zip(args.peers_script.clone()).map(|(python, script)| Peers { python, script });
     let inputs = BenchInputs::new(&spec, args.batch, data.as_ref())?;
-    if args.profile {
-        let net = match &checkpoint {
+    // The trained network when given, else a fresh one with the seeded initial weights.
+    let network = || -> Result<SpikingNetwork> {
+        Ok(match &checkpoint {
             Some(c) => c.clone().into_network(DType::F32, device)?,
             None => SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?,
-        };
-        return profile(&args, &net, &inputs);
+        })
+    };
+    if args.profile {
+        return profile(&args, &network()?, &inputs);
     }
     // The peers run on the same weights and images when they are given.
     let scratch = tempfile::tempdir()?;
@@ -245,10 +248,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut peer_rows = Vec::new();
     for &t in &args.timesteps {
-        let net = match &checkpoint {
-            Some(c) => c.clone().into_network(DType::F32, device)?,
-            None => SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, device)?,
-        };
+        let net = network()?;
         let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
         let levels = if args.simd.is_empty() { vec![SimdLevel::detected()] } else { args.simd.clone() };
         for mode in MODES.into_iter().filter(|m| args.modes.iter().any(|a| a == m)) {
@@ -338,6 +338,22 @@ impl BenchInputs {
         let macs_per_step = spec.dense_macs()?.iter().map(|(_, m)| m).sum();
         Ok(Self { pixels, raw, labels, batch, macs_per_step })
     }
+
+    /// One generator per sample for repetition `rep` (the same draws in every mode and at every SIMD level).
+    fn rngs(&self, stream: Stream, rep: usize) -> Vec<rand_chacha::ChaCha8Rng> {
+        (0..self.batch as u64).map(|b| sample_rng(1, stream, rep as u64, b)).collect()
+    }
+
+    /// The input spikes `[T, B, ...]` of repetition `rep`.
+    fn encode(&self, net: &SpikingNetwork, t: usize, rep: usize) -> Result<Tensor> {
+        let mut rngs = self.rngs(Stream::TrainInput, rep);
+        Ok(net.spec().encode_input(&self.pixels, &mut rngs, t, DType::F32, net.device())?)
+    }
+
+    /// The dropout masks of repetition `rep`.
+    fn masks(&self, net: &SpikingNetwork, rep: usize) -> Result<Masks> {
+        Ok(net.draw_masks(&mut self.rngs(Stream::Dropout, rep))?)
+    }
 }
 
 /// The peer script's options that put it on our weights and images (`--weights`, `--pixels`), with the files
@@ -386,14 +402,13 @@ fn time_mode(
     let mut times = Vec::new();
     for rep in 0..=args.reps {
         let start = Instant::now();
-        let rngs = |stream| (0..batch as u64).map(|b| sample_rng(1, stream, rep as u64, b)).collect::<Vec<_>>();
-        let x = net.spec().encode_input(&inputs.pixels, &mut rngs(Stream::TrainInput), t, DType::F32, device)?;
+        let x = inputs.encode(net, t, rep)?;
         if mode == "train" {
-            let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
+            let masks = inputs.masks(net, rep)?;
             train_step(net, opt, &x, labels, &masks)?;
         } else if mode == "train-graph" {
             // The same step through Candle's autograd (the path other devices take).
-            let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
+            let masks = inputs.masks(net, rep)?;
             let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
             let out = net.forward(&x, &masks, opts)?;
             let grads = sum_squared_error(&out.output, labels)?.backward()?;
@@ -435,7 +450,6 @@ fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Resu
     let t = args.timesteps[0];
     let peaks = roofline::measure_peaks();
     let mut opt = Sgd::new(net.weights().to_vec(), 0.0085, 0.0, 5e-4)?;
-    let device = net.device();
     let batch = inputs.batch;
     let mut times = Vec::new();
     for rep in 0..=args.reps {
@@ -443,12 +457,11 @@ fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Resu
             net.start_profile(); // rep 0 is a warm-up
         }
         let start = Instant::now();
-        let rngs = |stream| (0..batch as u64).map(|b| sample_rng(1, stream, rep as u64, b)).collect::<Vec<_>>();
-        let x = net.spec().encode_input(&inputs.pixels, &mut rngs(Stream::TrainInput), t, DType::F32, device)?;
+        let x = inputs.encode(net, t, rep)?;
         let bytes = Work::bytes((x.elem_count() * DType::F32.size_in_bytes()) as f64);
         net.record_profile("input", Phase::Encoding, start.elapsed(), bytes);
         let drawn = Instant::now();
-        let masks = net.draw_masks(&mut rngs(Stream::Dropout))?;
+        let masks = inputs.masks(net, rep)?;
         let bytes = masks.values().map(|m| m.elem_count() * DType::F32.size_in_bytes()).sum::<usize>();
         net.record_profile("step", Phase::Dropout, drawn.elapsed(), Work::bytes(bytes as f64));
         train_step(net, &mut opt, &x, &inputs.labels, &masks)?;
