@@ -231,10 +231,10 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     // planned again identically from the saved calibration when the pipeline is resumed.
     let budget_recipe = match args.budget {
         Some(budget) => {
-            let (path, plan) = budget_config(&cli, exp, &data, &out, budget, (train_limit, test_limit))?;
+            let (recipe, plan) = budget_config(&cli, exp, &data, &out, budget, (train_limit, test_limit))?;
             train_limit = plan.train_limit;
             test_limit = plan.test_limit;
-            Some(path)
+            Some(recipe)
         }
         None => None,
     };
@@ -246,8 +246,8 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
             let mut a: Vec<String> =
                 vec!["train".into(), "--model".into(), exp.model.into(), "--seed".into(), args.seed.to_string()];
             a.extend(data.iter().cloned());
-            if let Some(config) = &budget_recipe {
-                a.extend(["--paper".into(), "--config".into(), config.display().to_string()]);
+            if let Some(recipe) = &budget_recipe {
+                a.extend(["--paper".into(), "--config".into(), recipe.path.display().to_string()]);
             } else if args.quick {
                 let batch = if exp.dataset == "mnist" { "32" } else { "16" };
                 a.extend(["--epochs", "1", "--timesteps", "20", "--batch-size", batch].map(String::from));
@@ -324,15 +324,17 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     steps.push(Step { title: "learning curves", command: cmd });
 
     let evals = Evals { best: &eval, at_100: eval_100.as_ref() };
-    // The budget's plan, as its recipe file states it.
-    let budget_plan = match &budget_recipe {
-        Some(path) => std::fs::read_to_string(path)?.lines().next().map(|l| l.trim_start_matches("# ").to_string()),
-        None => None,
-    };
+    let budget_plan = budget_recipe.map(|r| r.summary);
     let report = render_report(exp, &args, &data_source, &summary, &evals, &stats, &steps, budget_plan, root)?;
     write_atomic(&out.join("report.md"), report.as_bytes())?;
     println!("{}", out.join("report.md").display());
     Ok(())
+}
+
+/// A budget run's recipe file and the sentence that states its plan (the file's first line, and the report's).
+struct BudgetRecipe {
+    path: PathBuf,
+    summary: String,
 }
 
 /// How a time budget is spent: the epochs, and the subset when not even one full epoch fits.
@@ -380,12 +382,13 @@ fn plan_budget(
     let subset = ((per_epoch * per_sec).max(0.0) as usize / unit * unit).min(train);
     ensure!(
         subset >= unit,
-        "a budget of {minutes} min does not fit {SUBSET_EPOCHS} epochs of {unit} images and {test} test images at          {per_sec:.2} training images per second; give more time or a smaller --test-limit"
+        "a budget of {minutes} min does not fit {SUBSET_EPOCHS} epochs of {unit} images and {test} test images at \
+         {per_sec:.2} training images per second; give more time or a smaller --test-limit"
     );
     Ok(BudgetPlan { epochs: SUBSET_EPOCHS, train_limit: Some(subset), test_limit: Some(test), subset: true })
 }
 
-/// Writes the budget run's recipe overrides (`budget.toml` in `out`) and returns its path with the plan: the
+/// Writes the budget run's recipe overrides (`budget.toml` in `out`) and returns it with the plan: the
 /// window of [`budget_window`], the epochs of the budget and the paper's milestones scaled to them. A time
 /// budget is planned by [`plan_budget`] from a calibration run of ten batches at the same window. A run over a
 /// subset keeps the initial rate throughout: it sees far less than the paper's first milestone (70 of 150
@@ -397,7 +400,7 @@ fn budget_config(
     out: &Path,
     budget: Budget,
     limits: (Option<usize>, Option<usize>),
-) -> Result<(PathBuf, BudgetPlan)> {
+) -> Result<(BudgetRecipe, BudgetPlan)> {
     let window = budget_window(exp.dataset);
     let (paper_epochs, milestones) = if exp.dataset == "cifar10" || exp.dataset == "svhn" {
         (150, vec![(70, 0.2), (100, 0.04), (125, 0.008)])
@@ -438,14 +441,14 @@ fn budget_config(
         Some(n) if plan.subset => format!(" over a subset of {n} training images, initial rate throughout"),
         _ => format!(", milestones scaled from {paper_epochs} epochs"),
     };
+    let summary = format!("The paper's recipe cut to a budget: {epochs} epoch(s) at T = {window}{scope}");
     let toml = format!(
-        "# The paper's recipe cut to a budget: {epochs} epoch(s) at T = {window}{scope}\n\
-         epochs = {epochs}\ntimesteps = {window}\ntest_timesteps = {window}\nlr_milestones = [{}]\n",
+        "# {summary}\nepochs = {epochs}\ntimesteps = {window}\ntest_timesteps = {window}\nlr_milestones = [{}]\n",
         list.join(", ")
     );
     let path = out.join("budget.toml");
     write_atomic(&path, toml.as_bytes())?;
-    Ok((path, plan))
+    Ok((BudgetRecipe { path, summary }, plan))
 }
 
 /// The evaluations a report shows: the best checkpoint at the training window and, for budget runs, at
