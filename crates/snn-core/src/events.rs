@@ -284,9 +284,13 @@ pub trait EventFrames<F: Real>: Sync {
         nonzero
     }
 
-    /// Whether few enough entries are non-zero for the event-driven kernels ([`within_density_limit`]).
-    fn sparse_enough(&self) -> bool {
-        within_density_limit(self.nonzero(), self.frames() * self.frame_len())
+    /// The share of non-zero entries when few enough are non-zero for the event-driven kernels
+    /// ([`within_density_limit`], the one density measure), else `None` (the dense layers run). It is also the
+    /// share of a synaptic map's dense work that the event-driven kernels do.
+    fn event_share(&self) -> Option<f64> {
+        let entries = self.frames() * self.frame_len();
+        let nonzero = self.nonzero();
+        within_density_limit(nonzero, entries).then(|| nonzero as f64 / entries.max(1) as f64)
     }
 
     /// The frames written out densely, zeros included: `frames · frame_len` values.

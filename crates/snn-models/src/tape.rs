@@ -34,7 +34,7 @@ use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, within_density_limit, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
+    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
 use snn_core::kernels::{self, Real};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
@@ -695,17 +695,8 @@ fn moved<F>(n: usize) -> f64 {
     (n * std::mem::size_of::<F>()) as f64
 }
 
-/// The share of a synaptic map's dense work that its input frames demand: the share of non-zero entries when
-/// few enough are non-zero for the event-driven kernels (`within_density_limit`, the one density measure),
-/// else `None` (the dense layers run).
-fn event_share<F: Real>(x: &Source<F>) -> Option<f64> {
-    let entries = x.frames() * x.frame_len();
-    let nonzero = x.nonzero();
-    within_density_limit(nonzero, entries).then(|| nonzero as f64 / entries.max(1) as f64)
-}
-
 /// Multiply-accumulates of a synaptic map's dense pass over every frame of `x`.
-fn dense_macs<F: Real>(map: Synapse, x: &Source<F>) -> f64 {
+fn map_macs<F: Real>(map: Synapse, x: &Source<F>) -> f64 {
     let per_frame = match map {
         Synapse::Conv(g) => g.frame_out() * g.channels * g.kernel * g.kernel,
         Synapse::Linear(outputs) => x.frame_len() * outputs,
@@ -714,11 +705,11 @@ fn dense_macs<F: Real>(map: Synapse, x: &Source<F>) -> f64 {
 }
 
 /// Currents of a synaptic map over the part's frames into `out`: event-driven when the input is sparse
-/// ([`event_share`]), else the dense layer (Candle's convolution or product). Returns the multiply-accumulates
+/// (`EventFrames::event_share`), else the dense layer (Candle's convolution or product). Returns the multiply-accumulates
 /// done (the dense count times the share of events on the event-driven path).
 fn synapse_forward<F: Real + WithDType>(x: &Source<F>, w: &Weights<F>, map: Synapse, out: &mut [F]) -> Result<f64> {
-    let macs = dense_macs(map, x);
-    if let Some(share) = event_share(x) {
+    let macs = map_macs(map, x);
+    if let Some(share) = x.event_share() {
         match map {
             Synapse::Conv(g) => conv_events(x, &w.rows, g, out),
             Synapse::Linear(outputs) => linear_events_into(x, &w.rows, outputs, out),
@@ -750,8 +741,8 @@ fn synapse_backward<F: Real + WithDType>(
     pool: &BufferPool<F>,
     (rec, layer): (&Recorder, &str),
 ) -> Result<()> {
-    let macs = dense_macs(map, x);
-    if let Some(share) = event_share(x) {
+    let macs = map_macs(map, x);
+    if let Some(share) = x.event_share() {
         let flops = Work::flops(2.0 * macs * share);
         match map {
             Synapse::Conv(g) => {
@@ -837,13 +828,14 @@ mod tests {
         let dropped: Vec<f64> = (0..batch * n).map(|i| if i % 2 == 0 { 2.0 } else { 0.0 }).collect();
         let kept = vec![2.0; batch * n];
         let frames = |mask| Source::Spikes(SpikeFrames { spikes: &spikes, frame_len: n, batch, mask });
-        assert!(frames(Some(&dropped)).sparse_enough(), "30 % kept spikes are within the limit");
-        assert!(!frames(Some(&kept)).sparse_enough(), "60 % kept spikes are not");
-        assert!(!frames(None).sparse_enough());
+        assert!(frames(Some(&dropped)).event_share().is_some(), "30 % kept spikes are within the limit");
+        assert_eq!(frames(Some(&dropped)).event_share(), Some(0.3), "the share is of the kept spikes");
+        assert!(frames(Some(&kept)).event_share().is_none(), "60 % kept spikes are not");
+        assert!(frames(None).event_share().is_none());
         // Dense inputs: the share of non-zero values, whatever their magnitude.
         let small: Vec<f64> = (0..20).map(|i| if i % 10 < 6 { 0.1 } else { 0.0 }).collect();
-        assert!(!Source::Input(DenseFrames { data: &small, frame_len: 10 }).sparse_enough());
+        assert!(Source::Input(DenseFrames { data: &small, frame_len: 10 }).event_share().is_none());
         let large: Vec<f64> = (0..20).map(|i| if i % 10 < 4 { 3.0 } else { 0.0 }).collect();
-        assert!(Source::Input(DenseFrames { data: &large, frame_len: 10 }).sparse_enough());
+        assert!(Source::Input(DenseFrames { data: &large, frame_len: 10 }).event_share().is_some());
     }
 }
