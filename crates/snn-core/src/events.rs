@@ -269,6 +269,17 @@ pub trait EventFrames<F: Real>: Sync {
     /// index order.
     fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, f: impl FnMut(usize, F));
 
+    /// Calls `f(position, channel, value)` for every non-zero entry of frame `frame` in the planes `channels`
+    /// (at most [`CHANNEL_BLOCK`] planes of `plane` entries; an entry's index is `channel · plane +
+    /// position`), position by position and, at one position, channel by channel.
+    fn for_each_event_by_position(
+        &self,
+        frame: usize,
+        channels: std::ops::Range<usize>,
+        plane: usize,
+        f: impl FnMut(usize, usize, F),
+    );
+
     /// Calls `f(index, value)` for every non-zero entry of frame `frame`, in index order.
     #[inline(always)]
     fn for_each_event(&self, frame: usize, f: impl FnMut(usize, F)) {
@@ -318,6 +329,44 @@ pub trait EventFrames<F: Real>: Sync {
     }
 }
 
+/// Channels that the event-driven convolution visits together, position by position
+/// ([`EventFrames::for_each_event_by_position`]): one bit each in a byte per position.
+pub const CHANNEL_BLOCK: usize = 8;
+
+/// `0x01` in every byte of `w` that is not zero, `0x00` in the others.
+#[inline(always)]
+fn nonzero_bytes(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    ((((w & LOW7) + LOW7) | w) >> 7) & 0x0101_0101_0101_0101
+}
+
+/// The walk of [`EventFrames::for_each_event_by_position`] over eight positions at a time: `flags(p0, n, k)`
+/// gives `0x01` in byte `j` when channel `channels.start + k` is non-zero at position `p0 + j` (`j < n`), and
+/// `value(p, c)` the value of a non-zero entry, or `None` to skip it (a dropped spike).
+#[inline(always)]
+fn visit_positions<F>(
+    plane: usize,
+    channels: std::ops::Range<usize>,
+    value: impl Fn(usize, usize) -> Option<F>,
+    mut f: impl FnMut(usize, usize, F),
+    flags: impl Fn(usize, usize, usize) -> u64,
+) {
+    for p0 in (0..plane).step_by(8) {
+        let n = (plane - p0).min(8);
+        // Bit 8·j + k of `word`: channel `channels.start + k` is non-zero at position p0 + j; the lowest set
+        // bit first is position by position, channel by channel.
+        let mut word = (0..channels.len()).fold(0u64, |w, k| w | flags(p0, n, k) << k);
+        while word != 0 {
+            let bit = word.trailing_zeros() as usize;
+            word &= word - 1;
+            let (p, c) = (p0 + bit / 8, channels.start + bit % 8);
+            if let Some(v) = value(p, c) {
+                f(p, c, v);
+            }
+        }
+    }
+}
+
 /// Frames stored densely, zeros included.
 pub struct DenseFrames<'a, F> {
     /// `frames · frame_len` values.
@@ -333,6 +382,23 @@ impl<F: Real> EventFrames<F> for DenseFrames<'_, F> {
 
     fn frames(&self) -> usize {
         self.data.len().checked_div(self.frame_len).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn for_each_event_by_position(
+        &self,
+        frame: usize,
+        channels: std::ops::Range<usize>,
+        plane: usize,
+        f: impl FnMut(usize, usize, F),
+    ) {
+        debug_assert!(channels.len() <= CHANNEL_BLOCK);
+        let data = &self.data[frame * self.frame_len..][..self.frame_len];
+        let value = |p: usize, c: usize| Some(data[c * plane + p]);
+        visit_positions(plane, channels.clone(), value, f, |p0, n, k| {
+            let values = &data[(channels.start + k) * plane + p0..][..n];
+            values.iter().enumerate().fold(0, |w, (j, &v)| w | u64::from(v != F::zero()) << (8 * j))
+        });
     }
 
     #[inline(always)]
@@ -377,6 +443,28 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
             frame.iter().zip(m).filter(|&(&b, &m)| b != 0 && m != F::zero()).count()
         };
         self.spikes.chunks(len).enumerate().map(kept).sum()
+    }
+
+    #[inline(always)]
+    fn for_each_event_by_position(
+        &self,
+        frame: usize,
+        channels: std::ops::Range<usize>,
+        plane: usize,
+        f: impl FnMut(usize, usize, F),
+    ) {
+        debug_assert!(channels.len() <= CHANNEL_BLOCK);
+        let bytes = &self.spikes[frame * self.frame_len..][..self.frame_len];
+        let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][..self.frame_len]);
+        let value = |p: usize, c: usize| match mask {
+            Some(m) => Some(m[c * plane + p]).filter(|&v| v != F::zero()),
+            None => Some(F::one()),
+        };
+        visit_positions(plane, channels.clone(), value, f, |p0, n, k| {
+            let mut eight = [0u8; 8];
+            eight[..n].copy_from_slice(&bytes[(channels.start + k) * plane + p0..][..n]);
+            nonzero_bytes(u64::from_le_bytes(eight))
+        });
     }
 
     #[inline(always)]
@@ -803,6 +891,11 @@ wide_variants!(fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: Ev
 
 /// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
+///
+/// The input channels are taken [`CHANNEL_BLOCK`] at a time and, within a block, position by position: the
+/// output rows that successive events update then lie within a few rows of the frame and stay in the L1
+/// cache together with the block's kernel rows, instead of the whole frame's accumulator streaming through
+/// L2 once per input channel.
 #[inline(always)]
 fn conv_frame<F: Real, X: EventFrames<F>>(
     x: &X,
@@ -816,13 +909,15 @@ fn conv_frame<F: Real, X: EventFrames<F>>(
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
     acc.fill(F::zero());
-    for (c, taps) in rows.chunks_exact(per_channel).enumerate() {
-        x.for_each_event_in(
+    for first in (0..g.channels).step_by(CHANNEL_BLOCK) {
+        x.for_each_event_by_position(
             f,
-            c * plane_in..(c + 1) * plane_in,
+            first..(first + CHANNEL_BLOCK).min(g.channels),
+            plane_in,
             #[inline(always)]
-            |i, v| {
-                let (y, xx) = coords[i - c * plane_in];
+            |p, c, v| {
+                let (y, xx) = coords[p];
+                let taps = &rows[c * per_channel..][..per_channel];
                 for_each_tap(
                     y as usize,
                     xx as usize,

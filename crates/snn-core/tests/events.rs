@@ -3,7 +3,10 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snn_core::events::{conv2d_events, conv2d_weight_grad_events, linear_events, transpose, EventFrames, SpikeFrames};
+use snn_core::events::{
+    conv2d_events, conv2d_weight_grad_events, linear_events, transpose, DenseFrames, EventFrames, SpikeFrames,
+    CHANNEL_BLOCK,
+};
 
 /// Spike-like values: 0 mostly, else +1 or -1.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -92,6 +95,9 @@ fn event_convolution_matches_the_definition_for_every_geometry() {
         (3, 33, 64, 3, 1, 2),
         (2, 30, 48, 5, 0, 1),
         (2, 41, 20, 3, 1, 1),
+        // More input channels than one block of the forward pass visits together, with a partial last block.
+        (11, 9, 16, 3, 1, 1),
+        (10, 8, 7, 3, 1, 2),
     ] {
         let n = 3;
         let x = spikes(n * c * h * h, 0.2, &mut rng);
@@ -264,4 +270,59 @@ fn transposes_match_the_definition_at_every_shape() {
             }
         }
     }
+}
+
+#[test]
+fn events_by_position_come_position_by_position_with_their_values() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    // Planes of 13 positions (a partial last group of eight), 11 channels, 6 frames of 3 samples.
+    let (frames, batch, channels, plane) = (6, 3, 11, 13);
+    let len = channels * plane;
+    // Any non-zero byte is a spike, whatever its bits.
+    let bytes: Vec<u8> =
+        (0..frames * len).map(|_| if rng.gen_bool(0.3) { [1, 2, 128, 255][rng.gen_range(0..4)] } else { 0 }).collect();
+    let mask: Vec<f32> = (0..batch * len).map(|_| if rng.gen_bool(0.25) { 0.0 } else { 2.0 }).collect();
+    let dense: Vec<f32> =
+        (0..frames * len).map(|_| if rng.gen_bool(0.3) { rng.gen_range(-1.0..1.0) } else { 0.0 }).collect();
+    let blocks = [0..CHANNEL_BLOCK, CHANNEL_BLOCK..channels, 3..4, 2..9];
+    // The expected visits, from the raw arrays: positions in order, then channels in order.
+    let expected = |f: usize, block: &std::ops::Range<usize>, value: &dyn Fn(usize) -> f32| {
+        let mut v = Vec::new();
+        for p in 0..plane {
+            for c in block.clone() {
+                let x = value(f * len + c * plane + p);
+                if x != 0.0 {
+                    v.push((p, c, x));
+                }
+            }
+        }
+        v
+    };
+    let mut seen = 0;
+    for f in 0..frames {
+        for block in &blocks {
+            for with_mask in [false, true] {
+                let x =
+                    SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: with_mask.then_some(mask.as_slice()) };
+                let mut got = Vec::new();
+                x.for_each_event_by_position(f, block.clone(), plane, |p, c, v| got.push((p, c, v)));
+                let want = expected(f, block, &|i| {
+                    let m = if with_mask { mask[(i / len % batch) * len + i % len] } else { 1.0 };
+                    if bytes[i] != 0 {
+                        m
+                    } else {
+                        0.0
+                    }
+                });
+                assert_eq!(got, want, "spikes, frame {f}, channels {block:?}, mask {with_mask}");
+                seen += got.len();
+            }
+            let x = DenseFrames { data: &dense, frame_len: len };
+            let mut got = Vec::new();
+            x.for_each_event_by_position(f, block.clone(), plane, |p, c, v| got.push((p, c, v)));
+            assert_eq!(got, expected(f, block, &|i| dense[i]), "dense, frame {f}, channels {block:?}");
+            seen += got.len();
+        }
+    }
+    assert!(seen > 500, "the frames have events to visit ({seen})");
 }

@@ -249,6 +249,27 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
             Source::Spikes(x) => x.for_each_event_in(frame, range, f),
         }
     }
+
+    #[inline(always)]
+    fn for_each_event_by_position(
+        &self,
+        frame: usize,
+        channels: std::ops::Range<usize>,
+        plane: usize,
+        f: impl FnMut(usize, usize, F),
+    ) {
+        match self {
+            Source::Input(x) => x.for_each_event_by_position(frame, channels, plane, f),
+            Source::Spikes(x) => x.for_each_event_by_position(frame, channels, plane, f),
+        }
+    }
+
+    fn nonzero(&self) -> usize {
+        match self {
+            Source::Input(x) => x.nonzero(),
+            Source::Spikes(x) => x.nonzero(),
+        }
+    }
 }
 
 /// The state of one taped pass over a network, for one float type.
