@@ -152,112 +152,7 @@ pub fn conv2d_input_grad_at_events(
     Ok(frames.contiguous()?.apply_op3_no_bwd(&kernel.contiguous()?, &grad.contiguous()?, &EventInputGrad(g))?)
 }
 
-/// The instruction sets the event kernels are compiled for, widest last. Every level runs the same code
-/// (compiled with the level's target features, so the compiler vectorises it to that width); multiplies and
-/// adds stay separate operations (Rust never contracts `a * b + c` into a fused multiply-add), and every sum
-/// runs in the order the code spells out, so all levels give the same bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SimdLevel {
-    /// The target's baseline (SSE2 on x86-64).
-    Portable = 1,
-    /// 256-bit vectors (x86-64 with AVX2).
-    Avx2 = 2,
-    /// 512-bit vectors (x86-64 with AVX-512F).
-    Avx512 = 3,
-}
-
-impl SimdLevel {
-    /// The widest level this CPU runs.
-    pub fn detected() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return SimdLevel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return SimdLevel::Avx2;
-            }
-        }
-        SimdLevel::Portable
-    }
-
-    /// Every level this CPU runs, narrowest first.
-    pub fn available() -> Vec<Self> {
-        [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
-            .into_iter()
-            .filter(|l| *l <= Self::detected())
-            .collect()
-    }
-
-    /// The level the kernels run at: the one [`SimdLevel::force`] set, else the detected one.
-    pub fn current() -> Self {
-        match FORCED_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
-            2 => SimdLevel::Avx2,
-            3 => SimdLevel::Avx512,
-            1 => SimdLevel::Portable,
-            _ => Self::detected(),
-        }
-    }
-
-    /// Runs the kernels at `level` from now on (process-wide), or at the detected level again with `None`:
-    /// for tests that check every variant against the portable one, and for benchmarks that compare them.
-    /// A level above the detected one is lowered to it, so a forced level never runs instructions the CPU
-    /// lacks.
-    pub fn force(level: Option<SimdLevel>) {
-        let value = level.map_or(0, |l| l.min(Self::detected()) as u8);
-        FORCED_LEVEL.store(value, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The level's name (`portable`, `avx2`, `avx512`).
-    pub fn name(self) -> &'static str {
-        match self {
-            SimdLevel::Portable => "portable",
-            SimdLevel::Avx2 => "avx2",
-            SimdLevel::Avx512 => "avx512",
-        }
-    }
-}
-
-/// The level [`SimdLevel::force`] set (`SimdLevel as u8`), or 0 for the detected one.
-static FORCED_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Declares the kernel `$base` compiled for AVX2 (`$avx2`) and for AVX-512F (`$avx512`) on x86-64 (the body is
-/// inlined into each). The event kernels add or dot rows of 20–512 weights: 256-bit vectors take half the
-/// instructions of the baseline's 128-bit ones, 512-bit vectors a quarter. Call them through [`dispatch!`].
-macro_rules! wide_variants {
-    (fn $avx2:ident, $avx512:ident = $base:ident<$($g:ident: $bound:path),*>($($a:ident: $t:ty),* $(,)?)) => {
-        /// The kernel of the same name without the suffix, compiled for AVX2.
-        ///
-        /// # Safety
-        /// Only call it on a CPU with AVX2 ([`SimdLevel::current`]).
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
-        unsafe fn $avx2<$($g: $bound),*>($($a: $t),*) {
-            $base($($a),*)
-        }
-
-        /// The kernel of the same name without the suffix, compiled for AVX-512F.
-        ///
-        /// # Safety
-        /// Only call it on a CPU with AVX-512F ([`SimdLevel::current`]).
-        #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2"))]
-        unsafe fn $avx512<$($g: $bound),*>($($a: $t),*) {
-            $base($($a),*)
-        }
-    };
-}
-
-/// Calls the variant of a kernel for the current [`SimdLevel`].
-macro_rules! dispatch {
-    ($avx2:ident, $avx512:ident, $base:ident($($arg:expr),* $(,)?)) => {
-        match SimdLevel::current() {
-            // SAFETY: the CPU has AVX-512F (a forced level never exceeds the detected one).
-            SimdLevel::Avx512 => unsafe { $avx512($($arg),*) },
-            // SAFETY: the CPU has AVX2.
-            SimdLevel::Avx2 => unsafe { $avx2($($arg),*) },
-            SimdLevel::Portable => $base($($arg),*),
-        }
-    };
-}
+pub use crate::simd::SimdLevel;
 
 /// A window of input frames whose non-zero entries the event-driven kernels visit, frame by frame.
 pub trait EventFrames<F: Real>: Sync {
@@ -434,15 +329,18 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
         self.spikes.len().checked_div(self.frame_len).unwrap_or(0)
     }
 
-    /// Spikes whose mask entry is not zero, counted in one pass over the bytes (and the mask).
+    /// Spikes whose mask entry is not zero, counted in one pass over the bytes (and a byte form of the mask),
+    /// vectorised at the current [`SimdLevel`].
     fn nonzero(&self) -> usize {
-        let Some(mask) = self.mask else { return self.spikes.iter().filter(|&&b| b != 0).count() };
+        // 0xff where the mask keeps a neuron, 0 where it drops one.
+        let kept: Option<Vec<u8>> =
+            self.mask.map(|m| m.iter().map(|&v| if v != F::zero() { 0xff } else { 0 }).collect());
         let len = self.frame_len.max(1);
-        let kept = |(f, frame): (usize, &[u8])| {
-            let m = &mask[(f % self.batch) * len..][..frame.len()];
-            frame.iter().zip(m).filter(|&(&b, &m)| b != 0 && m != F::zero()).count()
+        let count = |(f, frame): (usize, &[u8])| {
+            let kept = kept.as_deref().map(|k| &k[(f % self.batch) * len..][..frame.len()]);
+            dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept))
         };
-        self.spikes.chunks(len).enumerate().map(kept).sum()
+        self.spikes.chunks(len).enumerate().map(count).sum()
     }
 
     #[inline(always)]
@@ -493,6 +391,23 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
                 }
             }
         }
+    }
+}
+
+wide_variants!(fn count_kept_avx2, count_kept_avx512 = count_kept<>(bytes: &[u8], kept: Option<&[u8]>) -> usize);
+
+/// Bytes counted per round of [`count_kept`]: a byte counter per lane cannot overflow, and the count is a
+/// whole number of 512-bit vectors.
+const COUNT_RUN: usize = 128;
+
+/// The non-zero bytes of `bytes`, or with `kept` the non-zero bytes of `bytes & kept`.
+#[inline(always)]
+fn count_kept(bytes: &[u8], kept: Option<&[u8]>) -> usize {
+    let run = |c: &[u8]| c.iter().fold(0u8, |n, &b| n + u8::from(b != 0)) as usize;
+    let masked = |(c, k): (&[u8], &[u8])| c.iter().zip(k).fold(0u8, |n, (&b, &k)| n + u8::from(b & k != 0)) as usize;
+    match kept {
+        None => bytes.chunks(COUNT_RUN).map(run).sum(),
+        Some(k) => bytes.chunks(COUNT_RUN).zip(k.chunks(COUNT_RUN)).map(masked).sum(),
     }
 }
 

@@ -87,16 +87,26 @@ pub fn spike_forward_from<F: Real, S: Spike>(
             // `move`: the parameters are copied into the closure, so the compiler need not reload them after
             // every store in case the stores changed them.
             move |((v, i), s)| {
-                // Selects rather than branches: whether a neuron fires is data, not a pattern to predict, and
-                // branch-free code vectorises.
-                for ((v, &i), s) in v.iter_mut().zip(i).zip(s.iter_mut()) {
-                    let u = *v + i;
-                    let fired = u > threshold;
-                    *s = if fired { S::FIRED } else { S::SILENT };
-                    *v = if fired { F::zero() } else { leak * u };
-                }
+                dispatch!(forward_step_avx2, forward_step_avx512, forward_step(v, i, s, threshold, leak))
             },
         );
+    }
+}
+
+wide_variants!(fn forward_step_avx2, forward_step_avx512 = forward_step<F: Real, S: Spike>(
+    membrane: &mut [F], currents: &[F], spikes: &mut [S], threshold: F, leak: F
+));
+
+/// One step of [`spike_forward_from`] over a chunk of neurons.
+#[inline(always)]
+fn forward_step<F: Real, S: Spike>(membrane: &mut [F], currents: &[F], spikes: &mut [S], threshold: F, leak: F) {
+    // Selects rather than branches: whether a neuron fires is data, not a pattern to predict, and branch-free
+    // code vectorises.
+    for ((v, &i), s) in membrane.iter_mut().zip(currents).zip(spikes.iter_mut()) {
+        let u = *v + i;
+        let fired = u > threshold;
+        *s = if fired { S::FIRED } else { S::SILENT };
+        *v = if fired { F::zero() } else { leak * u };
     }
 }
 
@@ -188,11 +198,7 @@ impl<F: Real> SpikeGains<F> {
                 .zip(self.count.par_chunks_mut(CHUNK))
                 .zip(s_row.par_chunks(CHUNK))
                 .for_each(move |((lf, tot), s)| {
-                    for ((lf, tot), &s) in lf.iter_mut().zip(tot.iter_mut()).zip(s) {
-                        let s = if s == S::FIRED { F::one() } else { F::zero() };
-                        *lf = leak * *lf + s;
-                        *tot += s;
-                    }
+                    dispatch!(trace_step_avx2, trace_step_avx512, trace_step(lf, tot, s, leak))
                 });
         }
     }
@@ -209,6 +215,20 @@ impl<F: Real> SpikeGains<F> {
             },
         );
         gain
+    }
+}
+
+wide_variants!(fn trace_step_avx2, trace_step_avx512 = trace_step<F: Real, S: Spike>(
+    leaky: &mut [F], count: &mut [F], spikes: &[S], leak: F
+));
+
+/// One step of [`SpikeGains::add_steps`] over a chunk of neurons.
+#[inline(always)]
+fn trace_step<F: Real, S: Spike>(leaky: &mut [F], count: &mut [F], spikes: &[S], leak: F) {
+    for ((lf, tot), &s) in leaky.iter_mut().zip(count.iter_mut()).zip(spikes) {
+        let s = if s == S::FIRED { F::one() } else { F::zero() };
+        *lf = leak * *lf + s;
+        *tot += s;
     }
 }
 
@@ -238,11 +258,27 @@ pub fn spike_backward_from<F: Real, S: Spike>(
             .zip(g_row.par_chunks(CHUNK))
             .zip(d_row.par_chunks_mut(CHUNK))
             .for_each(|((((d, k), s), g), out)| {
-                for ((((d, &k), &s), &g), out) in d.iter_mut().zip(k).zip(s).zip(g).zip(out.iter_mut()) {
-                    *d = if s == S::FIRED { k * g } else { *d };
-                    *out = *d;
-                }
+                dispatch!(backward_step_avx2, backward_step_avx512, backward_step(d, k, s, g, out))
             });
+    }
+}
+
+wide_variants!(fn backward_step_avx2, backward_step_avx512 = backward_step<F: Real, S: Spike>(
+    delta: &mut [F], gain: &[F], spikes: &[S], grad_spikes: &[F], grad_currents: &mut [F]
+));
+
+/// One step of [`spike_backward_from`] over a chunk of neurons.
+#[inline(always)]
+fn backward_step<F: Real, S: Spike>(
+    delta: &mut [F],
+    gain: &[F],
+    spikes: &[S],
+    grad_spikes: &[F],
+    grad_currents: &mut [F],
+) {
+    for ((((d, &k), &s), &g), out) in delta.iter_mut().zip(gain).zip(spikes).zip(grad_spikes).zip(grad_currents) {
+        *d = if s == S::FIRED { k * g } else { *d };
+        *out = *d;
     }
 }
 

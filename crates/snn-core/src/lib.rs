@@ -33,6 +33,10 @@
 
 #![warn(missing_docs)]
 
+// First: its kernel-variant macros are used by the modules below.
+#[macro_use]
+mod simd;
+
 pub mod bits;
 pub mod buffers;
 pub mod conv;

@@ -1,4 +1,5 @@
-//! Every SIMD level of the event kernels that this CPU runs gives the same bits as the portable build.
+//! Every SIMD level of the event and neuron kernels that this CPU runs gives the same bits as the portable
+//! build.
 //!
 //! Kept in its own test binary: forcing a level is process-wide.
 
@@ -9,6 +10,7 @@ use snn_core::events::{
     conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, linear_events, linear_input_grad_events,
     linear_weight_grad_events, DenseFrames, SimdLevel,
 };
+use snn_core::kernels::{spike_backward, spike_forward, BackwardRule};
 
 /// Spike-like inputs (0 mostly, ±1 or a real value otherwise) and real weights and gradients.
 fn values(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -63,6 +65,25 @@ fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         let mut input_grad = vec![0.0f32; n * inputs];
         linear_input_grad_events(&frames, &rows, &grad, outputs, &mut input_grad);
         out.push(input_grad);
+    }
+    // The neuron recurrences over 9 steps of 5,003 neurons (more than one parallel chunk, and a remainder at
+    // every vector width), spikes as bytes and as floats, with and without the leak correction.
+    let (steps, n) = (9, 5003);
+    let currents: Vec<f32> = (0..steps * n).map(|_| rng.gen_range(-0.5..1.5)).collect();
+    let grad: Vec<f32> = real(steps * n, &mut rng);
+    let mut bytes = vec![0u8; steps * n];
+    spike_forward(&currents, n, 1.0, 0.99, &mut bytes);
+    let mut floats = vec![0.0f32; steps * n];
+    spike_forward(&currents, n, 1.0, 0.99, &mut floats);
+    assert!(bytes.iter().zip(&floats).all(|(&b, &f)| f32::from(b) == f), "byte and float spikes agree");
+    assert!(bytes.iter().any(|&b| b == 1) && bytes.iter().any(|&b| b == 0), "some neurons fire, some do not");
+    out.push(floats);
+    for rule in
+        [BackwardRule { scale: 1.0, leak_correction: Some(0.99) }, BackwardRule { scale: 0.5, leak_correction: None }]
+    {
+        let mut from_bytes = vec![0.0f32; steps * n];
+        spike_backward(&bytes, &grad, n, rule, &mut from_bytes);
+        out.push(from_bytes);
     }
     out
 }
