@@ -342,6 +342,14 @@ pub fn readout_input_grad<F: Real>(rows: &[F], delta: &[F], classes: usize) -> V
 /// Multiplies every row `[.., mask.len()]` of `values` entry by entry with `mask` (a dropout mask held over the
 /// window: one row per frame, the mask's rows per sample).
 pub fn apply_mask<F: Real>(values: &mut [F], mask: &[F]) {
+    dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(values, mask));
+}
+
+wide_variants!(fn apply_mask_avx2, apply_mask_avx512 = mask_rows<F: Real>(values: &mut [F], mask: &[F]));
+
+/// [`apply_mask`], inlined into each SIMD variant.
+#[inline(always)]
+fn mask_rows<F: Real>(values: &mut [F], mask: &[F]) {
     for row in values.chunks_exact_mut(mask.len().max(1)) {
         row.iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
     }
@@ -349,6 +357,14 @@ pub fn apply_mask<F: Real>(values: &mut [F], mask: &[F]) {
 
 /// `dst += src`, entry by entry.
 pub fn add_into<F: Real>(dst: &mut [F], src: &[F]) {
+    dispatch!(add_into_avx2, add_into_avx512, add_slices(dst, src));
+}
+
+wide_variants!(fn add_into_avx2, add_into_avx512 = add_slices<F: Real>(dst: &mut [F], src: &[F]));
+
+/// [`add_into`], inlined into each SIMD variant.
+#[inline(always)]
+fn add_slices<F: Real>(dst: &mut [F], src: &[F]) {
     dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 

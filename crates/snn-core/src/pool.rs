@@ -41,16 +41,45 @@ pub fn subsample(frames: &Tensor, stride: usize) -> Result<Tensor> {
 pub fn average_pool_frames<F: Real, X: EventFrames<F>>(x: &X, shape: &[usize], k: usize, out: &mut [F]) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
-    let scale = F::lit(1.0 / (k * k) as f64);
+    // The output column of every input column inside a whole window, looked up instead of divided per event.
+    let columns: Vec<u32> = (0..ow * k).map(|xx| (xx / k) as u32).collect();
+    let g = PoolGeometry { c, h, w, k, columns: &columns };
     out.par_chunks_mut(c * oh * ow).enumerate().for_each(|(f, dst)| {
-        let mut visit = |i: usize, v: F| {
-            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
-            if y / k < oh && xx / k < ow {
-                dst[(ch * oh + y / k) * ow + xx / k] += v * scale;
-            }
-        };
-        x.for_each_event(f, &mut visit);
+        dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, &g, dst));
     });
+}
+
+/// The shape of an average pooling of `[C, H, W]` frames by `k`, with its column lookup.
+struct PoolGeometry<'a> {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    /// `x / k` for every input column `x < (W / k) · k`.
+    columns: &'a [u32],
+}
+
+wide_variants!(fn pool_frame_avx2, pool_frame_avx512 = pool_frame<F: Real, X: EventFrames<F>>(
+    x: &X, f: usize, g: &PoolGeometry, dst: &mut [F]
+));
+
+/// Frame `f` of [`average_pool_frames`]: the events of every input row inside a whole window, row by row.
+#[inline(always)]
+fn pool_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, g: &PoolGeometry, dst: &mut [F]) {
+    let (oh, ow) = (g.h / g.k, g.w / g.k);
+    let scale = F::lit(1.0 / (g.k * g.k) as f64);
+    for ch in 0..g.c {
+        for y in 0..oh * g.k {
+            let start = (ch * g.h + y) * g.w;
+            let out_row = &mut dst[(ch * oh + y / g.k) * ow..][..ow];
+            x.for_each_event_in(
+                f,
+                start..start + g.columns.len(),
+                #[inline(always)]
+                |i, v| out_row[g.columns[i - start] as usize] += v * scale,
+            );
+        }
+    }
 }
 
 /// Gradient of [`average_pool_frames`]: every input position of a window receives `1/k²` of the window's gradient;
@@ -58,18 +87,32 @@ pub fn average_pool_frames<F: Real, X: EventFrames<F>>(x: &X, shape: &[usize], k
 pub fn average_pool_grad<F: Real>(shape: &[usize], k: usize, delta: &[F], into: &mut [F]) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
-    let scale = F::lit(1.0 / (k * k) as f64);
     into.par_chunks_mut(c * h * w).zip(delta.par_chunks(c * oh * ow)).for_each(|(dst, d)| {
-        for (plane, d) in dst.chunks_exact_mut(h * w).zip(d.chunks_exact(oh * ow)) {
-            for (rows, d_row) in plane.chunks_exact_mut(k * w).zip(d.chunks_exact(ow)) {
-                for row in rows.chunks_exact_mut(w) {
-                    for (cells, &g) in row.chunks_exact_mut(k).zip(d_row) {
-                        cells.iter_mut().for_each(|cell| *cell += g * scale);
-                    }
-                }
+        dispatch!(pool_grad_frame_avx2, pool_grad_frame_avx512, pool_grad_frame(dst, d, [h, w], k));
+    });
+}
+
+wide_variants!(fn pool_grad_frame_avx2, pool_grad_frame_avx512 = pool_grad_frame<F: Real>(
+    dst: &mut [F], delta: &[F], plane: [usize; 2], k: usize
+));
+
+/// One frame of [`average_pool_grad`]: each output row's gradient, spread over its `k` columns and scaled,
+/// is added to the `k` input rows of its windows.
+#[inline(always)]
+fn pool_grad_frame<F: Real>(dst: &mut [F], delta: &[F], [h, w]: [usize; 2], k: usize) {
+    let (oh, ow) = (h / k, w / k);
+    let scale = F::lit(1.0 / (k * k) as f64);
+    let mut spread = vec![F::zero(); ow * k];
+    for (plane, d) in dst.chunks_exact_mut(h * w).zip(delta.chunks_exact(oh * ow)) {
+        for (rows, d_row) in plane.chunks_exact_mut(k * w).zip(d.chunks_exact(ow)) {
+            for (cells, &g) in spread.chunks_exact_mut(k).zip(d_row) {
+                cells.fill(g * scale);
+            }
+            for row in rows.chunks_exact_mut(w) {
+                row[..ow * k].iter_mut().zip(&spread).for_each(|(cell, &g)| *cell += g);
             }
         }
-    });
+    }
 }
 
 /// Identity subsampling shortcut: output `(c, i, j)` is input `(c, s·i, s·j)`; adds into `out`.
