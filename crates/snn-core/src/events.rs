@@ -734,19 +734,26 @@ pub fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
     out.par_chunks_mut((TRANSPOSE_BAND * rows).max(1)).enumerate().for_each(|(band, dst)| {
         let c0 = band * TRANSPOSE_BAND;
-        transpose_columns(src, rows, cols, c0..(c0 + TRANSPOSE_BAND).min(cols), dst);
+        let columns = c0..(c0 + TRANSPOSE_BAND).min(cols);
+        dispatch!(transpose_columns_avx2, transpose_columns_avx512, transpose_columns(src, rows, cols, columns, dst));
     });
     out
 }
 
 /// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles, so that
-/// each cache line of either side is loaded once.
+/// each cache line of either side is loaded once. Inlined, so it runs at the SIMD level of its caller.
+#[inline(always)]
 fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
     transpose_columns(src, rows, cols, 0..cols, dst);
 }
 
+wide_variants!(fn transpose_columns_avx2, transpose_columns_avx512 = transpose_columns<F: Real>(
+    src: &[F], rows: usize, cols: usize, columns: std::ops::Range<usize>, dst: &mut [F]
+));
+
 /// The columns `columns` of `src` (`rows × cols`, row-major) as rows of `dst` (`columns.len() × rows`): tiles
 /// of 16 × 16 with the columns outermost, so the 16 rows of `dst` being written advance together.
+#[inline(always)]
 fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std::ops::Range<usize>, dst: &mut [F]) {
     const TILE: usize = 16;
     let mut block = [[F::zero(); TILE]; TILE];
@@ -756,8 +763,13 @@ fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std:
             let r1 = (r0 + TILE).min(rows);
             // Each row of the tile is read once, whole, into a small block first: rows a power of two apart
             // share a cache set, so a tile read column by column would evict its own lines between columns.
+            // A whole tile row is copied at its fixed length, which compiles to vector moves instead of a
+            // call to `memcpy` per row.
             for (r, row) in (r0..r1).zip(block.iter_mut()) {
-                row[..c1 - c0].copy_from_slice(&src[r * cols + c0..r * cols + c1]);
+                match <[F; TILE]>::try_from(&src[r * cols + c0..][..(c1 - c0)]) {
+                    Ok(whole) => *row = whole,
+                    Err(_) => row[..c1 - c0].copy_from_slice(&src[r * cols + c0..r * cols + c1]),
+                }
             }
             for c in c0..c1 {
                 let at = (c - columns.start) * rows;
@@ -779,9 +791,14 @@ fn channel_last<F: Real>(planes: &[F], g: ConvGeometry) -> Vec<F> {
 
 /// `channel_last` into `dst`, frames in parallel.
 pub fn channel_last_into<F: Real>(planes: &[F], g: ConvGeometry, dst: &mut [F]) {
-    dst.par_chunks_mut(g.frame_out())
-        .zip(planes.par_chunks(g.frame_out()))
-        .for_each(|(dst, planes)| transpose_into(planes, g.outputs, g.out_h * g.out_w, dst));
+    dst.par_chunks_mut(g.frame_out()).zip(planes.par_chunks(g.frame_out())).for_each(|(dst, planes)| {
+        let all = 0..g.out_h * g.out_w;
+        dispatch!(
+            transpose_columns_avx2,
+            transpose_columns_avx512,
+            transpose_columns(planes, g.outputs, g.out_h * g.out_w, all, dst)
+        )
+    });
 }
 
 /// `W[o, c, ky, kx]` → `W[c, ky, kx, o]`: one contiguous row of output weights per input tap.
@@ -887,14 +904,14 @@ fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -
     (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
 }
 
-/// Independent partial sums of [`DotLanes`] (four 256-bit registers of `f32` in the AVX2 build), so that
-/// consecutive multiply-adds do not wait for each other (one register would serialise them on the adder's
-/// latency).
-const DOT_LANES: usize = 32;
+/// Independent partial sums of [`DotLanes`] (four 512-bit registers of `f32` in the AVX-512 build, eight
+/// 256-bit ones in the AVX2 build), so that consecutive multiply-adds do not wait for each other (one register
+/// would serialise them on the adder's latency). A power of two, for the pairwise sum of [`DotLanes::sum`].
+const DOT_LANES: usize = 64;
 
 /// The width in which [`DotLanes`] takes what is left of a row after its whole chunks of [`DOT_LANES`] (into
-/// the first partial sums), before the last few values one by one: a row of 50 leaves 2 values to the scalar
-/// tail instead of 18.
+/// successive groups of partial sums, so that these too are independent), before the last few values one by
+/// one: a row of 50 leaves 2 values to the scalar tail instead of 50.
 const DOT_TAIL_LANES: usize = 8;
 
 /// A running dot product over several pairs of rows, in [`DOT_LANES`] partial sums that the compiler keeps in
@@ -922,9 +939,9 @@ impl<F: Real> DotLanes<F> {
         }
         let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
         let (tail_a, tail_b) = (mid_a.remainder(), mid_b.remainder());
-        for (ca, cb) in mid_a.zip(mid_b) {
+        for (group, (ca, cb)) in self.lanes.chunks_exact_mut(DOT_TAIL_LANES).zip(mid_a.zip(mid_b)) {
             for k in 0..DOT_TAIL_LANES {
-                self.lanes[k] += ca[k] * cb[k];
+                group[k] += ca[k] * cb[k];
             }
         }
         for (&x, &y) in tail_a.iter().zip(tail_b) {
@@ -947,9 +964,10 @@ impl<F: Real> DotLanes<F> {
         let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
         let (tail_a, tail_b) = (mid_a.remainder(), mid_b.remainder());
         let mut mid_acc = head_acc.into_remainder().chunks_exact_mut(DOT_TAIL_LANES);
-        for ((ca, cb), cacc) in mid_a.zip(mid_b).zip(&mut mid_acc) {
+        let groups = self.lanes.chunks_exact_mut(DOT_TAIL_LANES);
+        for (group, ((ca, cb), cacc)) in groups.zip(mid_a.zip(mid_b).zip(&mut mid_acc)) {
             for k in 0..DOT_TAIL_LANES {
-                self.lanes[k] += ca[k] * cb[k];
+                group[k] += ca[k] * cb[k];
                 cacc[k] += v * cb[k];
             }
         }
@@ -959,10 +977,19 @@ impl<F: Real> DotLanes<F> {
         }
     }
 
-    /// The dot product so far.
+    /// The dot product so far: the partial sums added pairwise (halves onto halves, in vector registers),
+    /// then the scalar tail.
     #[inline(always)]
     fn sum(&self) -> F {
-        self.lanes.iter().fold(self.tail, |s, &l| s + l)
+        let mut lanes = self.lanes;
+        let mut width = DOT_LANES / 2;
+        while width > 0 {
+            for k in 0..width {
+                lanes[k] = lanes[k] + lanes[k + width];
+            }
+            width /= 2;
+        }
+        lanes[0] + self.tail
     }
 }
 
