@@ -199,12 +199,21 @@ pub trait EventFrames<F: Real>: Sync {
         within_density_limit(nonzero, entries).then(|| nonzero as f64 / entries.max(1) as f64)
     }
 
+    /// Writes the entries of frame `frame` whose index lies in `range` into `out` (`range.len()` values),
+    /// zeros included.
+    #[inline(always)]
+    fn values_into(&self, frame: usize, range: std::ops::Range<usize>, out: &mut [F]) {
+        out.fill(F::zero());
+        let start = range.start;
+        self.for_each_event_in(frame, range, |i, v| out[i - start] = v);
+    }
+
     /// The frames written out densely, zeros included: `frames · frame_len` values.
     fn to_dense(&self) -> Vec<F> {
         let len = self.frame_len();
         let mut v = vec![F::zero(); self.frames() * len];
         for (f, dst) in v.chunks_exact_mut(len.max(1)).enumerate().take(self.frames()) {
-            self.for_each_event(f, |i, value| dst[i] = value);
+            self.values_into(f, 0..len, dst);
         }
         v
     }
@@ -279,6 +288,10 @@ impl<F: Real> EventFrames<F> for DenseFrames<'_, F> {
         self.data.len().checked_div(self.frame_len).unwrap_or(0)
     }
 
+    fn values_into(&self, frame: usize, range: std::ops::Range<usize>, out: &mut [F]) {
+        out.copy_from_slice(&self.data[frame * self.frame_len..][range]);
+    }
+
     #[inline(always)]
     fn for_each_event_by_position(
         &self,
@@ -341,6 +354,21 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
             dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept))
         };
         self.spikes.chunks(len).enumerate().map(count).sum()
+    }
+
+    /// Each spike as 1 (or its mask value), without branches.
+    #[inline(always)]
+    fn values_into(&self, frame: usize, range: std::ops::Range<usize>, out: &mut [F]) {
+        let bytes = &self.spikes[frame * self.frame_len..][range.clone()];
+        match self.mask {
+            None => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = if b != 0 { F::one() } else { F::zero() }),
+            Some(mask) => {
+                let mask = &mask[(frame % self.batch) * self.frame_len..][range];
+                for ((o, &b), &m) in out.iter_mut().zip(bytes).zip(mask) {
+                    *o = if b != 0 { m } else { F::zero() };
+                }
+            }
+        }
     }
 
     #[inline(always)]

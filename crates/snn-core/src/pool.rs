@@ -37,47 +37,49 @@ pub fn subsample(frames: &Tensor, stride: usize) -> Result<Tensor> {
 }
 
 /// Average pooling (window = stride = `k`, no padding) of the part's frames `[N, C, H, W]` into `out`
-/// `[N, C, H/k, W/k]`; frames in parallel.
+/// `[N, C, H/k, W/k]` (overwritten); frames in parallel.
 pub fn average_pool_frames<F: Real, X: EventFrames<F>>(x: &X, shape: &[usize], k: usize, out: &mut [F]) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
-    // The output column of every input column inside a whole window, looked up instead of divided per event.
-    let columns: Vec<u32> = (0..ow * k).map(|xx| (xx / k) as u32).collect();
-    let g = PoolGeometry { c, h, w, k, columns: &columns };
-    out.par_chunks_mut(c * oh * ow).enumerate().for_each(|(f, dst)| {
-        dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, &g, dst));
-    });
-}
-
-/// The shape of an average pooling of `[C, H, W]` frames by `k`, with its column lookup.
-struct PoolGeometry<'a> {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    /// `x / k` for every input column `x < (W / k) · k`.
-    columns: &'a [u32],
+    out.par_chunks_mut(c * oh * ow).enumerate().for_each_init(
+        // One input plane, written out densely.
+        || vec![F::zero(); h * w],
+        |plane, (f, dst)| dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, [c, h, w], k, plane, dst)),
+    );
 }
 
 wide_variants!(fn pool_frame_avx2, pool_frame_avx512 = pool_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, g: &PoolGeometry, dst: &mut [F]
+    x: &X, f: usize, shape: [usize; 3], k: usize, plane: &mut [F], dst: &mut [F]
 ));
 
-/// Frame `f` of [`average_pool_frames`]: the events of every input row inside a whole window, row by row.
+/// Frame `f` of [`average_pool_frames`], plane by plane: each plane is written out densely (zeros included),
+/// and every output adds its window's values row by row, column by column (the order in which the events
+/// of the window come, so the sums are those of adding the events alone).
 #[inline(always)]
-fn pool_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, g: &PoolGeometry, dst: &mut [F]) {
-    let (oh, ow) = (g.h / g.k, g.w / g.k);
-    let scale = F::lit(1.0 / (g.k * g.k) as f64);
-    for ch in 0..g.c {
-        for y in 0..oh * g.k {
-            let start = (ch * g.h + y) * g.w;
-            let out_row = &mut dst[(ch * oh + y / g.k) * ow..][..ow];
-            x.for_each_event_in(
-                f,
-                start..start + g.columns.len(),
-                #[inline(always)]
-                |i, v| out_row[g.columns[i - start] as usize] += v * scale,
-            );
+fn pool_frame<F: Real, X: EventFrames<F>>(
+    x: &X,
+    f: usize,
+    [c, h, w]: [usize; 3],
+    k: usize,
+    plane: &mut [F],
+    dst: &mut [F],
+) {
+    let (oh, ow) = (h / k, w / k);
+    if oh * ow == 0 {
+        return;
+    }
+    let scale = F::lit(1.0 / (k * k) as f64);
+    for (ch, out) in dst.chunks_exact_mut(oh * ow).enumerate().take(c) {
+        x.values_into(f, ch * h * w..(ch + 1) * h * w, plane);
+        out.fill(F::zero());
+        for (rows, out_row) in plane.chunks_exact(k * w).zip(out.chunks_exact_mut(ow)) {
+            for row in rows.chunks_exact(w) {
+                for b in 0..k {
+                    for (o, cells) in out_row.iter_mut().zip(row.chunks_exact(k)) {
+                        *o += cells[b] * scale;
+                    }
+                }
+            }
         }
     }
 }

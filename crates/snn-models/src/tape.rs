@@ -270,6 +270,14 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
             Source::Spikes(x) => x.nonzero(),
         }
     }
+
+    #[inline(always)]
+    fn values_into(&self, frame: usize, range: std::ops::Range<usize>, out: &mut [F]) {
+        match self {
+            Source::Input(x) => x.values_into(frame, range, out),
+            Source::Spikes(x) => x.values_into(frame, range, out),
+        }
+    }
 }
 
 /// The state of one taped pass over a network, for one float type.
@@ -363,9 +371,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     /// source, read from `input` or the part's spikes `part`) given.
     fn currents(&self, layer: &Layer, x: &Source<F>, len: usize, input: &[F], part: &[Vec<u8>]) -> Result<Vec<F>> {
         let frames = len * self.batch;
-        // A pool adds its inputs into its currents; every synaptic map writes all of its own.
-        let n = frames * layer.neurons;
-        let mut currents = if layer.is_pool() { self.pool.zeroed(n) } else { self.pool.overwritten(n) };
+        // Every synaptic map and pool writes all of its currents.
+        let mut currents = self.pool.overwritten(frames * layer.neurons);
         self.rec.time(
             &layer.name,
             Phase::Forward,
