@@ -919,6 +919,7 @@ fn for_each_tap(y: usize, x: usize, g: ConvGeometry, mut f: impl FnMut(usize, us
 }
 
 /// For stride 1: the taps `k` of an input at `i` whose output `i + padding - k` lies in `0..len`.
+#[inline(always)]
 fn tap_range(i: usize, padding: usize, kernel: usize, len: usize) -> std::ops::Range<usize> {
     let shifted = i + padding;
     let first = (shifted + 1).saturating_sub(len);
@@ -927,6 +928,7 @@ fn tap_range(i: usize, padding: usize, kernel: usize, len: usize) -> std::ops::R
 }
 
 /// The output index `o` with `o·stride + k = i + padding`, if it exists and is below `len`.
+#[inline(always)]
 fn output_index(i: usize, k: usize, padding: usize, stride: usize, len: usize) -> Option<usize> {
     let shifted = (i + padding).checked_sub(k)?;
     (shifted % stride == 0 && shifted / stride < len).then_some(shifted / stride)
