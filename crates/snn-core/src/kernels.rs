@@ -82,20 +82,53 @@ pub fn spike_forward_from<F: Real, S: Spike>(
     if n == 0 {
         return;
     }
-    for (i_row, s_row) in currents.chunks_exact(n).zip(spikes.chunks_exact_mut(n)) {
-        membrane.par_chunks_mut(CHUNK).zip(i_row.par_chunks(CHUNK)).zip(s_row.par_chunks_mut(CHUNK)).for_each(
-            // `move`: the parameters are copied into the closure, so the compiler need not reload them after
-            // every store in case the stores changed them.
-            move |((v, i), s)| {
-                dispatch!(forward_step_avx2, forward_step_avx512, forward_step(v, i, s, threshold, leak))
-            },
-        );
-    }
+    // Each worker runs its chunk of neurons through every step, so the chunk's membranes stay in cache and the
+    // window is read and written once, with one parallel split per window instead of one per step.
+    let mut rows = chunk_rows(spikes, n);
+    membrane.par_chunks_mut(CHUNK).zip(rows.par_iter_mut()).enumerate().for_each(
+        // `move`: the parameters are copied into the closure, so the compiler need not reload them after every
+        // store in case the stores changed them.
+        move |(c, (v, s_rows))| {
+            dispatch!(
+                forward_chunk_avx2,
+                forward_chunk_avx512,
+                forward_chunk(v, currents, n, c * CHUNK, s_rows, threshold, leak)
+            )
+        },
+    );
 }
 
-wide_variants!(fn forward_step_avx2, forward_step_avx512 = forward_step<F: Real, S: Spike>(
-    membrane: &mut [F], currents: &[F], spikes: &mut [S], threshold: F, leak: F
+/// The rows of a time-major `[T, n]` window cut into chunks of [`CHUNK`] neurons: entry `c` holds chunk `c`
+/// of every step, in time order.
+fn chunk_rows<S>(window: &mut [S], n: usize) -> Vec<Vec<&mut [S]>> {
+    let mut chunks: Vec<Vec<&mut [S]>> = (0..n.div_ceil(CHUNK)).map(|_| Vec::new()).collect();
+    for row in window.chunks_exact_mut(n) {
+        for (c, piece) in row.chunks_mut(CHUNK).enumerate() {
+            chunks[c].push(piece);
+        }
+    }
+    chunks
+}
+
+wide_variants!(fn forward_chunk_avx2, forward_chunk_avx512 = forward_chunk<F: Real, S: Spike>(
+    membrane: &mut [F], currents: &[F], n: usize, first: usize, spikes: &mut [&mut [S]], threshold: F, leak: F
 ));
+
+/// The neurons `first..first + membrane.len()` of [`spike_forward_from`] through every step of the window.
+#[inline(always)]
+fn forward_chunk<F: Real, S: Spike>(
+    membrane: &mut [F],
+    currents: &[F],
+    n: usize,
+    first: usize,
+    spikes: &mut [&mut [S]],
+    threshold: F,
+    leak: F,
+) {
+    for (t, s) in spikes.iter_mut().enumerate() {
+        forward_step(membrane, &currents[t * n + first..][..membrane.len()], s, threshold, leak);
+    }
+}
 
 /// One step of [`spike_forward_from`] over a chunk of neurons.
 #[inline(always)]
@@ -192,15 +225,12 @@ impl<F: Real> SpikeGains<F> {
         if n == 0 {
             return;
         }
-        for s_row in spikes.chunks_exact(n) {
-            self.leaky
-                .par_chunks_mut(CHUNK)
-                .zip(self.count.par_chunks_mut(CHUNK))
-                .zip(s_row.par_chunks(CHUNK))
-                .for_each(move |((lf, tot), s)| {
-                    dispatch!(trace_step_avx2, trace_step_avx512, trace_step(lf, tot, s, leak))
-                });
-        }
+        // Each worker runs its chunk of neurons through every step (see `spike_forward_from`).
+        self.leaky.par_chunks_mut(CHUNK).zip(self.count.par_chunks_mut(CHUNK)).enumerate().for_each(
+            move |(c, (lf, tot))| {
+                dispatch!(trace_chunk_avx2, trace_chunk_avx512, trace_chunk(lf, tot, spikes, n, c * CHUNK, leak))
+            },
+        );
     }
 
     /// The factor `scale · NG` of every neuron over the steps added.
@@ -218,9 +248,17 @@ impl<F: Real> SpikeGains<F> {
     }
 }
 
-wide_variants!(fn trace_step_avx2, trace_step_avx512 = trace_step<F: Real, S: Spike>(
-    leaky: &mut [F], count: &mut [F], spikes: &[S], leak: F
+wide_variants!(fn trace_chunk_avx2, trace_chunk_avx512 = trace_chunk<F: Real, S: Spike>(
+    leaky: &mut [F], count: &mut [F], spikes: &[S], n: usize, first: usize, leak: F
 ));
+
+/// The neurons `first..first + leaky.len()` of [`SpikeGains::add_steps`] through every step of `spikes`.
+#[inline(always)]
+fn trace_chunk<F: Real, S: Spike>(leaky: &mut [F], count: &mut [F], spikes: &[S], n: usize, first: usize, leak: F) {
+    for row in spikes.chunks_exact(n) {
+        trace_step(leaky, count, &row[first..][..leaky.len()], leak);
+    }
+}
 
 /// One step of [`SpikeGains::add_steps`] over a chunk of neurons.
 #[inline(always)]
@@ -248,24 +286,41 @@ pub fn spike_backward_from<F: Real, S: Spike>(
     if n == 0 {
         return;
     }
-    for ((s_row, g_row), d_row) in
-        spikes.chunks_exact(n).zip(grad_spikes.chunks_exact(n)).zip(grad_currents.chunks_exact_mut(n)).rev()
-    {
-        delta
-            .par_chunks_mut(CHUNK)
-            .zip(gain.par_chunks(CHUNK))
-            .zip(s_row.par_chunks(CHUNK))
-            .zip(g_row.par_chunks(CHUNK))
-            .zip(d_row.par_chunks_mut(CHUNK))
-            .for_each(|((((d, k), s), g), out)| {
-                dispatch!(backward_step_avx2, backward_step_avx512, backward_step(d, k, s, g, out))
-            });
-    }
+    // Each worker runs its chunk of neurons backwards through every step (see `spike_forward_from`).
+    let mut rows = chunk_rows(grad_currents, n);
+    delta.par_chunks_mut(CHUNK).zip(gain.par_chunks(CHUNK)).zip(rows.par_iter_mut()).enumerate().for_each(
+        |(c, ((d, k), out))| {
+            let first = c * CHUNK;
+            dispatch!(
+                backward_chunk_avx2,
+                backward_chunk_avx512,
+                backward_chunk(d, k, spikes, grad_spikes, n, first, out)
+            )
+        },
+    );
 }
 
-wide_variants!(fn backward_step_avx2, backward_step_avx512 = backward_step<F: Real, S: Spike>(
-    delta: &mut [F], gain: &[F], spikes: &[S], grad_spikes: &[F], grad_currents: &mut [F]
+wide_variants!(fn backward_chunk_avx2, backward_chunk_avx512 = backward_chunk<F: Real, S: Spike>(
+    delta: &mut [F], gain: &[F], spikes: &[S], grad_spikes: &[F], n: usize, first: usize, grad_currents: &mut [&mut [F]]
 ));
+
+/// The neurons `first..first + delta.len()` of [`spike_backward_from`] through every step, last step first.
+#[inline(always)]
+fn backward_chunk<F: Real, S: Spike>(
+    delta: &mut [F],
+    gain: &[F],
+    spikes: &[S],
+    grad_spikes: &[F],
+    n: usize,
+    first: usize,
+    grad_currents: &mut [&mut [F]],
+) {
+    let len = delta.len();
+    for (t, out) in grad_currents.iter_mut().enumerate().rev() {
+        let at = t * n + first;
+        backward_step(delta, gain, &spikes[at..][..len], &grad_spikes[at..][..len], out);
+    }
+}
 
 /// One step of [`spike_backward_from`] over a chunk of neurons.
 #[inline(always)]
