@@ -1015,7 +1015,7 @@ impl<F: Real> DotLanes<F> {
         let mut width = DOT_LANES / 2;
         while width > 0 {
             for k in 0..width {
-                lanes[k] = lanes[k] + lanes[k + width];
+                lanes[k] += lanes[k + width];
             }
             width /= 2;
         }
