@@ -76,7 +76,7 @@ fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
     let mut floats = vec![0.0f32; steps * n];
     spike_forward(&currents, n, 1.0, 0.99, &mut floats);
     assert!(bytes.iter().zip(&floats).all(|(&b, &f)| f32::from(b) == f), "byte and float spikes agree");
-    assert!(bytes.iter().any(|&b| b == 1) && bytes.iter().any(|&b| b == 0), "some neurons fire, some do not");
+    assert!(bytes.contains(&1) && bytes.contains(&0), "some neurons fire, some do not");
     out.push(floats);
     for rule in
         [BackwardRule { scale: 1.0, leak_correction: Some(0.99) }, BackwardRule { scale: 0.5, leak_correction: None }]
