@@ -347,10 +347,9 @@ struct BudgetPlan {
     subset: bool,
 }
 
-/// The share of the calibrated speed a budget is planned with. The calibration's ten batches run at the
-/// untrained network's firing rates; a network that has learned fires more and trains slower (MNIST LeNet at
-/// T = 20: 297 images/s in the calibration, 231 in the first epoch), so a plan at the full calibrated speed
-/// overran its budget by a quarter.
+/// The share of the calibrated speed a budget is planned with. Whole epochs ran slower than the calibration's
+/// ten batches of a fresh network (MNIST LeNet at T = 20: 297 images/s in the calibration, 231 in the first
+/// epoch), so a plan at the full calibrated speed overran its budget by a quarter.
 const TRAINED_SPEED_SHARE: f64 = 0.75;
 
 /// Epochs of a sub-epoch budget run over its subset: enough points for a learning curve, each image seen a few
@@ -363,8 +362,8 @@ const SUBSET_TEST_IMAGES: usize = 1000;
 /// Plans a `minutes` budget from the measured training speed (`per_sec` images per second at the run's window)
 /// over a training and test set of `sizes` (already cut by any `--train-limit` / `--test-limit`: `limits`).
 /// Inference is counted at three times the training speed. When a whole epoch fits (with the report's three
-/// evaluations afterwards), the run trains as many whole epochs as fit. Otherwise it trains [`SUBSET_EPOCHS`] epochs over the largest class-balanced subset
-/// (a multiple of ten batches) that fits together with a test pass per epoch and the report's three
+/// evaluations afterwards), the run trains as many whole epochs as fit. Otherwise it trains [`SUBSET_EPOCHS`]
+/// epochs over the largest class-balanced subset (a multiple of ten batches) that fits together with a test pass per epoch and the report's three
 /// evaluations afterwards (at the window, the statistics, and at T = 100, which counts twice).
 fn plan_budget(
     minutes: f64,

@@ -794,9 +794,10 @@ fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std:
             // A whole tile row is copied at its fixed length, which compiles to vector moves instead of a
             // call to `memcpy` per row.
             for (r, row) in (r0..r1).zip(block.iter_mut()) {
-                match <[F; TILE]>::try_from(&src[r * cols + c0..][..(c1 - c0)]) {
+                let from = &src[r * cols + c0..r * cols + c1];
+                match <[F; TILE]>::try_from(from) {
                     Ok(whole) => *row = whole,
-                    Err(_) => row[..c1 - c0].copy_from_slice(&src[r * cols + c0..r * cols + c1]),
+                    Err(_) => row[..from.len()].copy_from_slice(from),
                 }
             }
             for c in c0..c1 {
