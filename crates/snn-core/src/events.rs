@@ -760,18 +760,25 @@ const TRANSPOSE_BAND: usize = 64;
 /// `src` as a `rows × cols` row-major matrix, transposed; bands of columns in parallel.
 pub fn transpose<F: Real>(src: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut out = vec![F::zero(); rows * cols];
-    out.par_chunks_mut((TRANSPOSE_BAND * rows).max(1)).enumerate().for_each(|(band, dst)| {
+    transpose_into(src, rows, cols, &mut out);
+    out
+}
+
+/// [`transpose`] into `dst` (`cols × rows`), e.g. a buffer of the same size that is no longer needed.
+pub fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+    assert_eq!(src.len(), rows * cols, "transpose_into: the source holds {} values, not {rows} × {cols}", src.len());
+    assert_eq!(dst.len(), src.len(), "transpose_into: the destination must hold as many values as the source");
+    dst.par_chunks_mut((TRANSPOSE_BAND * rows).max(1)).enumerate().for_each(|(band, dst)| {
         let c0 = band * TRANSPOSE_BAND;
         let columns = c0..(c0 + TRANSPOSE_BAND).min(cols);
         dispatch!(transpose_columns_avx2, transpose_columns_avx512, transpose_columns(src, rows, cols, columns, dst));
     });
-    out
 }
 
-/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in square tiles, so that
-/// each cache line of either side is loaded once. Inlined, so it runs at the SIMD level of its caller.
+/// Writes `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`) on the calling thread.
+/// Inlined, so it runs at the SIMD level of its caller.
 #[inline(always)]
-fn transpose_into<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+fn transpose_whole<F: Real>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
     transpose_columns(src, rows, cols, 0..cols, dst);
 }
 
@@ -892,7 +899,7 @@ fn conv_frame<F: Real, X: EventFrames<F>>(
             },
         );
     }
-    transpose_into(acc, g.out_h * g.out_w, g.outputs, dst);
+    transpose_whole(acc, g.out_h * g.out_w, g.outputs, dst);
 }
 
 /// Calls `f(tap, output)` for every kernel tap `ky·k + kx` through which the input at `(y, x)` reaches an

@@ -27,14 +27,15 @@
 //! fixed order, so they can differ from the whole-window sum in the last bits.
 
 use std::any::Any;
+use std::ops::Deref;
 
-use candle_core::{DType, Device, Tensor, WithDType};
+use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use snn_core::bits::SpikeBits;
 use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
-    linear_weight_grad_events, transpose, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
+    linear_weight_grad_events, transpose, transpose_into, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
 };
 use snn_core::kernels::{self, Real};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
@@ -63,7 +64,7 @@ pub struct Tape {
     /// Every layer's spikes `[T, B, neurons]` as bits, by layer index (empty for the readout).
     spikes: Vec<SpikeBits>,
     readout_counts: Vec<f64>,
-    /// The forward pass's [`Prepared`] weights and masks, for the backward pass of the same float type.
+    /// The forward pass's [`Prepared`] weights, for the backward pass of the same float type.
     prepared: Option<Box<dyn Any + Send + Sync>>,
     /// The id of the network that recorded the tape: only that network's backward pass accepts it.
     network: u64,
@@ -76,9 +77,9 @@ impl Tape {
     }
 
     /// Bytes the tape holds beyond the caller's input window and masks: one bit per spiking neuron and step
-    /// (in whole 64-bit words per layer), plus the readout's input counts. (It also hands the forward pass's transposed copy of the weights and
-    /// its float copy of the masks to the backward pass, which would otherwise rebuild them; those copies, the
-    /// size of the weights and of the masks, are not counted.)
+    /// (in whole 64-bit words per layer), plus the readout's input counts. (It also hands the forward pass's
+    /// transposed copy of the weights to the backward pass, which would otherwise rebuild it; that copy, the
+    /// size of the weights, is not counted.)
     pub fn bytes(&self) -> usize {
         self.spikes.iter().map(SpikeBits::bytes).sum::<usize>() + 8 * self.readout_counts.len()
     }
@@ -172,26 +173,48 @@ impl SpikingNetwork {
     }
 }
 
-/// What a pass derives from the network and the masks before it starts: every weight as slices (in weight
-/// order) and every layer's dropout mask as a slice (in layer order). The forward pass hands it to the
-/// backward pass through the tape.
+/// What a pass derives from the network before it starts: every weight as slices (in weight order). The
+/// forward pass hands it to the backward pass through the tape.
 struct Prepared<F> {
-    masks: Vec<Option<Vec<F>>>,
     weights: Vec<Weights<F>>,
 }
 
-impl<F: Real + WithDType> Prepared<F> {
-    fn new(net: &SpikingNetwork, masks: &Masks, rec: &Recorder) -> Result<Self> {
-        let slice = |m: &Tensor| -> Result<Vec<F>> { Ok(m.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?) };
-        let masks: Vec<Option<Vec<F>>> = rec.time(
-            "step",
-            Phase::Dropout,
-            || net.plan.layers.iter().map(|l| masks.get(&l.name).map(slice).transpose()).collect::<Result<_>>(),
-            |m: &Result<Vec<Option<Vec<F>>>>| {
-                let values = m.as_ref().map_or(0, |m| m.iter().flatten().map(Vec::len).sum::<usize>());
-                Work::bytes(moved::<F>(2 * values))
+/// A layer's dropout mask `[B, neurons]` as a slice: read in place from the mask tensor when it holds `F`
+/// values contiguously on the CPU (the usual case: masks are drawn in the network's float type), else a
+/// converted copy.
+enum MaskValues<'a, F> {
+    /// The tensor's own storage, held for reading for the length of the pass.
+    Borrowed { storage: Box<dyn Deref<Target = Storage> + Sync + 'a>, start: usize, len: usize },
+    /// A copy in `F`.
+    Owned(Vec<F>),
+}
+
+impl<'a, F: Real + WithDType> MaskValues<'a, F> {
+    fn new(mask: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = mask.storage_and_layout();
+        let in_place = matches!(&*storage, Storage::Cpu(cpu) if cpu.as_slice::<F>().is_ok()) && layout.is_contiguous();
+        if in_place {
+            let (start, len) = (layout.start_offset(), mask.elem_count());
+            return Ok(Self::Borrowed { storage: Box::new(storage), start, len });
+        }
+        drop(storage);
+        Ok(Self::Owned(mask.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?))
+    }
+
+    fn values(&self) -> &[F] {
+        match self {
+            Self::Borrowed { storage, start, len } => match &***storage {
+                // `new` checked the device and the float type.
+                Storage::Cpu(cpu) => cpu.as_slice::<F>().map_or(&[], |all| &all[*start..*start + *len]),
+                _ => &[],
             },
-        )?;
+            Self::Owned(values) => values,
+        }
+    }
+}
+
+impl<F: Real + WithDType> Prepared<F> {
+    fn new(net: &SpikingNetwork, rec: &Recorder) -> Result<Self> {
         let weights = net
             .weights()
             .iter()
@@ -208,7 +231,7 @@ impl<F: Real + WithDType> Prepared<F> {
                 Ok(Weights { tensor, rows })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { masks, weights })
+        Ok(Self { weights })
     }
 }
 
@@ -290,7 +313,7 @@ struct Pass<'a, F: Real + WithDType> {
     /// Steps per part.
     part: usize,
     /// Each layer's dropout mask `[B, neurons]`, if it has one (by layer index).
-    masks: Vec<Option<Vec<F>>>,
+    masks: Vec<Option<MaskValues<'a, F>>>,
     /// The masks as given (tensors share their storage), for the tape.
     mask_tensors: Masks,
     /// The weights, in the network's weight order.
@@ -301,23 +324,63 @@ struct Pass<'a, F: Real + WithDType> {
     rec: Recorder,
 }
 
-/// The input gradient buffer of what `from` names, if it is a spiking layer whose gradient this part needs.
-fn feed_grad<F>(from: Feed, grad_spikes: &mut [Option<Vec<F>>]) -> Option<&mut Vec<F>> {
-    match from {
-        Feed::Input => None,
-        Feed::Layer(j) => grad_spikes[j].as_mut(),
+/// The gradients of a part's spikes, by layer: a spiking layer's buffer is taken from the pool, zeroed, when
+/// its first gradient term is written (or when the layer's own backward step needs it), and goes back once
+/// that step has read it, so only the layers between a writer and its reader hold one at a time.
+struct SpikeGrads<'p, F: Real> {
+    buffers: Vec<Option<Vec<F>>>,
+    /// Values per layer over the part (`frames · neurons`; 0 for the readout).
+    lens: Vec<usize>,
+    pool: &'p BufferPool<F>,
+}
+
+impl<'p, F: Real> SpikeGrads<'p, F> {
+    fn new(plan: &Plan, frames: usize, pool: &'p BufferPool<F>) -> Self {
+        let lens = plan.layers.iter().map(|l| if l.spikes() { frames * l.neurons } else { 0 }).collect();
+        Self { buffers: plan.layers.iter().map(|_| None).collect(), lens, pool }
+    }
+
+    /// The buffer for the gradient of what `from` names, if it is a spiking layer.
+    fn of(&mut self, from: Feed) -> Option<&mut Vec<F>> {
+        match from {
+            Feed::Input => None,
+            Feed::Layer(j) if self.lens[j] == 0 => None,
+            Feed::Layer(j) => Some(self.buffers[j].get_or_insert_with(|| self.pool.zeroed(self.lens[j]))),
+        }
+    }
+
+    /// Layer `i`'s spike gradient over the part (zeros if nothing was written), if it is a spiking layer.
+    fn take(&mut self, i: usize) -> Option<Vec<F>> {
+        self.of(Feed::Layer(i))?;
+        self.buffers[i].take()
     }
 }
 
 impl<'a, F: Real + WithDType> Pass<'a, F> {
     /// A pass over `input` with `masks`, reusing the weights and masks a forward pass prepared, if given.
-    fn new(net: &'a SpikingNetwork, input: &'a Tensor, masks: &Masks, prepared: Option<Prepared<F>>) -> Result<Self> {
+    fn new(
+        net: &'a SpikingNetwork,
+        input: &'a Tensor,
+        masks: &'a Masks,
+        prepared: Option<Prepared<F>>,
+    ) -> Result<Self> {
         let (steps, batch) = net.check_input(input, masks)?;
         let mask_tensors = masks.clone();
         let rec = Recorder::new(net.profiling());
-        let Prepared { masks, weights } = match prepared {
+        let layer_masks = || net.plan.layers.iter().map(|l| masks.get(&l.name).map(MaskValues::new).transpose());
+        let masks: Vec<Option<MaskValues<F>>> = rec.time(
+            "step",
+            Phase::Dropout,
+            || layer_masks().collect::<Result<_>>(),
+            |m: &Result<Vec<Option<MaskValues<F>>>>| {
+                let copied = |m: &MaskValues<F>| if let MaskValues::Owned(v) = m { v.len() } else { 0 };
+                let values = m.as_ref().map_or(0, |m| m.iter().flatten().map(copied).sum::<usize>());
+                Work::bytes(moved::<F>(2 * values))
+            },
+        )?;
+        let Prepared { weights } = match prepared {
             Some(prepared) => prepared,
-            None => Prepared::new(net, masks, &rec)?,
+            None => Prepared::new(net, &rec)?,
         };
         let neurons: usize = net.plan.layers.iter().map(|l| l.neurons).sum();
         let per_step = batch * neurons * std::mem::size_of::<F>();
@@ -342,10 +405,15 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                     spikes: &part[j][..len * span],
                     frame_len: n,
                     batch: self.batch,
-                    mask: self.masks[j].as_deref(),
+                    mask: self.mask(j),
                 })
             }
         }
+    }
+
+    /// Layer `i`'s dropout mask, if it has one.
+    fn mask(&self, i: usize) -> Option<&[F]> {
+        self.masks[i].as_ref().map(MaskValues::values)
     }
 
     /// Spikes per step of `layer` over the batch (`B · neurons`; 0 for the readout).
@@ -477,8 +545,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let output = Tensor::from_vec(readout_membrane, (batch, classes), &Device::Cpu)?;
         let activity = self.activity(counts)?;
         let masks = self.mask_tensors.clone();
-        let prepared: Box<dyn Any + Send + Sync> =
-            Box::new(Prepared { masks: std::mem::take(&mut self.masks), weights: std::mem::take(&mut self.weights) });
+        let prepared: Box<dyn Any + Send + Sync> = Box::new(Prepared { weights: std::mem::take(&mut self.weights) });
         let input = self.input.clone();
         let network = self.net.id;
         let tape = Tape { steps, batch, input, masks, spikes, readout_counts, prepared: Some(prepared), network };
@@ -502,7 +569,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(activity)
     }
 
-    fn backward(self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
+    fn backward(mut self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
         let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
         let (readout, readout_weight, classes) = plan.readout()?;
@@ -563,19 +630,18 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 let load = || bits.load(t0 * span(layer), &mut own[..n]);
                 rec.time(&layer.name, Phase::Tape, load, |_| Work::bytes(n as f64 * (1.0 / 8.0 + 1.0)));
             }
-            let mut grad_spikes: Vec<Option<Vec<F>>> =
-                plan.layers.iter().map(|l| l.spikes().then(|| pool.zeroed(frames * l.neurons))).collect();
-            if let Some(g) = feed_grad(readout.from, &mut grad_spikes) {
+            let mut grad_spikes = SpikeGrads::new(plan, frames, pool);
+            if let Some(g) = grad_spikes.of(readout.from) {
                 for row in g.chunks_exact_mut(batch * fan_in) {
                     kernels::add_into(row, &readout_input_grad);
                 }
             }
             for (i, layer) in plan.layers.iter().enumerate().rev() {
-                let Some(mut grad) = grad_spikes[i].take() else { continue };
+                let Some(mut grad) = grad_spikes.take(i) else { continue };
                 // The backward recurrence writes every current's gradient.
                 let mut currents_grad = pool.overwritten(grad.len());
                 let own = &part[i][..len * span(layer)];
-                let (mask, n) = (self.masks[i].as_deref(), grad.len());
+                let (mask, n) = (self.mask(i), grad.len());
                 let (gain, delta) = (&gains[i], &mut deltas[i]);
                 let recurrence = || {
                     if let Some(mask) = mask {
@@ -593,12 +659,17 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
         }
 
+        // The window's state is spent; the gradients go back to the weights' layout in the buffers of the
+        // transposed weights, which the pass no longer reads, so no weight-sized buffer is added at the end.
+        drop((gains, deltas, part));
+        let weights = std::mem::take(&mut self.weights);
         let mut out = Vec::with_capacity(grads.len());
-        for ((name, var), g) in self.net.weights().iter().zip(grads) {
-            let outputs = var.dims()[0];
-            let back = || transpose(&g, g.len() / outputs, outputs);
-            let g = rec.time(name, Phase::Transpose, back, |t| Work::bytes(moved::<F>(2 * t.len())));
-            out.push((name.clone(), Tensor::from_vec(g, var.dims(), &Device::Cpu)?));
+        for (((name, var), g), w) in self.net.weights().iter().zip(grads).zip(weights) {
+            let (outputs, mut rows) = (var.dims()[0], w.rows);
+            let back = || transpose_into(&g, g.len() / outputs, outputs, &mut rows);
+            self.rec.time(name, Phase::Transpose, back, |_| Work::bytes(moved::<F>(2 * g.len())));
+            drop(g);
+            out.push((name.clone(), Tensor::from_vec(rows, var.dims(), &Device::Cpu)?));
         }
         Ok(Gradients(out))
     }
@@ -625,7 +696,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         len: usize,
         input: &[F],
         part: &[Vec<u8>],
-        grad_spikes: &mut [Option<Vec<F>>],
+        grad_spikes: &mut SpikeGrads<F>,
         grads: &mut [Vec<F>],
     ) -> Result<()> {
         let x = self.source(layer.from, len, input, part);
@@ -636,12 +707,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let rec = &self.rec;
         match &layer.op {
             Op::Conv { weight, geometry, shortcut } => {
-                let (w, map, into) =
-                    (&self.weights[*weight], Synapse::Conv(*geometry), feed_grad(layer.from, grad_spikes));
+                let (w, map, into) = (&self.weights[*weight], Synapse::Conv(*geometry), grad_spikes.of(layer.from));
                 map_backward(&x, w, map, into, &mut grads[*weight])?;
                 if let Some(sc) = shortcut {
                     let src = self.source(sc.from, len, input, part);
-                    let into = feed_grad(sc.from, grad_spikes);
+                    let into = grad_spikes.of(sc.from);
                     match &sc.map {
                         ShortcutMap::Conv1x1 { weight, geometry } => {
                             let (w, map) = (&self.weights[*weight], Synapse::Conv(*geometry));
@@ -659,12 +729,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 }
             }
             Op::Fc { weight, outputs } => {
-                let (w, map, into) =
-                    (&self.weights[*weight], Synapse::Linear(*outputs), feed_grad(layer.from, grad_spikes));
+                let (w, map, into) = (&self.weights[*weight], Synapse::Linear(*outputs), grad_spikes.of(layer.from));
                 map_backward(&x, w, map, into, &mut grads[*weight])?;
             }
             Op::Pool { kernel, in_shape } => {
-                if let Some(into) = feed_grad(layer.from, grad_spikes) {
+                if let Some(into) = grad_spikes.of(layer.from) {
                     // Each input's gradient gains its window's error: one read and one update per input.
                     let entries = into.len();
                     let grad = || average_pool_grad(in_shape, *kernel, delta, into);

@@ -287,3 +287,36 @@ fn a_profile_times_every_phase_and_counts_the_dense_work_without_changing_the_st
     assert!(a1.work.flops <= 2.0 * (macs["a1"] * (steps * batch) as u64) as f64);
     assert!(profile.total_seconds() > 0.0);
 }
+
+#[test]
+fn masks_are_read_wherever_their_values_lie() {
+    // The pass reads a mask in place when its tensor holds the values contiguously, from any offset in its
+    // storage, and converts it otherwise; every layout of the same values must give the same bits.
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let initial = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+    // Doubled weights keep the deep layers firing at this batch size.
+    let weights: HashMap<String, Tensor> =
+        initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
+    let net = SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap();
+    let (steps, batch) = (8, 4);
+    let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
+    let x = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
+    let relaid = |f: &dyn Fn(&Tensor) -> Tensor| -> Masks { masks.iter().map(|(n, m)| (n.clone(), f(m))).collect() };
+    // The second half of a tensor twice the size: contiguous, starting past the storage's beginning.
+    let offset = relaid(&|m| Tensor::cat(&[&m.ones_like().unwrap(), m], 0).unwrap().narrow(0, batch, batch).unwrap());
+    // The first and last axes swapped in storage and swapped back in the view: not contiguous.
+    let strided = relaid(&|m| {
+        let last = m.rank() - 1;
+        m.transpose(0, last).unwrap().contiguous().unwrap().transpose(0, last).unwrap()
+    });
+    assert!(offset.values().all(|m| m.is_contiguous()));
+    assert!(strided.values().all(|m| !m.is_contiguous()));
+    let reference = taped_gradients(&net, &x, &masks);
+    let reached = reference.iter().filter(|(_, g)| g.iter().any(|v| *v != 0.0)).count();
+    assert_eq!(reached, reference.len(), "the step must reach every weight");
+    assert_eq!(taped_gradients(&net, &x, &offset), reference, "a mask at an offset in its storage");
+    assert_eq!(taped_gradients(&net, &x, &strided), reference, "a mask whose values are not contiguous");
+    // Masks matter: without them the gradients differ.
+    assert_ne!(taped_gradients(&net, &x, &Masks::new()), reference);
+}
