@@ -42,44 +42,56 @@ pub fn average_pool_frames<F: Real, X: EventFrames<F>>(x: &X, shape: &[usize], k
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
     out.par_chunks_mut(c * oh * ow).enumerate().for_each_init(
-        // One input plane, written out densely.
-        || vec![F::zero(); h * w],
-        |plane, (f, dst)| dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, [c, h, w], k, plane, dst)),
+        // One input frame, written out densely.
+        || vec![F::zero(); c * h * w],
+        |frame, (f, dst)| dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, [c, h, w], k, frame, dst)),
     );
 }
 
 wide_variants!(fn pool_frame_avx2, pool_frame_avx512 = pool_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, shape: [usize; 3], k: usize, plane: &mut [F], dst: &mut [F]
+    x: &X, f: usize, shape: [usize; 3], k: usize, frame: &mut [F], dst: &mut [F]
 ));
 
-/// Frame `f` of [`average_pool_frames`], plane by plane: each plane is written out densely (zeros included),
-/// and every output adds its window's values row by row, column by column (the order in which the events
-/// of the window come, so the sums are those of adding the events alone).
+/// Frame `f` of [`average_pool_frames`]: the frame is written out densely (zeros included), and every output
+/// adds its window's values row by row, column by column (the order in which the events of the window come,
+/// so the sums are those of adding the events alone).
 #[inline(always)]
 fn pool_frame<F: Real, X: EventFrames<F>>(
     x: &X,
     f: usize,
     [c, h, w]: [usize; 3],
     k: usize,
-    plane: &mut [F],
+    frame: &mut [F],
     dst: &mut [F],
 ) {
     let (oh, ow) = (h / k, w / k);
     if oh * ow == 0 {
         return;
     }
+    x.values_into(f, 0..c * h * w, frame);
+    dst.fill(F::zero());
     let scale = F::lit(1.0 / (k * k) as f64);
-    for (ch, out) in dst.chunks_exact_mut(oh * ow).enumerate().take(c) {
-        x.values_into(f, ch * h * w..(ch + 1) * h * w, plane);
-        out.fill(F::zero());
+    for (plane, out) in frame.chunks_exact(h * w).zip(dst.chunks_exact_mut(oh * ow)) {
         for (rows, out_row) in plane.chunks_exact(k * w).zip(out.chunks_exact_mut(ow)) {
             for row in rows.chunks_exact(w) {
-                for b in 0..k {
-                    for (o, cells) in out_row.iter_mut().zip(row.chunks_exact(k)) {
-                        *o += cells[b] * scale;
-                    }
+                // The common 2 × 2 window with its width known, so the column pairs vectorise.
+                match k {
+                    2 => add_windows::<F, 2>(out_row, row, scale),
+                    _ => (0..k).for_each(|b| {
+                        out_row.iter_mut().zip(row.chunks_exact(k)).for_each(|(o, cells)| *o += cells[b] * scale)
+                    }),
                 }
             }
+        }
+    }
+}
+
+/// Adds column `b` of each window of `K` columns in `row`, scaled, to its output, for `b = 0, 1, …, K − 1`.
+#[inline(always)]
+fn add_windows<F: Real, const K: usize>(out_row: &mut [F], row: &[F], scale: F) {
+    for b in 0..K {
+        for (o, cells) in out_row.iter_mut().zip(row.chunks_exact(K)) {
+            *o += cells[b] * scale;
         }
     }
 }
@@ -107,13 +119,22 @@ fn pool_grad_frame<F: Real>(dst: &mut [F], delta: &[F], [h, w]: [usize; 2], k: u
     let mut spread = vec![F::zero(); ow * k];
     for (plane, d) in dst.chunks_exact_mut(h * w).zip(delta.chunks_exact(oh * ow)) {
         for (rows, d_row) in plane.chunks_exact_mut(k * w).zip(d.chunks_exact(ow)) {
-            for (cells, &g) in spread.chunks_exact_mut(k).zip(d_row) {
-                cells.fill(g * scale);
+            match k {
+                2 => spread_windows::<F, 2>(&mut spread, d_row, scale),
+                _ => spread.chunks_exact_mut(k).zip(d_row).for_each(|(cells, &g)| cells.fill(g * scale)),
             }
             for row in rows.chunks_exact_mut(w) {
                 row[..ow * k].iter_mut().zip(&spread).for_each(|(cell, &g)| *cell += g);
             }
         }
+    }
+}
+
+/// Each window's gradient `g`, scaled, into its `K` columns of `spread`.
+#[inline(always)]
+fn spread_windows<F: Real, const K: usize>(spread: &mut [F], d_row: &[F], scale: F) {
+    for (cells, &g) in spread.chunks_exact_mut(K).zip(d_row) {
+        cells.fill(g * scale);
     }
 }
 
@@ -133,15 +154,18 @@ pub fn subsample_frames<F: Real, X: EventFrames<F>>(
             msg: format!("{shape:?} by {stride} does not give {out_shape:?}"),
         });
     }
-    for (f, dst) in out.chunks_exact_mut(c * oh * ow).enumerate() {
-        let mut visit = |i: usize, v: F| {
-            let (ch, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
-            if y % stride == 0 && xx % stride == 0 {
-                dst[(ch * oh + y / stride) * ow + xx / stride] += v;
+    // Each kept input row is written out densely and every `stride`-th value added; frames in parallel.
+    out.par_chunks_mut(c * oh * ow).enumerate().for_each_init(
+        || vec![F::zero(); w],
+        |row, (f, dst)| {
+            for (r, out_row) in dst.chunks_exact_mut(ow).enumerate() {
+                let (ch, i) = (r / oh, r % oh);
+                let start = (ch * h + i * stride) * w;
+                x.values_into(f, start..start + w, row);
+                out_row.iter_mut().zip(row.iter().step_by(stride)).for_each(|(o, &v)| *o += v);
             }
-        };
-        x.for_each_event(f, &mut visit);
-    }
+        },
+    );
     Ok(())
 }
 

@@ -1,9 +1,10 @@
-//! The window-part average pooling and its gradient against the definition, in plain f64 loops.
+//! The window-part average pooling and its gradient, and identity subsampling, against the definitions, in
+//! plain f64 loops.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_core::events::{DenseFrames, SpikeFrames};
-use snn_core::pool::{average_pool_frames, average_pool_grad};
+use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
 
 /// `y[f, c, i, j] = (1/k²) Σ_{a,b < k} x[f, c, k·i + a, k·j + b]` over whole windows only.
 fn pool_reference(x: &[f64], [n, c, h, w]: [usize; 4], k: usize) -> Vec<f64> {
@@ -79,5 +80,52 @@ fn the_pooling_gradient_is_the_transpose_of_pooling() {
             let expected: f64 = pooled.iter().zip(&delta).map(|(p, d)| p * d).sum();
             assert!((into[i] - start[i] - expected).abs() < 1e-12, "{:?} at {i}", (n, c, h, w, k));
         }
+    }
+}
+
+#[test]
+fn subsampling_adds_every_strided_input_and_its_gradient_goes_back_there() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let shapes: [(usize, usize, usize, usize, usize); 4] =
+        [(3, 2, 8, 8, 2), (2, 3, 9, 7, 2), (2, 2, 7, 10, 3), (1, 2, 5, 5, 1)];
+    for (n, c, h, w, s) in shapes {
+        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+        let x: Vec<f64> =
+            (0..n * c * h * w).map(|_| if rng.gen_bool(0.3) { rng.gen_range(-2.0..2.0) } else { 0.0 }).collect();
+        let base: Vec<f64> = (0..n * c * oh * ow).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        // y = base + x[c, s·i, s·j]
+        let mut expected = base.clone();
+        for f in 0..n {
+            for ch in 0..c {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        expected[((f * c + ch) * oh + i) * ow + j] += x[((f * c + ch) * h + s * i) * w + s * j];
+                    }
+                }
+            }
+        }
+        let mut got = base.clone();
+        subsample_frames(&DenseFrames { data: &x, frame_len: c * h * w }, &[c, h, w], s, &[c, oh, ow], &mut got)
+            .unwrap();
+        assert_eq!(got, expected, "{n}×{c}×{h}×{w} by {s}");
+        // The gradient: the transpose, so <subsample(x), d> = <x, grad(d)>.
+        let delta: Vec<f64> = (0..base.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut grad = vec![0.0; x.len()];
+        subsample_grad(&[c, h, w], s, &[c, oh, ow], &delta, &mut grad);
+        let mut pooled = vec![0.0; base.len()];
+        subsample_frames(&DenseFrames { data: &x, frame_len: c * h * w }, &[c, h, w], s, &[c, oh, ow], &mut pooled)
+            .unwrap();
+        let lhs: f64 = pooled.iter().zip(&delta).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&grad).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
+        // A shape that does not fit is an error.
+        assert!(subsample_frames(
+            &DenseFrames { data: &x, frame_len: c * h * w },
+            &[c, h, w],
+            s,
+            &[c, oh + 1, ow],
+            &mut got
+        )
+        .is_err());
     }
 }

@@ -11,6 +11,7 @@ use snn_core::events::{
     linear_weight_grad_events, DenseFrames, SimdLevel,
 };
 use snn_core::kernels::{spike_backward, spike_forward, BackwardRule};
+use snn_core::pool::{average_pool_frames, average_pool_grad};
 
 /// Spike-like inputs (0 mostly, ±1 or a real value otherwise) and real weights and gradients.
 fn values(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -65,6 +66,19 @@ fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         let mut input_grad = vec![0.0f32; n * inputs];
         linear_input_grad_events(&frames, &rows, &grad, outputs, &mut input_grad);
         out.push(input_grad);
+    }
+    // Average pooling and its gradient: the 2 × 2 window (its own code) and a 3 × 3 one, planes with and
+    // without a cut-off row and column.
+    for (n, c, h, w, k) in [(3, 4, 8, 12, 2), (2, 3, 9, 11, 2), (2, 2, 10, 7, 3)] {
+        let data = values(n * c * h * w, 0.4, &mut rng);
+        let frames = DenseFrames { data: &data, frame_len: c * h * w };
+        let mut pooled = vec![0.0f32; n * c * (h / k) * (w / k)];
+        average_pool_frames(&frames, &[c, h, w], k, &mut pooled);
+        let delta = real(pooled.len(), &mut rng);
+        let mut grad = real(data.len(), &mut rng);
+        average_pool_grad(&[c, h, w], k, &delta, &mut grad);
+        out.push(pooled);
+        out.push(grad);
     }
     // The neuron recurrences over 9 steps of 5,003 neurons (more than one parallel chunk, and a remainder at
     // every vector width), spikes as bytes and as floats, with and without the leak correction.
