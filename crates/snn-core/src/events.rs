@@ -20,6 +20,7 @@
 
 use crate::cpu::{run_cpu, CpuKernel};
 use crate::kernels::Real;
+use crate::simd::MulAdd;
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -478,24 +479,25 @@ impl CustomOp3 for EventInputGrad {
 fn input_grad_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], grad: &[F], g: ConvGeometry, out: &mut [F]) {
     out.par_chunks_mut(g.frame_in()).zip(grad.par_chunks(g.frame_out())).enumerate().for_each(
         |(f, (dst, frame_grad))| {
-            dispatch!(input_grad_frame_avx2, input_grad_frame_avx512, input_grad_frame(x, f, rows, frame_grad, g, dst))
+            dispatch!(fused input_grad_frame_avx2, input_grad_frame_avx512, input_grad_frame(x, f, rows, frame_grad, g, dst))
         },
     );
 }
 
-wide_variants!(fn input_grad_frame_avx2, input_grad_frame_avx512 = input_grad_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn input_grad_frame_avx2, input_grad_frame_avx512 = input_grad_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], frame_grad: &[F], g: ConvGeometry, dst: &mut [F]
 ));
 
 /// One frame of [`input_grad_events`].
 #[inline(always)]
-fn input_grad_frame<F: Real, X: EventFrames<F>>(
+fn input_grad_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     f: usize,
     rows: &[F],
     frame_grad: &[F],
     g: ConvGeometry,
     dst: &mut [F],
+    _: M,
 ) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
@@ -505,7 +507,7 @@ fn input_grad_frame<F: Real, X: EventFrames<F>>(
         |i, _| {
             let (c, y, xx) = (i / plane_in, (i % plane_in) / g.width, i % g.width);
             let taps = &rows[c * per_channel..][..per_channel];
-            let mut sum = DotLanes::new();
+            let mut sum = DotLanes::<F, M>::new();
             for_each_tap(
                 y,
                 xx,
@@ -562,7 +564,7 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
     }
     acc.par_chunks_mut(block * per_channel).zip(outs.into_par_iter()).enumerate().for_each(
         |(b, (acc_block, mut outs))| {
-            dispatch!(
+            dispatch!(fused
                 conv_grads_block_avx2,
                 conv_grads_block_avx512,
                 conv_grads_block(x, b * block, grad, g, acc_block, rows, &mut outs)
@@ -571,7 +573,7 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
     );
 }
 
-wide_variants!(fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_block<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_block<F: Real, X: EventFrames<F>>(
     x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F], rows: Option<&[F]>,
     outs: &mut [&mut [F]]
 ));
@@ -579,7 +581,8 @@ wide_variants!(fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_bl
 /// The input channels `first..` of [`conv_grads_events`] (as many as `acc_block` holds `[k, k, O]` taps for)
 /// over every frame; `outs` holds the block's share of each frame of the input gradient, or nothing.
 #[inline(always)]
-fn conv_grads_block<F: Real, X: EventFrames<F>>(
+#[allow(clippy::too_many_arguments)]
+fn conv_grads_block<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     first: usize,
     channel_last: &[F],
@@ -587,6 +590,7 @@ fn conv_grads_block<F: Real, X: EventFrames<F>>(
     acc_block: &mut [F],
     rows: Option<&[F]>,
     outs: &mut [&mut [F]],
+    _: M,
 ) {
     let plane_in = g.height * g.width;
     let per_channel = g.kernel * g.kernel * g.outputs;
@@ -603,7 +607,7 @@ fn conv_grads_block<F: Real, X: EventFrames<F>>(
                 match (rows, out.as_deref_mut()) {
                     (Some(rows), Some(out)) => {
                         let taps = &rows[c * per_channel..][..per_channel];
-                        let mut sum = DotLanes::new();
+                        let mut sum = DotLanes::<F, M>::new();
                         for_each_tap(
                             y,
                             xx,
@@ -624,7 +628,7 @@ fn conv_grads_block<F: Real, X: EventFrames<F>>(
                         #[inline(always)]
                         |tap, o| {
                             let grad_row = &frame_grad[o * g.outputs..][..g.outputs];
-                            add_scaled(&mut acc_c[tap * g.outputs..][..g.outputs], grad_row, v);
+                            add_scaled::<F, M>(&mut acc_c[tap * g.outputs..][..g.outputs], grad_row, v);
                         },
                     ),
                 }
@@ -849,11 +853,11 @@ pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometr
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
         // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
         || vec![F::zero(); g.frame_out()],
-        |acc, (f, dst)| dispatch!(conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, rows, g, &coords, acc, dst)),
+        |acc, (f, dst)| dispatch!(fused conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, rows, g, &coords, acc, dst)),
     );
 }
 
-wide_variants!(fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], g: ConvGeometry, coords: &[(u32, u32)], acc: &mut [F], dst: &mut [F]
 ));
 
@@ -865,7 +869,8 @@ wide_variants!(fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: Ev
 /// cache together with the block's kernel rows, instead of the whole frame's accumulator streaming through
 /// L2 once per input channel.
 #[inline(always)]
-fn conv_frame<F: Real, X: EventFrames<F>>(
+#[allow(clippy::too_many_arguments)]
+fn conv_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     f: usize,
     rows: &[F],
@@ -873,6 +878,7 @@ fn conv_frame<F: Real, X: EventFrames<F>>(
     coords: &[(u32, u32)],
     acc: &mut [F],
     dst: &mut [F],
+    _: M,
 ) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
@@ -893,7 +899,7 @@ fn conv_frame<F: Real, X: EventFrames<F>>(
                     #[inline(always)]
                     |tap, o| {
                         let row = &taps[tap * g.outputs..][..g.outputs];
-                        add_scaled(&mut acc[o * g.outputs..][..g.outputs], row, v);
+                        add_scaled::<F, M>(&mut acc[o * g.outputs..][..g.outputs], row, v);
                     },
                 );
             },
@@ -954,15 +960,16 @@ const DOT_TAIL_LANES: usize = 8;
 
 /// A running dot product over several pairs of rows, in [`DOT_LANES`] partial sums that the compiler keeps in
 /// SIMD registers; they are added up once, by [`DotLanes::sum`].
-struct DotLanes<F> {
+struct DotLanes<F, M> {
     lanes: [F; DOT_LANES],
     tail: F,
+    form: std::marker::PhantomData<M>,
 }
 
-impl<F: Real> DotLanes<F> {
+impl<F: Real, M: MulAdd> DotLanes<F, M> {
     #[inline(always)]
     fn new() -> Self {
-        Self { lanes: [F::zero(); DOT_LANES], tail: F::zero() }
+        Self { lanes: [F::zero(); DOT_LANES], tail: F::zero(), form: std::marker::PhantomData }
     }
 
     /// Adds `Σ a·b`.
@@ -972,18 +979,18 @@ impl<F: Real> DotLanes<F> {
         let (rest_a, rest_b) = (head_a.remainder(), head_b.remainder());
         for (ca, cb) in head_a.zip(head_b) {
             for k in 0..DOT_LANES {
-                self.lanes[k] += ca[k] * cb[k];
+                self.lanes[k] = M::mul_add(ca[k], cb[k], self.lanes[k]);
             }
         }
         let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
         let (tail_a, tail_b) = (mid_a.remainder(), mid_b.remainder());
         for (group, (ca, cb)) in self.lanes.chunks_exact_mut(DOT_TAIL_LANES).zip(mid_a.zip(mid_b)) {
             for k in 0..DOT_TAIL_LANES {
-                group[k] += ca[k] * cb[k];
+                group[k] = M::mul_add(ca[k], cb[k], group[k]);
             }
         }
         for (&x, &y) in tail_a.iter().zip(tail_b) {
-            self.tail += x * y;
+            self.tail = M::mul_add(x, y, self.tail);
         }
     }
 
@@ -995,8 +1002,8 @@ impl<F: Real> DotLanes<F> {
         let mut head_acc = acc.chunks_exact_mut(DOT_LANES);
         for ((ca, cb), cacc) in head_a.zip(head_b).zip(&mut head_acc) {
             for k in 0..DOT_LANES {
-                self.lanes[k] += ca[k] * cb[k];
-                cacc[k] += v * cb[k];
+                self.lanes[k] = M::mul_add(ca[k], cb[k], self.lanes[k]);
+                cacc[k] = M::mul_add(v, cb[k], cacc[k]);
             }
         }
         let (mid_a, mid_b) = (rest_a.chunks_exact(DOT_TAIL_LANES), rest_b.chunks_exact(DOT_TAIL_LANES));
@@ -1005,13 +1012,13 @@ impl<F: Real> DotLanes<F> {
         let groups = self.lanes.chunks_exact_mut(DOT_TAIL_LANES);
         for (group, ((ca, cb), cacc)) in groups.zip(mid_a.zip(mid_b).zip(&mut mid_acc)) {
             for k in 0..DOT_TAIL_LANES {
-                group[k] += ca[k] * cb[k];
-                cacc[k] += v * cb[k];
+                group[k] = M::mul_add(ca[k], cb[k], group[k]);
+                cacc[k] = M::mul_add(v, cb[k], cacc[k]);
             }
         }
         for ((&x, &y), d) in tail_a.iter().zip(tail_b).zip(mid_acc.into_remainder()) {
-            self.tail += x * y;
-            *d += v * y;
+            self.tail = M::mul_add(x, y, self.tail);
+            *d = M::mul_add(v, y, *d);
         }
     }
 
@@ -1037,25 +1044,25 @@ const ROW_CHUNK: usize = 64;
 
 /// `dst += v · row`, with the multiplication skipped for the common `v = 1`.
 #[inline(always)]
-fn add_scaled<F: Real>(dst: &mut [F], row: &[F], v: F) {
+fn add_scaled<F: Real, M: MulAdd>(dst: &mut [F], row: &[F], v: F) {
     let mut dst_chunks = dst.chunks_exact_mut(ROW_CHUNK);
     let mut row_chunks = row.chunks_exact(ROW_CHUNK);
     for (d, r) in (&mut dst_chunks).zip(&mut row_chunks) {
-        add_scaled_chunk(d, r, v);
+        add_scaled_chunk::<F, M>(d, r, v);
     }
-    add_scaled_chunk(dst_chunks.into_remainder(), row_chunks.remainder(), v);
+    add_scaled_chunk::<F, M>(dst_chunks.into_remainder(), row_chunks.remainder(), v);
 }
 
 /// [`add_scaled`] over one chunk (or the remainder).
 #[inline(always)]
-fn add_scaled_chunk<F: Real>(dst: &mut [F], row: &[F], v: F) {
+fn add_scaled_chunk<F: Real, M: MulAdd>(dst: &mut [F], row: &[F], v: F) {
     if v == F::one() {
         for (d, &w) in dst.iter_mut().zip(row) {
             *d += w;
         }
     } else {
         for (d, &w) in dst.iter_mut().zip(row) {
-            *d += v * w;
+            *d = M::mul_add(v, w, *d);
         }
     }
 }
@@ -1063,23 +1070,30 @@ fn add_scaled_chunk<F: Real>(dst: &mut [F], row: &[F], v: F) {
 /// Event-driven product into `out` `[N, Out]` (overwritten): each input event adds its row of the transposed
 /// weight `rows` `[In, Out]`.
 pub fn linear_events_into<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], outputs: usize, out: &mut [F]) {
-    out.par_chunks_mut(outputs)
-        .enumerate()
-        .for_each(|(f, dst)| dispatch!(linear_frame_avx2, linear_frame_avx512, linear_frame(x, f, rows, outputs, dst)));
+    out.par_chunks_mut(outputs).enumerate().for_each(
+        |(f, dst)| dispatch!(fused linear_frame_avx2, linear_frame_avx512, linear_frame(x, f, rows, outputs, dst)),
+    );
 }
 
-wide_variants!(fn linear_frame_avx2, linear_frame_avx512 = linear_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn linear_frame_avx2, linear_frame_avx512 = linear_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], outputs: usize, dst: &mut [F]
 ));
 
 /// One frame of [`linear_events_into`].
 #[inline(always)]
-fn linear_frame<F: Real, X: EventFrames<F>>(x: &X, f: usize, rows: &[F], outputs: usize, dst: &mut [F]) {
+fn linear_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
+    x: &X,
+    f: usize,
+    rows: &[F],
+    outputs: usize,
+    dst: &mut [F],
+    _: M,
+) {
     dst.fill(F::zero());
     x.for_each_event(
         f,
         #[inline(always)]
-        |i, v| add_scaled(dst, &rows[i * outputs..][..outputs], v),
+        |i, v| add_scaled::<F, M>(dst, &rows[i * outputs..][..outputs], v),
     );
 }
 
@@ -1093,7 +1107,7 @@ const INPUTS_PER_TASK: usize = 64;
 pub fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], outputs: usize, acc: &mut [F]) {
     acc.par_chunks_mut(INPUTS_PER_TASK * outputs).enumerate().for_each(|(block, acc)| {
         let first = block * INPUTS_PER_TASK;
-        dispatch!(
+        dispatch!(fused
             linear_weight_grad_block_avx2,
             linear_weight_grad_block_avx512,
             linear_weight_grad_block(x, first, grad, outputs, acc)
@@ -1101,18 +1115,19 @@ pub fn linear_weight_grad_events<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], 
     });
 }
 
-wide_variants!(fn linear_weight_grad_block_avx2, linear_weight_grad_block_avx512 = linear_weight_grad_block<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn linear_weight_grad_block_avx2, linear_weight_grad_block_avx512 = linear_weight_grad_block<F: Real, X: EventFrames<F>>(
     x: &X, first: usize, grad: &[F], outputs: usize, acc: &mut [F]
 ));
 
 /// The inputs `first..` of [`linear_weight_grad_events`] (as many as `acc` has rows) over every frame.
 #[inline(always)]
-fn linear_weight_grad_block<F: Real, X: EventFrames<F>>(
+fn linear_weight_grad_block<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     first: usize,
     grad: &[F],
     outputs: usize,
     acc: &mut [F],
+    _: M,
 ) {
     let range = first..first + acc.len() / outputs;
     for (f, row) in grad.chunks_exact(outputs).enumerate() {
@@ -1121,7 +1136,7 @@ fn linear_weight_grad_block<F: Real, X: EventFrames<F>>(
             range.clone(),
             #[inline(always)]
             |i, v| {
-                add_scaled(&mut acc[(i - first) * outputs..][..outputs], row, v);
+                add_scaled::<F, M>(&mut acc[(i - first) * outputs..][..outputs], row, v);
             },
         );
     }
@@ -1137,7 +1152,7 @@ pub fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
     out: &mut [F],
 ) {
     out.par_chunks_mut(x.frame_len()).zip(grad.par_chunks(outputs)).enumerate().for_each(|(f, (dst, row))| {
-        dispatch!(
+        dispatch!(fused
             linear_input_grad_frame_avx2,
             linear_input_grad_frame_avx512,
             linear_input_grad_frame(x, f, rows, row, outputs, dst)
@@ -1145,25 +1160,26 @@ pub fn linear_input_grad_events<F: Real, X: EventFrames<F>>(
     });
 }
 
-wide_variants!(fn linear_input_grad_frame_avx2, linear_input_grad_frame_avx512 = linear_input_grad_frame<F: Real, X: EventFrames<F>>(
+wide_variants!(fused fn linear_input_grad_frame_avx2, linear_input_grad_frame_avx512 = linear_input_grad_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], row: &[F], outputs: usize, dst: &mut [F]
 ));
 
 /// One frame of [`linear_input_grad_events`].
 #[inline(always)]
-fn linear_input_grad_frame<F: Real, X: EventFrames<F>>(
+fn linear_input_grad_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     f: usize,
     rows: &[F],
     row: &[F],
     outputs: usize,
     dst: &mut [F],
+    _: M,
 ) {
     x.for_each_event(
         f,
         #[inline(always)]
         |i, _| {
-            let mut sum = DotLanes::new();
+            let mut sum = DotLanes::<F, M>::new();
             sum.add(&rows[i * outputs..][..outputs], row);
             dst[i] += sum.sum();
         },

@@ -1,5 +1,6 @@
-//! Every SIMD level of the event and neuron kernels that this CPU runs gives the same bits as the portable
-//! build.
+//! Every SIMD level of the event and neuron kernels that this CPU runs against the portable build: the same
+//! bits for the kernels without multiply-adds (recurrences, pooling), the same bits at every fused level
+//! (AVX2, AVX-512) and the portable values up to rounding for the synaptic kernels.
 //!
 //! Kept in its own test binary: forcing a level is process-wide.
 
@@ -29,8 +30,8 @@ fn real(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
 
-/// Every kernel's output at the current level, flattened.
-fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
+/// Every synaptic kernel's output at the current level, flattened.
+fn synaptic_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
     let dev = &Device::Cpu;
     let mut out = Vec::new();
@@ -67,6 +68,13 @@ fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         linear_input_grad_events(&frames, &rows, &grad, outputs, &mut input_grad);
         out.push(input_grad);
     }
+    out
+}
+
+/// The output of every kernel without multiply-adds at the current level, flattened.
+fn exact_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+    let mut out = Vec::new();
     // Average pooling and its gradient: the 2 × 2 window (its own code) and a 3 × 3 one, planes with and
     // without a cut-off row and column.
     for (n, c, h, w, k) in [(3, 4, 8, 12, 2), (2, 3, 9, 11, 2), (2, 2, 10, 7, 3)] {
@@ -103,21 +111,46 @@ fn all_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
 }
 
 #[test]
-fn every_available_level_gives_the_portable_bits() {
+fn every_available_level_agrees_with_the_portable_one() {
     let levels = SimdLevel::available();
     eprintln!("levels this CPU runs: {:?} (detected {:?})", levels, SimdLevel::detected());
     assert_eq!(levels.first(), Some(&SimdLevel::Portable));
     SimdLevel::force(Some(SimdLevel::Portable));
     assert_eq!(SimdLevel::current(), SimdLevel::Portable);
-    let reference = all_outputs(11);
-    assert!(reference.iter().all(|v| v.iter().any(|&x| x != 0.0)), "every kernel produced something");
-    for level in levels {
+    let (exact, synaptic) = (exact_outputs(11), synaptic_outputs(12));
+    let produced = |outputs: &[Vec<f32>]| outputs.iter().all(|v| v.iter().any(|&x| x != 0.0));
+    assert!(produced(&exact) && produced(&synaptic), "every kernel produced something");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut fused: Option<Vec<Vec<f32>>> = None;
+    for &level in &levels[1..] {
         SimdLevel::force(Some(level));
         assert_eq!(SimdLevel::current(), level);
-        let got = all_outputs(11);
-        for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
-            let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{} differs from portable in output {i}", level.name());
+        for (i, (a, b)) in exact_outputs(11).iter().zip(&exact).enumerate() {
+            assert_eq!(bits(a), bits(b), "{} differs from portable in exact output {i}", level.name());
+        }
+        let got = synaptic_outputs(12);
+        let mut rounded_differently = false;
+        for (i, (a, b)) in got.iter().zip(&synaptic).enumerate() {
+            assert_eq!(a.len(), b.len());
+            let largest = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-5 * largest + 1e-6,
+                "{}: synaptic output {i} off by {diff} (largest {largest})",
+                level.name()
+            );
+            rounded_differently |= bits(a) != bits(b);
+        }
+        // The fused multiply-add rounds once where the portable build rounds twice, so some value differs.
+        assert!(rounded_differently, "{} rounds exactly like portable: no fused multiply-adds", level.name());
+        // Every fused level gives the same bits.
+        match &fused {
+            None => fused = Some(got),
+            Some(first) => {
+                for (i, (a, b)) in got.iter().zip(first).enumerate() {
+                    assert_eq!(bits(a), bits(b), "{} differs from the other fused level in output {i}", level.name());
+                }
+            }
         }
     }
     // A level above the CPU's is lowered to what it runs; `None` goes back to detection.
