@@ -343,16 +343,16 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
         self.spikes.len().checked_div(self.frame_len).unwrap_or(0)
     }
 
-    /// Spikes whose mask entry is not zero, counted in one pass over the bytes (and a byte form of the mask),
-    /// vectorised at the current [`SimdLevel`].
+    /// Spikes whose mask entry is not zero, counted in one pass over the bytes (and the mask), vectorised at
+    /// the current [`SimdLevel`].
     fn nonzero(&self) -> usize {
-        // 0xff where the mask keeps a neuron, 0 where it drops one.
-        let kept: Option<Vec<u8>> =
-            self.mask.map(|m| m.iter().map(|&v| if v != F::zero() { 0xff } else { 0 }).collect());
         let len = self.frame_len.max(1);
-        let count = |(f, frame): (usize, &[u8])| {
-            let kept = kept.as_deref().map(|k| &k[(f % self.batch) * len..][..frame.len()]);
-            dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept))
+        let count = |(f, frame): (usize, &[u8])| match self.mask {
+            Some(mask) => {
+                let kept = &mask[(f % self.batch) * len..][..frame.len()];
+                dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept))
+            }
+            None => dispatch!(count_spikes_avx2, count_spikes_avx512, count_spikes(frame)),
         };
         self.spikes.chunks(len).enumerate().map(count).sum()
     }
@@ -423,21 +423,24 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
     }
 }
 
-wide_variants!(fn count_kept_avx2, count_kept_avx512 = count_kept<>(bytes: &[u8], kept: Option<&[u8]>) -> usize);
+wide_variants!(fn count_spikes_avx2, count_spikes_avx512 = count_spikes<>(bytes: &[u8]) -> usize);
+wide_variants!(fn count_kept_avx2, count_kept_avx512 = count_kept<F: Real>(bytes: &[u8], mask: &[F]) -> usize);
 
-/// Bytes counted per round of [`count_kept`]: a byte counter per lane cannot overflow, and the count is a
-/// whole number of 512-bit vectors.
+/// Bytes counted per round of [`count_spikes`] and [`count_kept`]: a byte counter per lane cannot overflow,
+/// and the count is a whole number of 512-bit vectors.
 const COUNT_RUN: usize = 128;
 
-/// The non-zero bytes of `bytes`, or with `kept` the non-zero bytes of `bytes & kept`.
+/// The non-zero bytes of `bytes`.
 #[inline(always)]
-fn count_kept(bytes: &[u8], kept: Option<&[u8]>) -> usize {
-    let run = |c: &[u8]| c.iter().fold(0u8, |n, &b| n + u8::from(b != 0)) as usize;
-    let masked = |(c, k): (&[u8], &[u8])| c.iter().zip(k).fold(0u8, |n, (&b, &k)| n + u8::from(b & k != 0)) as usize;
-    match kept {
-        None => bytes.chunks(COUNT_RUN).map(run).sum(),
-        Some(k) => bytes.chunks(COUNT_RUN).zip(k.chunks(COUNT_RUN)).map(masked).sum(),
-    }
+fn count_spikes(bytes: &[u8]) -> usize {
+    bytes.chunks(COUNT_RUN).map(|c| c.iter().fold(0u8, |n, &b| n + u8::from(b != 0)) as usize).sum()
+}
+
+/// The non-zero bytes of `bytes` whose entry in `mask` is not zero.
+#[inline(always)]
+fn count_kept<F: Real>(bytes: &[u8], mask: &[F]) -> usize {
+    let run = |(c, m): (&[u8], &[F])| c.iter().zip(m).fold(0u8, |n, (&b, &m)| n + u8::from(b != 0 && m != F::zero()));
+    bytes.chunks(COUNT_RUN).zip(mask.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
 }
 
 /// [`conv2d_input_grad_at_events`] on operands (frames, kernel, output gradient).
