@@ -42,39 +42,55 @@ pub fn average_pool_frames<F: Real, X: EventFrames<F>>(x: &X, shape: &[usize], k
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let (oh, ow) = (h / k, w / k);
     out.par_chunks_mut(c * oh * ow).enumerate().for_each_init(
-        // One input frame, written out densely.
-        || vec![F::zero(); c * h * w],
+        // One input frame written out densely, and room for its column-pair sums.
+        || vec![F::zero(); c * h * w + c * h * ow],
         |frame, (f, dst)| dispatch!(pool_frame_avx2, pool_frame_avx512, pool_frame(x, f, [c, h, w], k, frame, dst)),
     );
 }
 
 wide_variants!(fn pool_frame_avx2, pool_frame_avx512 = pool_frame<F: Real, X: EventFrames<F>>(
-    x: &X, f: usize, shape: [usize; 3], k: usize, frame: &mut [F], dst: &mut [F]
+    x: &X, f: usize, shape: [usize; 3], k: usize, scratch: &mut [F], dst: &mut [F]
 ));
 
-/// Frame `f` of [`average_pool_frames`]: the frame is written out densely (zeros included), and every output
-/// adds its window's values row by row, column by column (the order in which the events of the window come,
-/// so the sums are those of adding the events alone).
+/// Frame `f` of [`average_pool_frames`]: the frame is written out densely (zeros included) into the front
+/// of `scratch`. The common 2 × 2 window over planes of even height and width sums each row's column pairs
+/// over the whole frame in one pass, then adds the two rows of pair sums of each window and scales:
+/// `y = ((x00 + x01) + (x10 + x11)) / 4`. Other windows add their values row by row, column by column,
+/// each scaled.
 #[inline(always)]
 fn pool_frame<F: Real, X: EventFrames<F>>(
     x: &X,
     f: usize,
     [c, h, w]: [usize; 3],
     k: usize,
-    frame: &mut [F],
+    scratch: &mut [F],
     dst: &mut [F],
 ) {
     let (oh, ow) = (h / k, w / k);
     if oh * ow == 0 {
         return;
     }
+    let (frame, pairs) = scratch.split_at_mut(c * h * w);
     x.values_into(f, 0..c * h * w, frame);
-    dst.fill(F::zero());
     let scale = F::lit(1.0 / (k * k) as f64);
+    if k == 2 && h % 2 == 0 && w % 2 == 0 {
+        for (p, cells) in pairs.iter_mut().zip(frame.chunks_exact(2)) {
+            *p = cells[0] + cells[1];
+        }
+        // Row pair `R` of the frame (rows 2R and 2R + 1 of one plane) gives output row `R`.
+        for (out_row, rows) in dst.chunks_exact_mut(ow).zip(pairs.chunks_exact(2 * ow)) {
+            let (upper, lower) = rows.split_at(ow);
+            for ((o, &a), &b) in out_row.iter_mut().zip(upper).zip(lower) {
+                *o = (a + b) * scale;
+            }
+        }
+        return;
+    }
+    dst.fill(F::zero());
     for (plane, out) in frame.chunks_exact(h * w).zip(dst.chunks_exact_mut(oh * ow)) {
         for (rows, out_row) in plane.chunks_exact(k * w).zip(out.chunks_exact_mut(ow)) {
             for row in rows.chunks_exact(w) {
-                // The common 2 × 2 window with its width known, so the column pairs vectorise.
+                // The 2 × 2 window with its width known, so the column pairs vectorise.
                 match k {
                     2 => add_windows::<F, 2>(out_row, row, scale),
                     _ => (0..k).for_each(|b| {
