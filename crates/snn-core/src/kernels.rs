@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::bits::SpikeBits;
+
 /// Neurons per parallel work item. Small layers run on one thread.
 const CHUNK: usize = 4096;
 
@@ -231,6 +233,31 @@ impl<F: Real> SpikeGains<F> {
                 dispatch!(trace_chunk_avx2, trace_chunk_avx512, trace_chunk(lf, tot, spikes, n, c * CHUNK, leak))
             },
         );
+    }
+
+    /// The factor `scale · NG` of every neuron from a whole window kept as bits (`T · n` neuron-steps, step
+    /// after step): the same values as feeding the window's steps to [`SpikeGains::add_steps`], but each
+    /// worker takes a chunk of neurons through every step, so the traces stay in its cache and the window
+    /// is read once, one bit per neuron and step.
+    pub fn from_bits(bits: &SpikeBits, n: usize, rule: BackwardRule<F>) -> Vec<F> {
+        let mut gain = vec![rule.scale; n];
+        let Some(leak) = rule.leak_correction else { return gain };
+        if n == 0 {
+            return gain;
+        }
+        let steps = bits.len() / n;
+        gain.par_chunks_mut(CHUNK).enumerate().for_each(|(c, g)| {
+            let (first, len) = (c * CHUNK, g.len());
+            let (mut lf, mut tot, mut row) = (vec![F::zero(); len], vec![F::zero(); len], vec![0u8; len]);
+            for t in 0..steps {
+                bits.load(t * n + first, &mut row);
+                dispatch!(trace_chunk_avx2, trace_chunk_avx512, trace_chunk(&mut lf, &mut tot, &row, len, 0, leak));
+            }
+            for ((g, &lf), &tot) in g.iter_mut().zip(&lf).zip(&tot) {
+                *g *= leak_correction(lf, tot, leak);
+            }
+        });
+        gain
     }
 
     /// The factor `scale · NG` of every neuron over the steps added.

@@ -3,6 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use snn_core::bits::SpikeBits;
 use snn_core::kernels::{leak_correction, spike_backward_from, spike_forward_from, BackwardRule, SpikeGains};
 
 #[test]
@@ -54,6 +55,13 @@ fn recurrences_in_parts_over_many_chunks_match_per_neuron_loops() {
         gains.add_steps(&spikes[part.start * n..part.end * n]);
     }
     let gain = gains.finish();
+    // The same factors from the window kept as bits (9,000 neurons per step: most steps start off a word
+    // boundary), to the bit.
+    let mut bits = SpikeBits::zeros(steps * n);
+    bits.store(0, &spikes);
+    assert_eq!(SpikeGains::from_bits(&bits, n, rule), gain);
+    let plain = BackwardRule { scale: 0.5, leak_correction: None };
+    assert_eq!(SpikeGains::from_bits(&bits, n, plain), vec![0.5; n]);
     let mut delta = vec![0.0; n];
     let mut got = vec![0.0; steps * n];
     for part in parts.into_iter().rev() {

@@ -596,7 +596,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         // Per spiking layer: the factor at spike times (θ⁻¹·NG or 1) and the running error δ(t+1).
         let mut gains: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
         let mut deltas: Vec<Vec<F>> = Vec::with_capacity(plan.layers.len());
-        for ((layer, bits), own) in plan.layers.iter().zip(spikes).zip(&mut part) {
+        for (layer, bits) in plan.layers.iter().zip(spikes) {
             if !layer.spikes() {
                 gains.push(Vec::new());
                 deltas.push(Vec::new());
@@ -604,17 +604,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
             let span = span(layer);
             let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-            let gain = || {
-                let mut gain = kernels::SpikeGains::new(span, neuron.backward_rule());
-                for t0 in (0..steps).step_by(self.part) {
-                    let own = &mut own[..self.part.min(steps - t0) * span];
-                    bits.load(t0 * span, own);
-                    gain.add_steps(own);
-                }
-                gain.finish()
-            };
-            // The window's bits in, as bytes out and back in for the gains.
-            let bytes = (steps * span) as f64 * (1.0 / 8.0 + 2.0);
+            let gain = || kernels::SpikeGains::from_bits(bits, span, neuron.backward_rule());
+            // The window's bits in (the traces stay in cache), the gains out.
+            let bytes = (steps * span) as f64 / 8.0 + moved::<F>(span);
             gains.push(rec.time(&layer.name, Phase::Tape, gain, |_| Work::bytes(bytes)));
             deltas.push(vec![F::zero(); span]);
         }
