@@ -405,7 +405,7 @@ fn time_mode(
         let x = inputs.encode(net, t, rep)?;
         if mode == "train" {
             let masks = inputs.masks(net, rep)?;
-            train_step(net, opt, &x, labels, &masks)?;
+            train_step(net, opt, x, labels, &masks)?;
         } else if mode == "train-graph" {
             // The same step through Candle's autograd (the path other devices take).
             let masks = inputs.masks(net, rep)?;
@@ -464,7 +464,7 @@ fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Resu
         let masks = inputs.masks(net, rep)?;
         let bytes = masks.values().map(|m| m.elem_count() * DType::F32.size_in_bytes()).sum::<usize>();
         net.record_profile("step", Phase::Dropout, drawn.elapsed(), Work::bytes(bytes as f64));
-        train_step(net, &mut opt, &x, &inputs.labels, &masks)?;
+        train_step(net, &mut opt, x, &inputs.labels, &masks)?;
         if rep > 0 {
             times.push(start.elapsed().as_secs_f64());
         }

@@ -3,7 +3,10 @@
 //!
 //! Element `i` of the window is bit `i % 64` of word `i / 64`. Kernels read and write spikes as bytes
 //! (0 or 1) over a part of the window; [`SpikeBits::store`] and [`SpikeBits::load`] move such a part in and
-//! out at any element offset, word by word when the offset is a multiple of 64.
+//! out at any element offset, word by word when the offset is a multiple of 64. [`SignedSpikeBits`] keeps
+//! windows of −1/0/+1 spikes (rate-coded inputs) the same way, two bits per value.
+
+use crate::kernels::Real;
 
 /// A window of spikes, one bit each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,6 +123,71 @@ impl SpikeBits {
     }
 }
 
+/// A window of signed spikes, −1, 0 or +1 per neuron and step, in two bits each: whether the neuron fired and
+/// whether its spike is negative. Rate-coded input windows have this form (a spike carries the sign of its
+/// pixel), so a training pass can keep its input as 2 bits per value instead of a float.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedSpikeBits {
+    fired: SpikeBits,
+    negative: SpikeBits,
+}
+
+impl SignedSpikeBits {
+    /// A silent window of `len` neuron-steps.
+    pub fn zeros(len: usize) -> Self {
+        Self { fired: SpikeBits::zeros(len), negative: SpikeBits::zeros(len) }
+    }
+
+    /// Number of neuron-steps.
+    pub fn len(&self) -> usize {
+        self.fired.len()
+    }
+
+    /// Whether the window holds no neuron-step.
+    pub fn is_empty(&self) -> bool {
+        self.fired.is_empty()
+    }
+
+    /// Bytes the packed window occupies.
+    pub fn bytes(&self) -> usize {
+        self.fired.bytes() + self.negative.bytes()
+    }
+
+    /// Writes `values` at elements `offset .. offset + values.len()` if every one of them is −1, 0 or +1, and
+    /// returns whether it did (nothing is written otherwise).
+    ///
+    /// # Panics
+    /// When the range runs past the window.
+    pub fn store<F: Real>(&mut self, offset: usize, values: &[F]) -> bool {
+        let (one, zero) = (F::one(), F::zero());
+        if !values.iter().all(|&v| v == zero || v == one || v == -one) {
+            return false;
+        }
+        let fired: Vec<u8> = values.iter().map(|&v| u8::from(v != zero)).collect();
+        let negative: Vec<u8> = values.iter().map(|&v| u8::from(v < zero)).collect();
+        self.fired.store(offset, &fired);
+        self.negative.store(offset, &negative);
+        true
+    }
+
+    /// Reads elements `offset .. offset + out.len()` into `out` as −1, 0 or +1.
+    ///
+    /// # Panics
+    /// When the range runs past the window.
+    pub fn load<F: Real>(&self, offset: usize, out: &mut [F]) {
+        let (mut fired, mut negative) = (vec![0u8; out.len()], vec![0u8; out.len()]);
+        self.fired.load(offset, &mut fired);
+        self.negative.load(offset, &mut negative);
+        for ((o, &f), &n) in out.iter_mut().zip(&fired).zip(&negative) {
+            *o = match (f, n) {
+                (0, _) => F::zero(),
+                (_, 0) => F::one(),
+                _ => -F::one(),
+            };
+        }
+    }
+}
+
 /// One bit per byte of `eight` (8 bytes), bit `j` set when byte `j` is non-zero: the bytes are read as one
 /// little-endian word, each byte's bits are folded onto its lowest bit, and one multiplication gathers the
 /// eight lowest bits into the top byte.
@@ -199,6 +267,27 @@ mod tests {
             let expected = bytes.iter().enumerate().fold(0u8, |acc, (j, &b)| acc | (u8::from(b != 0) << j));
             assert_eq!(pack_eight(&bytes), expected, "{bytes:?}");
         }
+    }
+
+    /// Signed windows read back exactly at any offset; a part holding any other value is refused whole and
+    /// leaves the window as it was.
+    #[test]
+    fn signed_parts_round_trip_and_other_values_are_refused() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let len = 301;
+        let values: Vec<f32> = (0..len).map(|_| [-1.0, 0.0, 0.0, 1.0][rng.gen_range(0..4)]).collect();
+        let mut bits = SignedSpikeBits::zeros(len);
+        assert!(bits.store(0, &values[..37]));
+        assert!(bits.store(37, &values[37..]));
+        let mut out = vec![7.0f32; len - 5];
+        bits.load(5, &mut out);
+        assert_eq!(out, values[5..]);
+        let before = bits.clone();
+        assert!(!bits.store(10, &[1.0f32, 0.5, -1.0]));
+        assert!(!bits.store(10, &[-2.0f32]));
+        assert!(!bits.store(10, &[f32::NAN]));
+        assert_eq!(bits, before);
+        assert_eq!(bits.bytes(), 2 * 8 * len.div_ceil(64));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   only the input spike counts.
 //!
 //! So the tape holds each spiking layer's spikes as one bit per neuron and step ([`SpikeBits`]), the dropout
-//! masks, the readout's input counts and the caller's input window; the float buffers are sized by one part of the
+//! masks, the readout's input counts and the input window: two bits per value when it holds rate-coded spikes
+//! (−1, 0, +1; [`SignedSpikeBits`]), else the caller's tensor; the float buffers are sized by one part of the
 //! window and come from a pool the network keeps between passes (buffers no pass has asked for in two passes
 //! are released).
 //!
@@ -30,7 +31,7 @@ use std::any::Any;
 use std::ops::Deref;
 
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
-use snn_core::bits::SpikeBits;
+use snn_core::bits::{SignedSpikeBits, SpikeBits};
 use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::events::{
@@ -55,11 +56,15 @@ pub const PART_BYTES: usize = 16 << 20;
 
 /// What a training forward pass keeps for [`SpikingNetwork::backward`]: the spikes of every spiking layer as
 /// bits, the dropout masks, the readout's input spike counts and the input window.
+///
+/// A window of rate-coded spikes is kept as two bits per value, so a caller that hands its input tensor to
+/// the step and drops it after [`SpikingNetwork::forward_taped`] frees the window's floats for the backward
+/// pass; any other input (direct coding) is kept as the caller's tensor.
 #[derive(Debug)]
 pub struct Tape {
     steps: usize,
     batch: usize,
-    input: Tensor,
+    input: TapedInput,
     masks: Masks,
     /// Every layer's spikes `[T, B, neurons]` as bits, by layer index (empty for the readout).
     spikes: Vec<SpikeBits>,
@@ -76,12 +81,17 @@ impl Tape {
         self.steps
     }
 
-    /// Bytes the tape holds beyond the caller's input window and masks: one bit per spiking neuron and step
-    /// (in whole 64-bit words per layer), plus the readout's input counts. (It also hands the forward pass's
-    /// transposed copy of the weights to the backward pass, which would otherwise rebuild it; that copy, the
-    /// size of the weights, is not counted.)
+    /// Bytes the tape holds beyond the caller's masks (and input tensor, when it keeps that): one bit per
+    /// spiking neuron and step (in whole 64-bit words per layer), two bits per input value when the input
+    /// is rate-coded spikes, plus the readout's input counts. (It also hands the forward pass's transposed
+    /// copy of the weights to the backward pass, which would otherwise rebuild it; that copy, the size of
+    /// the weights, is not counted.)
     pub fn bytes(&self) -> usize {
-        self.spikes.iter().map(SpikeBits::bytes).sum::<usize>() + 8 * self.readout_counts.len()
+        let input = match &self.input {
+            TapedInput::Spikes(bits) => bits.bytes(),
+            TapedInput::Values(_) => 0,
+        };
+        self.spikes.iter().map(SpikeBits::bytes).sum::<usize>() + input + 8 * self.readout_counts.len()
     }
 
     /// The spike window `[T, B, ...]` of a spiking layer (before its mask) as 0/1 in `dtype`, if the layer
@@ -92,6 +102,33 @@ impl Tape {
         let mut dims = vec![self.steps, self.batch];
         dims.extend_from_slice(&net.plan.layers[i].shape);
         Ok(Some(Tensor::from_vec(bytes, dims, &Device::Cpu)?.to_dtype(dtype)?))
+    }
+}
+
+/// The input window as a tape keeps it.
+#[derive(Debug)]
+enum TapedInput {
+    /// Rate-coded spikes, two bits per value.
+    Spikes(SignedSpikeBits),
+    /// Any other values: the caller's tensor (its storage is shared, not copied).
+    Values(Tensor),
+}
+
+/// The input window a pass reads, part by part.
+#[derive(Clone, Copy)]
+enum InputWindow<'a> {
+    /// A tensor `[T, B, ...]`.
+    Values(&'a Tensor),
+    /// Rate-coded spikes kept by a tape.
+    Spikes(&'a SignedSpikeBits),
+}
+
+impl<'a> From<&'a TapedInput> for InputWindow<'a> {
+    fn from(input: &'a TapedInput) -> Self {
+        match input {
+            TapedInput::Spikes(bits) => InputWindow::Spikes(bits),
+            TapedInput::Values(tensor) => InputWindow::Values(tensor),
+        }
     }
 }
 
@@ -136,9 +173,11 @@ impl SpikingNetwork {
         if !self.device().is_cpu() {
             return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
         }
+        let shape = self.check_input(input, masks)?;
+        let input = InputWindow::Values(input);
         match self.dtype() {
-            DType::F32 => Pass::<f32>::new(self, input, masks, None)?.forward(),
-            DType::F64 => Pass::<f64>::new(self, input, masks, None)?.forward(),
+            DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(),
+            DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(),
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
         }
     }
@@ -159,14 +198,15 @@ impl SpikingNetwork {
         fn typed<F: Real + WithDType>(prepared: Option<Box<dyn Any + Send + Sync>>) -> Option<Prepared<F>> {
             prepared.and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
         }
+        let (input, shape) = (InputWindow::from(&tape.input), (tape.steps, tape.batch));
         match self.dtype() {
             DType::F32 => {
                 let prepared = typed::<f32>(tape.prepared.take());
-                Pass::<f32>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
+                Pass::<f32>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             DType::F64 => {
                 let prepared = typed::<f64>(tape.prepared.take());
-                Pass::<f64>::new(self, &tape.input, &tape.masks, prepared)?.backward(&tape, grad_output)
+                Pass::<f64>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
             }
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
         }
@@ -307,7 +347,7 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
 struct Pass<'a, F: Real + WithDType> {
     net: &'a SpikingNetwork,
     plan: &'a Plan,
-    input: &'a Tensor,
+    input: InputWindow<'a>,
     steps: usize,
     batch: usize,
     /// Steps per part.
@@ -357,14 +397,15 @@ impl<'p, F: Real> SpikeGrads<'p, F> {
 }
 
 impl<'a, F: Real + WithDType> Pass<'a, F> {
-    /// A pass over `input` with `masks`, reusing the weights and masks a forward pass prepared, if given.
+    /// A pass over `input` of `steps` and `batch` with `masks` (both checked against the network), reusing
+    /// the weights a forward pass prepared, if given.
     fn new(
         net: &'a SpikingNetwork,
-        input: &'a Tensor,
+        input: InputWindow<'a>,
+        (steps, batch): (usize, usize),
         masks: &'a Masks,
         prepared: Option<Prepared<F>>,
     ) -> Result<Self> {
-        let (steps, batch) = net.check_input(input, masks)?;
         let mask_tensors = masks.clone();
         let rec = Recorder::new(net.profiling());
         let layer_masks = || net.plan.layers.iter().map(|l| masks.get(&l.name).map(MaskValues::new).transpose());
@@ -432,7 +473,15 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
 
     /// The input window's part `[t0, t0 + len)`.
     fn input_part(&self, t0: usize, len: usize) -> Result<Vec<F>> {
-        Ok(self.input.narrow(0, t0, len)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?)
+        match self.input {
+            InputWindow::Values(input) => Ok(input.narrow(0, t0, len)?.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1()?),
+            InputWindow::Spikes(bits) => {
+                let span = self.batch * self.plan.feed_len(Feed::Input);
+                let mut part = vec![F::zero(); len * span];
+                bits.load(t0 * span, &mut part);
+                Ok(part)
+            }
+        }
     }
 
     /// The input currents of `layer` over a part of `len` steps, its input frames `x` (and a shortcut's
@@ -504,10 +553,16 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let (readout, _, classes) = plan.readout()?;
         let mut readout_membrane = vec![F::zero(); batch * classes];
         let mut readout_counts = vec![0.0; batch * plan.feed_len(readout.from)];
+        // The input window as signed spike bits, while every part holds only −1, 0 and +1.
+        let input_span = batch * plan.feed_len(Feed::Input);
+        let mut packed = Some(SignedSpikeBits::zeros(steps * input_span));
 
         for t0 in (0..steps).step_by(self.part) {
             let len = self.part.min(steps - t0);
             let input = self.input_part(t0, len)?;
+            if packed.as_mut().is_some_and(|bits| !bits.store(t0 * input_span, &input)) {
+                packed = None;
+            }
             for (i, layer) in plan.layers.iter().enumerate() {
                 let x = self.source(layer.from, len, &input, &part);
                 let currents = self.currents(layer, &x, len, &input, &part)?;
@@ -546,7 +601,11 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let activity = self.activity(counts)?;
         let masks = self.mask_tensors.clone();
         let prepared: Box<dyn Any + Send + Sync> = Box::new(Prepared { weights: std::mem::take(&mut self.weights) });
-        let input = self.input.clone();
+        let input = match (packed, self.input) {
+            (Some(bits), _) => TapedInput::Spikes(bits),
+            (None, InputWindow::Values(tensor)) => TapedInput::Values(tensor.clone()),
+            (None, InputWindow::Spikes(bits)) => TapedInput::Spikes(bits.clone()),
+        };
         let network = self.net.id;
         let tape = Tape { steps, batch, input, masks, spikes, readout_counts, prepared: Some(prepared), network };
         Ok((ForwardOutput { output, activity }, tape))

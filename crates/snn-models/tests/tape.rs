@@ -149,9 +149,11 @@ fn the_tape_keeps_one_bit_per_neuron_and_step_and_reads_back_the_dense_passs_spi
     // per sample in f64.
     let words = |n: usize| (steps * batch * n).div_ceil(64);
     let bits: usize = [1024, 256, 384, 96, 96, 24, 12].into_iter().map(|n| 8 * words(n)).sum();
-    assert_eq!(tape.bytes(), bits + 8 * batch * 12);
+    // The input window (2·16·16 values per sample, −1, 0 or +1) in two bits per value.
+    let input_bits = 2 * 8 * words(2 * 16 * 16);
+    assert_eq!(tape.bytes(), bits + input_bits + 8 * batch * 12);
     assert!(
-        tape.bytes() * 7 < steps * batch * (1024 + 256 + 384 + 96 + 96 + 24 + 12),
+        (tape.bytes() - input_bits) * 7 < steps * batch * (1024 + 256 + 384 + 96 + 96 + 24 + 12),
         "a byte tape would be 8× larger"
     );
     assert_eq!(tape.steps(), steps);
@@ -170,6 +172,28 @@ fn the_tape_keeps_one_bit_per_neuron_and_step_and_reads_back_the_dense_passs_spi
         assert!(a.contains(&1.0), "{layer} fired");
     }
     assert!(tape.spike_window(&net, "nope", DType::F64).unwrap().is_none());
+}
+
+/// Rate-coded input is kept on the tape as two bits per value; a window with any other value (here one value
+/// of the last part) is kept as the caller's tensor. Both give autograd's gradients.
+#[test]
+fn spike_input_is_taped_as_two_bits_and_other_input_as_given() {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let net = SpikingNetwork::new(spec, &mut rng, DType::F64, &Device::Cpu).unwrap();
+    // Batch 4: parts of 16 steps, so the window runs as 16 + 4 steps.
+    let (steps, batch) = (20, 4);
+    let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
+    let spikes = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
+    let mut values = spikes.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let last = values.len() - 100;
+    values[last] = 0.5;
+    let analog = Tensor::from_vec(values, spikes.dims(), &Device::Cpu).unwrap();
+    assert!(passes_agree(&net, &spikes, &masks) > 0.0);
+    assert!(passes_agree(&net, &analog, &masks) > 0.0);
+    let bytes = |x: &Tensor| net.forward_taped(x, &masks).unwrap().1.bytes();
+    let window = steps * batch * 2 * 16 * 16;
+    assert_eq!(bytes(&spikes) - bytes(&analog), 2 * 8 * window.div_ceil(64));
 }
 
 #[test]

@@ -547,10 +547,14 @@ fn locate(e: Error, epoch: usize, batch: usize) -> Error {
 ///
 /// Returns the forward output and the loss. Fails without updating anything when the loss or a gradient is
 /// not finite (the error's epoch and batch are 0; [`train`] fills them in).
+///
+/// The step takes the input window: on the CPU it is released after the forward pass when the caller keeps
+/// no other handle to it (the tape holds rate-coded spikes as bits), so the backward pass does not hold the
+/// window's floats.
 pub fn train_step(
     net: &SpikingNetwork,
     opt: &mut Sgd,
-    x: &Tensor,
+    x: Tensor,
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
@@ -569,13 +573,14 @@ pub fn train_step(
 /// The forward pass, the loss and the weights' gradients of one batch (no update).
 fn batch_gradients(
     net: &SpikingNetwork,
-    x: &Tensor,
+    x: Tensor,
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64, Gradients)> {
     // On the CPU the taped pass (compact tape, hand-written backward); elsewhere Candle's autograd.
     Ok(if net.device().is_cpu() {
-        let (out, tape) = net.forward_taped(x, masks)?;
+        let (out, tape) = net.forward_taped(&x, masks)?;
+        drop(x);
         let readout = Var::from_tensor(&out.output)?;
         let loss = sum_squared_error(readout.as_tensor(), labels)?;
         let loss_value = checked_loss(net, &loss)?;
@@ -585,7 +590,7 @@ fn batch_gradients(
         (out, loss_value, grads)
     } else {
         let opts = ForwardOptions { track_gradients: true, ..ForwardOptions::default() };
-        let out = net.forward(x, masks, opts)?;
+        let out = net.forward(&x, masks, opts)?;
         let loss = sum_squared_error(&out.output, labels)?;
         let loss_value = checked_loss(net, &loss)?;
         let grads = Gradients::from_grad_store(&loss.backward()?, net);
@@ -946,7 +951,7 @@ impl<'a> Run<'a> {
         let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, idx))?;
         let step = match self.injected_fault(epoch, b) {
             Some(fault) => Err(fault),
-            None => train_step(net, &mut self.opt, &x, &labels, &masks),
+            None => train_step(net, &mut self.opt, x, &labels, &masks),
         };
         let (out, loss) = match step {
             Ok(step) => step,
@@ -994,7 +999,7 @@ impl<'a> Run<'a> {
                 let (x, labels) =
                     encode_augmented(net, self.train, mine, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
                 let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, mine))?;
-                let (out, loss, grads) = batch_gradients(net, &x, &labels, &masks)?;
+                let (out, loss, grads) = batch_gradients(net, x, &labels, &masks)?;
                 let correct = count_correct(&out.output, &labels)?;
                 Ok::<_, Error>(Some((out, loss, grads, correct)))
             })()
