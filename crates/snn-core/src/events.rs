@@ -176,6 +176,9 @@ pub trait EventFrames<F: Real>: Sync {
         f: impl FnMut(usize, usize, F),
     );
 
+    /// The value of entry `index` of frame `frame` (which the caller knows to be an event).
+    fn value_at(&self, frame: usize, index: usize) -> F;
+
     /// Calls `f(index, value)` for every non-zero entry of frame `frame`, in index order.
     #[inline(always)]
     fn for_each_event(&self, frame: usize, f: impl FnMut(usize, F)) {
@@ -294,6 +297,11 @@ impl<F: Real> EventFrames<F> for DenseFrames<'_, F> {
     }
 
     #[inline(always)]
+    fn value_at(&self, frame: usize, index: usize) -> F {
+        self.data[frame * self.frame_len + index]
+    }
+
+    #[inline(always)]
     fn for_each_event_by_position(
         &self,
         frame: usize,
@@ -355,6 +363,11 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
             None => dispatch!(count_spikes_avx2, count_spikes_avx512, count_spikes(frame)),
         };
         self.spikes.chunks(len).enumerate().map(count).sum()
+    }
+
+    #[inline(always)]
+    fn value_at(&self, frame: usize, index: usize) -> F {
+        self.mask.map_or(F::one(), |m| m[(frame % self.batch) * self.frame_len + index])
     }
 
     /// Each spike as 1 (or its mask value), without branches.
@@ -850,21 +863,182 @@ fn kernel_rows<F: Real>(w: &[F], g: ConvGeometry) -> Vec<F> {
 }
 
 /// Event-driven convolution into `out` `[N, O, Ho, Wo]` (overwritten) from the input events and the
-/// transposed kernel `rows` (`kernel_rows`). Frames run in parallel, each accumulating channel-last.
+/// transposed kernel `rows` (`kernel_rows`). Frames run in parallel.
+///
+/// Layers with at least [`GATHER_MIN`] input and output channels and an output frame of at least
+/// [`GATHER_MIN_BYTES`] gather: each frame's events are mapped position by position, then every output
+/// position's sums are formed in registers over the taps and the events under them ([`conv_frame`]). The
+/// others scatter every event's kernel rows into the outputs it reaches ([`scatter_frame`]): narrow layers,
+/// whose input positions hold few events each (work in proportion to the events alone), and small frames,
+/// whose accumulator stays in the cache the scattering pass writes to.
 pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometry, out: &mut [F]) {
+    let wide = g.channels >= GATHER_MIN && g.outputs >= GATHER_MIN;
+    if wide && g.frame_out() * std::mem::size_of::<F>() >= GATHER_MIN_BYTES {
+        out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
+            // Per worker: the frame's event bitmap, and a channel-last accumulator (one contiguous row of
+            // `outputs` per output position).
+            || (PositionEvents::new(), vec![F::zero(); g.frame_out()]),
+            |(events, acc), (f, dst)| {
+                events.fill(x, f, g.channels, g.height * g.width);
+                dispatch!(fused conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, events, rows, g, acc, dst))
+            },
+        );
+        return;
+    }
     let coords = g.input_coordinates();
     out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
         // Channel-last accumulator, one per worker: one contiguous row of `outputs` per output position.
         || vec![F::zero(); g.frame_out()],
-        |acc, (f, dst)| dispatch!(fused conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, rows, g, &coords, acc, dst)),
+        |acc, (f, dst)| {
+            dispatch!(fused scatter_frame_avx2, scatter_frame_avx512, scatter_frame(x, f, rows, g, &coords, acc, dst))
+        },
     );
 }
 
+/// The fewest input and output channels for which [`conv_events`] gathers (below, it scatters). At 10–20 %
+/// input density a 64-channel layer has several events under every tap, which the gathering pass adds
+/// in registers; LeNet's 1- and 12-channel inputs leave most taps empty, and gathering them took 2–3× the
+/// scattering pass's time.
+const GATHER_MIN: usize = 32;
+
+/// The smallest output frame (in bytes) for which [`conv_events`] gathers. VGG9's 32 × 32 × 64 frame
+/// (256 KiB in `f32`) took 25 % less time gathering; its 8 × 8 × 256 frames (64 KiB) took more, their
+/// scattered rows staying in the core's cache.
+const GATHER_MIN_BYTES: usize = 128 << 10;
+
+/// Output channels whose sums one pass of [`conv_frame`] keeps in registers: four 512-bit (or eight 256-bit)
+/// registers of `f32`.
+const OUTPUT_BLOCK: usize = 64;
+
+/// One frame's non-zero inputs as a bitmap by position (channel-last): bit `c % 64` of word
+/// `q · words + c / 64` is set when channel `c` holds an event (a kept spike) at input position `q`.
+#[derive(Debug)]
+struct PositionEvents {
+    bits: Vec<u64>,
+    /// Words per position, `⌈C / 64⌉`.
+    words: usize,
+}
+
+impl PositionEvents {
+    fn new() -> Self {
+        Self { bits: Vec::new(), words: 0 }
+    }
+
+    /// The bitmap of frame `f` of `x` (`channels` planes of `plane` positions), from its walk position by
+    /// position over blocks of [`CHANNEL_BLOCK`] channels.
+    fn fill<F: Real, X: EventFrames<F>>(&mut self, x: &X, f: usize, channels: usize, plane: usize) {
+        let words = channels.div_ceil(64);
+        self.words = words;
+        self.bits.clear();
+        self.bits.resize(plane * words, 0);
+        let bits = &mut self.bits;
+        for first in (0..channels).step_by(CHANNEL_BLOCK) {
+            let block = first..(first + CHANNEL_BLOCK).min(channels);
+            x.for_each_event_by_position(f, block, plane, |q, c, _| bits[q * words + c / 64] |= 1 << (c % 64));
+        }
+    }
+}
+
 wide_variants!(fused fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real, X: EventFrames<F>>(
+    x: &X, f: usize, events: &PositionEvents, rows: &[F], g: ConvGeometry, acc: &mut [F], dst: &mut [F]
+));
+
+/// One frame of [`conv_events`] from its events by position: for every block of [`OUTPUT_BLOCK`] output
+/// channels and every output position, the sum over the kernel's taps and the events under each tap of the
+/// event's kernel row, held in registers; the sums go to `acc` (channel-last), then to `dst` as
+/// `[O, Ho, Wo]`. Only the kernel rows are read per event, nothing is stored.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conv_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
+    x: &X,
+    f: usize,
+    events: &PositionEvents,
+    rows: &[F],
+    g: ConvGeometry,
+    acc: &mut [F],
+    dst: &mut [F],
+    _: M,
+) {
+    let mut first = 0;
+    while first + OUTPUT_BLOCK <= g.outputs {
+        gather_block::<F, X, M, OUTPUT_BLOCK>(x, f, events, rows, g, first, acc);
+        first += OUTPUT_BLOCK;
+    }
+    // The last outputs of a layer whose count is not a multiple of the block, in smaller blocks.
+    for width in [32, 16, 8, 4, 2, 1] {
+        while first + width <= g.outputs {
+            match width {
+                32 => gather_block::<F, X, M, 32>(x, f, events, rows, g, first, acc),
+                16 => gather_block::<F, X, M, 16>(x, f, events, rows, g, first, acc),
+                8 => gather_block::<F, X, M, 8>(x, f, events, rows, g, first, acc),
+                4 => gather_block::<F, X, M, 4>(x, f, events, rows, g, first, acc),
+                2 => gather_block::<F, X, M, 2>(x, f, events, rows, g, first, acc),
+                _ => gather_block::<F, X, M, 1>(x, f, events, rows, g, first, acc),
+            }
+            first += width;
+        }
+    }
+    transpose_whole(acc, g.out_h * g.out_w, g.outputs, dst);
+}
+
+/// The output channels `first..first + W` of [`conv_frame`] at every output position, into `acc`.
+#[inline(always)]
+fn gather_block<F: Real, X: EventFrames<F>, M: MulAdd, const W: usize>(
+    x: &X,
+    f: usize,
+    events: &PositionEvents,
+    rows: &[F],
+    g: ConvGeometry,
+    first: usize,
+    acc: &mut [F],
+) {
+    let (taps, plane) = (g.kernel * g.kernel, g.height * g.width);
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let mut sum = [F::zero(); W];
+            for ky in 0..g.kernel {
+                // Input row `oy·s + ky − p`; rows in the padding wrap to large values and are skipped.
+                let y = (oy * g.stride + ky).wrapping_sub(g.padding);
+                if y >= g.height {
+                    continue;
+                }
+                for kx in 0..g.kernel {
+                    let col = (ox * g.stride + kx).wrapping_sub(g.padding);
+                    if col >= g.width {
+                        continue;
+                    }
+                    let (tap, q) = (ky * g.kernel + kx, y * g.width + col);
+                    for (w, &word) in events.bits[q * events.words..][..events.words].iter().enumerate() {
+                        let mut word = word;
+                        while word != 0 {
+                            let c = 64 * w + word.trailing_zeros() as usize;
+                            word &= word - 1;
+                            let v = x.value_at(f, c * plane + q);
+                            let at = (c * taps + tap) * g.outputs + first;
+                            let Ok(row) = <&[F; W]>::try_from(&rows[at..at + W]) else { continue };
+                            if v == F::one() {
+                                for k in 0..W {
+                                    sum[k] += row[k];
+                                }
+                            } else {
+                                for k in 0..W {
+                                    sum[k] = M::mul_add(v, row[k], sum[k]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            acc[(oy * g.out_w + ox) * g.outputs + first..][..W].copy_from_slice(&sum);
+        }
+    }
+}
+
+wide_variants!(fused fn scatter_frame_avx2, scatter_frame_avx512 = scatter_frame<F: Real, X: EventFrames<F>>(
     x: &X, f: usize, rows: &[F], g: ConvGeometry, coords: &[(u32, u32)], acc: &mut [F], dst: &mut [F]
 ));
 
-/// One frame of [`conv_events`]: accumulates every event's kernel rows into `acc` (channel-last, cleared
+/// One frame of [`conv_events`] by scattering: adds every event's kernel rows into `acc` (channel-last, cleared
 /// here), then writes it to `dst` as `[O, Ho, Wo]`.
 ///
 /// The input channels are taken [`CHANNEL_BLOCK`] at a time and, within a block, position by position: the
@@ -873,7 +1047,7 @@ wide_variants!(fused fn conv_frame_avx2, conv_frame_avx512 = conv_frame<F: Real,
 /// L2 once per input channel.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn conv_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
+fn scatter_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
     f: usize,
     rows: &[F],

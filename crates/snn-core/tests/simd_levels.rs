@@ -35,11 +35,16 @@ fn synaptic_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
     let dev = &Device::Cpu;
     let mut out = Vec::new();
-    // Output channels chosen so that rows end in a remainder at every vector width; the last has two blocks of
-    // input channels in the forward pass.
-    for (n, c, h, w, o, k, p, s) in
-        [(3, 5, 9, 11, 48, 3, 1, 1), (2, 4, 12, 10, 37, 5, 2, 2), (4, 3, 8, 8, 70, 3, 0, 1), (2, 12, 7, 9, 40, 3, 1, 1)]
-    {
+    // Output channels chosen so that rows end in a remainder at every vector width; the fourth has two blocks
+    // of input channels in the forward pass; the last is wide enough for the gathering forward pass (two bitmap
+    // words per position, two register blocks of outputs and a remainder).
+    for (n, c, h, w, o, k, p, s) in [
+        (3, 5, 9, 11, 48, 3, 1, 1),
+        (2, 4, 12, 10, 37, 5, 2, 2),
+        (4, 3, 8, 8, 70, 3, 0, 1),
+        (2, 12, 7, 9, 40, 3, 1, 1),
+        (2, 70, 16, 16, 130, 3, 1, 1),
+    ] {
         let x = Tensor::from_vec(values(n * c * h * w, 0.2, &mut rng), (n, c, h, w), dev).unwrap();
         let kernel = Tensor::from_vec(real(o * c * k * k, &mut rng), (o, c, k, k), dev).unwrap();
         let y = conv2d_events(&x, &kernel, p, s).unwrap();

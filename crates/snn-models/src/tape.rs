@@ -327,6 +327,14 @@ impl<F: Real> EventFrames<F> for Source<'_, F> {
         }
     }
 
+    #[inline(always)]
+    fn value_at(&self, frame: usize, index: usize) -> F {
+        match self {
+            Source::Input(x) => x.value_at(frame, index),
+            Source::Spikes(x) => x.value_at(frame, index),
+        }
+    }
+
     fn nonzero(&self) -> usize {
         match self {
             Source::Input(x) => x.nonzero(),

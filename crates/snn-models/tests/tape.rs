@@ -14,8 +14,8 @@ fn per_sample(batch: usize, rng: &mut ChaCha8Rng) -> Vec<ChaCha8Rng> {
 }
 
 /// A small residual network with every layer kind: a stem, pooling, a block with a strided 1×1-conv
-/// shortcut, a block with an identity-subsampling shortcut, dropout on a convolution and the fully
-/// connected layer, and the readout.
+/// shortcut, a block with an identity-subsampling shortcut, dropout on two convolutions (one read by a
+/// convolution) and the fully connected layer, and the readout.
 const SMALL_RESNET: &str = r#"{
   "name": "small-resnet", "input_shape": [2, 16, 16], "input_signed": true, "dropout_p": 0.25,
   "stats_after_mask": false,
@@ -24,7 +24,7 @@ const SMALL_RESNET: &str = r#"{
      "padding": 1, "dropout": true},
     {"kind": "pool", "name": "pool1", "input": "stem"},
     {"kind": "conv", "name": "a1", "input": "pool1", "in_channels": 4, "out_channels": 6, "kernel": 3,
-     "padding": 1},
+     "padding": 1, "dropout": true},
     {"kind": "conv", "name": "a2", "input": "a1", "in_channels": 6, "out_channels": 6, "kernel": 3,
      "padding": 1, "stride": 2,
      "shortcut": {"name": "short1", "kind": "conv1x1", "input": "pool1", "stride": 2}},
@@ -117,7 +117,7 @@ fn the_taped_pass_reproduces_autograd_on_every_layer_kind() {
             .collect();
         let net = SpikingNetwork::from_weights(spec.clone(), weights, DType::F64, &Device::Cpu).unwrap();
         let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
-        assert_eq!(masks.len(), 2);
+        assert_eq!(masks.len(), 3);
         let x = input(&[steps, batch, 2, 16, 16], density, !excite, &mut rng);
         let spikes = passes_agree(&net, &x, &masks);
         assert!(spikes > 0.0, "the network must be active");
