@@ -290,7 +290,7 @@ impl SpikingNetwork {
         if events && matches!(self.dtype, DType::F32 | DType::F64) {
             // The taped pass's forward computes the same readout and counts in parts of the window, with
             // buffers sized by the part; its tape holds every layer's spikes, which are handed out when asked.
-            let (mut out, tape) = self.forward_taped(input, masks)?;
+            let (mut out, tape) = self.taped_forward(input, masks, false)?;
             if opts.keep_spikes {
                 for layer in &mut out.activity {
                     layer.spikes = tape.spike_window(self, &layer.name, self.dtype)?;

@@ -170,14 +170,25 @@ impl SpikingNetwork {
     /// The output tensor is not connected to the weights: form the loss on it, take its gradient with respect
     /// to the output, and pass that to [`Self::backward`].
     pub fn forward_taped(&self, input: &Tensor, masks: &Masks) -> Result<(ForwardOutput, Tape)> {
+        self.taped_forward(input, masks, true)
+    }
+
+    /// [`Self::forward_taped`]; with `pack_input` false the tape keeps the caller's input tensor instead of
+    /// packing rate-coded spikes into bits (event-driven inference, whose tape serves no backward pass).
+    pub(crate) fn taped_forward(
+        &self,
+        input: &Tensor,
+        masks: &Masks,
+        pack_input: bool,
+    ) -> Result<(ForwardOutput, Tape)> {
         if !self.device().is_cpu() {
             return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
         }
         let shape = self.check_input(input, masks)?;
         let input = InputWindow::Values(input);
         match self.dtype() {
-            DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(),
-            DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(),
+            DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(pack_input),
+            DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(pack_input),
             other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
         }
     }
@@ -548,7 +559,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         })
     }
 
-    fn forward(mut self) -> Result<(ForwardOutput, Tape)> {
+    /// The forward pass; `pack_input` keeps a rate-coded input window as bits on the tape.
+    fn forward(mut self, pack_input: bool) -> Result<(ForwardOutput, Tape)> {
         let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
         let spec = self.net.spec();
@@ -563,7 +575,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let mut readout_counts = vec![0.0; batch * plan.feed_len(readout.from)];
         // The input window as signed spike bits, while every part holds only −1, 0 and +1.
         let input_span = batch * plan.feed_len(Feed::Input);
-        let mut packed = Some(SignedSpikeBits::zeros(steps * input_span));
+        let mut packed = pack_input.then(|| SignedSpikeBits::zeros(steps * input_span));
 
         for t0 in (0..steps).step_by(self.part) {
             let len = self.part.min(steps - t0);
