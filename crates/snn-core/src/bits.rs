@@ -160,11 +160,14 @@ impl SignedSpikeBits {
     /// When the range runs past the window.
     pub fn store<F: Real>(&mut self, offset: usize, values: &[F]) -> bool {
         let (one, zero) = (F::one(), F::zero());
-        if !values.iter().all(|&v| v == zero || v == one || v == -one) {
-            return false;
+        let (mut fired, mut negative) = (Vec::with_capacity(values.len()), Vec::with_capacity(values.len()));
+        for &v in values {
+            if !(v == zero || v == one || v == -one) {
+                return false;
+            }
+            fired.push(u8::from(v != zero));
+            negative.push(u8::from(v < zero));
         }
-        let fired: Vec<u8> = values.iter().map(|&v| u8::from(v != zero)).collect();
-        let negative: Vec<u8> = values.iter().map(|&v| u8::from(v < zero)).collect();
         self.fired.store(offset, &fired);
         self.negative.store(offset, &negative);
         true

@@ -877,7 +877,7 @@ pub fn conv_events<F: Real, X: EventFrames<F>>(x: &X, rows: &[F], g: ConvGeometr
         out.par_chunks_mut(g.frame_out()).enumerate().for_each_init(
             // Per worker: the frame's event bitmap, and a channel-last accumulator (one contiguous row of
             // `outputs` per output position).
-            || (PositionEvents::new(), vec![F::zero(); g.frame_out()]),
+            || (PositionEvents::default(), vec![F::zero(); g.frame_out()]),
             |(events, acc), (f, dst)| {
                 events.fill(x, f, g.channels, g.height * g.width);
                 dispatch!(fused conv_frame_avx2, conv_frame_avx512, conv_frame(x, f, events, rows, g, acc, dst))
@@ -912,7 +912,7 @@ const OUTPUT_BLOCK: usize = 64;
 
 /// One frame's non-zero inputs as a bitmap by position (channel-last): bit `c % 64` of word
 /// `q · words + c / 64` is set when channel `c` holds an event (a kept spike) at input position `q`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PositionEvents {
     bits: Vec<u64>,
     /// Words per position, `⌈C / 64⌉`.
@@ -920,10 +920,6 @@ struct PositionEvents {
 }
 
 impl PositionEvents {
-    fn new() -> Self {
-        Self { bits: Vec::new(), words: 0 }
-    }
-
     /// The bitmap of frame `f` of `x` (`channels` planes of `plane` positions), from its walk position by
     /// position over blocks of [`CHANNEL_BLOCK`] channels.
     fn fill<F: Real, X: EventFrames<F>>(&mut self, x: &X, f: usize, channels: usize, plane: usize) {
@@ -964,9 +960,10 @@ fn conv_frame<F: Real, X: EventFrames<F>, M: MulAdd>(
         gather_block::<F, X, M, OUTPUT_BLOCK>(x, f, events, rows, g, first, acc);
         first += OUTPUT_BLOCK;
     }
-    // The last outputs of a layer whose count is not a multiple of the block, in smaller blocks.
+    // The last outputs of a layer whose count is not a multiple of the block, in halving blocks (each used
+    // at most once: fewer than 64 outputs remain).
     for width in [32, 16, 8, 4, 2, 1] {
-        while first + width <= g.outputs {
+        if first + width <= g.outputs {
             match width {
                 32 => gather_block::<F, X, M, 32>(x, f, events, rows, g, first, acc),
                 16 => gather_block::<F, X, M, 16>(x, f, events, rows, g, first, acc),

@@ -253,9 +253,7 @@ impl<F: Real> SpikeGains<F> {
                 bits.load(t * n + first, &mut row);
                 dispatch!(trace_chunk_avx2, trace_chunk_avx512, trace_chunk(&mut lf, &mut tot, &row, len, 0, leak));
             }
-            for ((g, &lf), &tot) in g.iter_mut().zip(&lf).zip(&tot) {
-                *g *= leak_correction(lf, tot, leak);
-            }
+            apply_leak_correction(g, &lf, &tot, leak);
         });
         gain
     }
@@ -264,14 +262,18 @@ impl<F: Real> SpikeGains<F> {
     pub fn finish(self) -> Vec<F> {
         let mut gain = vec![self.rule.scale; self.neurons];
         let Some(leak) = self.rule.leak_correction else { return gain };
-        gain.par_chunks_mut(CHUNK).zip(self.leaky.par_chunks(CHUNK)).zip(self.count.par_chunks(CHUNK)).for_each(
-            |((g, lf), tot)| {
-                for ((g, &lf), &tot) in g.iter_mut().zip(lf).zip(tot) {
-                    *g *= leak_correction(lf, tot, leak);
-                }
-            },
-        );
+        gain.par_chunks_mut(CHUNK)
+            .zip(self.leaky.par_chunks(CHUNK))
+            .zip(self.count.par_chunks(CHUNK))
+            .for_each(|((g, lf), tot)| apply_leak_correction(g, lf, tot, leak));
         gain
+    }
+}
+
+/// Multiplies each factor in `gain` by its neuron's leak correction `NG(LF, Tot)`.
+fn apply_leak_correction<F: Real>(gain: &mut [F], leaky: &[F], count: &[F], leak: F) {
+    for ((g, &lf), &tot) in gain.iter_mut().zip(leaky).zip(count) {
+        *g *= leak_correction(lf, tot, leak);
     }
 }
 
