@@ -19,6 +19,7 @@
 //! window ([`EventFrames`]). They run on the CPU; on other devices the callers use the dense layers.
 
 use crate::cpu::{run_cpu, CpuKernel};
+use crate::dropout::MaskView;
 use crate::kernels::Real;
 use crate::simd::MulAdd;
 use crate::{Error, Result};
@@ -339,7 +340,16 @@ pub struct SpikeFrames<'a, F> {
     /// Samples per time step `B`.
     pub batch: usize,
     /// Mask `[B, frame_len]`, when the layer has dropout.
-    pub mask: Option<&'a [F]>,
+    pub mask: Option<MaskView<'a, F>>,
+}
+
+impl<'a, F: Real> SpikeFrames<'a, F> {
+    /// The mask row of frame `frame`'s sample over the entries `range`, if there is a mask.
+    #[inline(always)]
+    fn mask_row(&self, frame: usize, range: std::ops::Range<usize>) -> Option<MaskView<'a, F>> {
+        let row = (frame % self.batch) * self.frame_len;
+        self.mask.map(|m| m.slice(row + range.start..row + range.end))
+    }
 }
 
 impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
@@ -355,10 +365,10 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
     /// the current [`SimdLevel`].
     fn nonzero(&self) -> usize {
         let len = self.frame_len.max(1);
-        let count = |(f, frame): (usize, &[u8])| match self.mask {
-            Some(mask) => {
-                let kept = &mask[(f % self.batch) * len..][..frame.len()];
-                dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept))
+        let count = |(f, frame): (usize, &[u8])| match self.mask_row(f, 0..frame.len()) {
+            Some(MaskView::Values(kept)) => dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept)),
+            Some(MaskView::Keep { flags, .. }) => {
+                dispatch!(count_flagged_avx2, count_flagged_avx512, count_flagged(frame, flags))
             }
             None => dispatch!(count_spikes_avx2, count_spikes_avx512, count_spikes(frame)),
         };
@@ -367,19 +377,23 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
 
     #[inline(always)]
     fn value_at(&self, frame: usize, index: usize) -> F {
-        self.mask.map_or(F::one(), |m| m[(frame % self.batch) * self.frame_len + index])
+        self.mask.map_or(F::one(), |m| m.get((frame % self.batch) * self.frame_len + index))
     }
 
     /// Each spike as 1 (or its mask value), without branches.
     #[inline(always)]
     fn values_into(&self, frame: usize, range: std::ops::Range<usize>, out: &mut [F]) {
         let bytes = &self.spikes[frame * self.frame_len..][range.clone()];
-        match self.mask {
+        match self.mask_row(frame, range) {
             None => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = if b != 0 { F::one() } else { F::zero() }),
-            Some(mask) => {
-                let mask = &mask[(frame % self.batch) * self.frame_len..][range];
+            Some(MaskView::Values(mask)) => {
                 for ((o, &b), &m) in out.iter_mut().zip(bytes).zip(mask) {
                     *o = if b != 0 { m } else { F::zero() };
+                }
+            }
+            Some(MaskView::Keep { flags, value }) => {
+                for ((o, &b), &k) in out.iter_mut().zip(bytes).zip(flags) {
+                    *o = if b != 0 && k != 0 { value } else { F::zero() };
                 }
             }
         }
@@ -395,22 +409,31 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
     ) {
         debug_assert!(channels.len() <= CHANNEL_BLOCK);
         let bytes = &self.spikes[frame * self.frame_len..][..self.frame_len];
-        let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][..self.frame_len]);
-        let value = |p: usize, c: usize| match mask {
-            Some(m) => Some(m[c * plane + p]).filter(|&v| v != F::zero()),
-            None => Some(F::one()),
-        };
-        visit_positions(plane, channels.clone(), value, f, |p0, n, k| {
+        let word = |bytes: &[u8], p0: usize, n: usize, k: usize| {
             let mut eight = [0u8; 8];
             eight[..n].copy_from_slice(&bytes[(channels.start + k) * plane + p0..][..n]);
             nonzero_bytes(u64::from_le_bytes(eight))
-        });
+        };
+        match self.mask_row(frame, 0..self.frame_len) {
+            Some(MaskView::Values(m)) => {
+                let value = |p: usize, c: usize| Some(m[c * plane + p]).filter(|&v| v != F::zero());
+                visit_positions(plane, channels.clone(), value, f, |p0, n, k| word(bytes, p0, n, k));
+            }
+            // Dropped spikes leave the walk with their flag: every visited entry is a kept spike.
+            Some(MaskView::Keep { flags, value }) => {
+                let flagged = |p0, n, k| word(bytes, p0, n, k) & word(flags, p0, n, k);
+                visit_positions(plane, channels.clone(), |_, _| Some(value), f, flagged);
+            }
+            None => {
+                visit_positions(plane, channels.clone(), |_, _| Some(F::one()), f, |p0, n, k| word(bytes, p0, n, k))
+            }
+        }
     }
 
     #[inline(always)]
     fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, mut f: impl FnMut(usize, F)) {
         let bytes = &self.spikes[frame * self.frame_len..][range.clone()];
-        let mask = self.mask.map(|m| &m[(frame % self.batch) * self.frame_len..][range.clone()]);
+        let mask = self.mask_row(frame, range.clone());
         // Eight silent neurons are skipped with one comparison; the last few bytes are visited one by one. The
         // events are visited in this function's own body, not in a closure: a closure the compiler leaves out
         // of line is compiled for the baseline instruction set, so the caller's work on every event (inlined
@@ -426,7 +449,8 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
                 if b != 0 {
                     let i = base + j;
                     match mask {
-                        Some(m) if m[i] != F::zero() => f(range.start + i, m[i]),
+                        Some(MaskView::Values(m)) if m[i] != F::zero() => f(range.start + i, m[i]),
+                        Some(MaskView::Keep { flags, value }) if flags[i] != 0 => f(range.start + i, value),
                         Some(_) => {}
                         None => f(range.start + i, F::one()),
                     }
@@ -454,6 +478,15 @@ fn count_spikes(bytes: &[u8]) -> usize {
 fn count_kept<F: Real>(bytes: &[u8], mask: &[F]) -> usize {
     let run = |(c, m): (&[u8], &[F])| c.iter().zip(m).fold(0u8, |n, (&b, &m)| n + u8::from(b != 0 && m != F::zero()));
     bytes.chunks(COUNT_RUN).zip(mask.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
+}
+
+wide_variants!(fn count_flagged_avx2, count_flagged_avx512 = count_flagged<>(bytes: &[u8], flags: &[u8]) -> usize);
+
+/// The non-zero bytes of `bytes` whose keep flag in `flags` is not zero.
+#[inline(always)]
+fn count_flagged(bytes: &[u8], flags: &[u8]) -> usize {
+    let run = |(c, k): (&[u8], &[u8])| c.iter().zip(k).fold(0u8, |n, (&b, &k)| n + u8::from(b != 0 && k != 0));
+    bytes.chunks(COUNT_RUN).zip(flags.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
 }
 
 /// [`conv2d_input_grad_at_events`] on operands (frames, kernel, output gradient).

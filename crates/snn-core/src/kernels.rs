@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::bits::SpikeBits;
+use crate::dropout::MaskView;
 
 /// Neurons per parallel work item. Small layers run on one thread.
 const CHUNK: usize = 4096;
@@ -423,19 +424,34 @@ pub fn readout_input_grad<F: Real>(rows: &[F], delta: &[F], classes: usize) -> V
         .collect()
 }
 
-/// Multiplies every row `[.., mask.len()]` of `values` entry by entry with `mask` (a dropout mask held over the
-/// window: one row per frame, the mask's rows per sample).
-pub fn apply_mask<F: Real>(values: &mut [F], mask: &[F]) {
-    dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(values, mask));
+/// Multiplies every row `[.., mask.len()]` of `values` entry by entry with the multipliers of `mask` (a
+/// dropout mask held over the window: one row per frame, the mask's rows per sample). Keep flags multiply by
+/// their value or by 0, so both forms of the same mask give the same products.
+pub fn apply_mask<F: Real>(values: &mut [F], mask: MaskView<'_, F>) {
+    match mask {
+        MaskView::Values(mask) => dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(values, mask)),
+        MaskView::Keep { flags, value } => {
+            dispatch!(apply_keep_avx2, apply_keep_avx512, keep_rows(values, flags, value))
+        }
+    }
 }
 
 wide_variants!(fn apply_mask_avx2, apply_mask_avx512 = mask_rows<F: Real>(values: &mut [F], mask: &[F]));
+wide_variants!(fn apply_keep_avx2, apply_keep_avx512 = keep_rows<F: Real>(values: &mut [F], flags: &[u8], value: F));
 
-/// [`apply_mask`], inlined into each SIMD variant.
+/// [`apply_mask`] with multipliers, inlined into each SIMD variant.
 #[inline(always)]
 fn mask_rows<F: Real>(values: &mut [F], mask: &[F]) {
     for row in values.chunks_exact_mut(mask.len().max(1)) {
         row.iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
+    }
+}
+
+/// [`apply_mask`] with keep flags, inlined into each SIMD variant.
+#[inline(always)]
+fn keep_rows<F: Real>(values: &mut [F], flags: &[u8], value: F) {
+    for row in values.chunks_exact_mut(flags.len().max(1)) {
+        row.iter_mut().zip(flags).for_each(|(v, &k)| *v *= if k != 0 { value } else { F::zero() });
     }
 }
 

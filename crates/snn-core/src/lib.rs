@@ -52,7 +52,7 @@ pub mod neuron;
 pub mod pool;
 pub mod readout;
 
-pub use dropout::dropout_mask;
+pub use dropout::{dropout_keep, MaskView};
 pub use encode::{DirectEncoder, RateEncoder};
 pub use error::{Error, Result};
 pub use neuron::{Neuron, PseudoDerivative};

@@ -7,6 +7,7 @@ use snn_core::events::{
     conv2d_events, conv2d_weight_grad_events, conv_events, linear_events, transpose, ConvGeometry, DenseFrames,
     EventFrames, SpikeFrames, CHANNEL_BLOCK,
 };
+use snn_core::MaskView;
 
 /// Spike-like values: 0 mostly, else +1 or -1.
 fn spikes(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -91,10 +92,18 @@ fn masked_spikes_convolve_as_their_masked_values() {
         let frames = steps * batch;
         let expected = reference_conv(&masked, &w, [frames, c, h, h], o, k, p, 1);
         let g = ConvGeometry::new([c, h, h], o, k, p, 1).unwrap();
-        let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: Some(&mask) };
-        let mut got = vec![f64::NAN; frames * g.frame_out()];
-        conv_events(&x, &transpose(&w, o, c * k * k), g, &mut got);
-        assert!(max_abs_diff(&got, &expected) < 1e-12, "{:?}", (c, h, o));
+        // The mask as multipliers and as keep flags (any non-zero byte keeps) with one value.
+        let flags: Vec<u8> = mask.iter().map(|&m| if m != 0.0 { 1 + (m.to_bits() % 5) as u8 } else { 0 }).collect();
+        let keep = MaskView::Keep { flags: &flags, value: 4.0 / 3.0 };
+        let mut outputs = Vec::new();
+        for mask in [MaskView::Values(&mask), keep] {
+            let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: Some(mask) };
+            let mut got = vec![f64::NAN; frames * g.frame_out()];
+            conv_events(&x, &transpose(&w, o, c * k * k), g, &mut got);
+            assert!(max_abs_diff(&got, &expected) < 1e-12, "{:?}", (c, h, o));
+            outputs.push(got);
+        }
+        assert_eq!(outputs[0], outputs[1], "both forms of the mask give the same bits");
     }
 }
 
@@ -272,17 +281,24 @@ fn spike_frames_count_the_events_they_visit() {
     let bytes: Vec<u8> = (0..frames * len).map(|_| u8::from(rng.gen_bool(0.3))).collect();
     // Dropout-like: a third of the entries dropped (0), the rest scaled.
     let mask: Vec<f32> = (0..batch * len).map(|_| if rng.gen_bool(1.0 / 3.0) { 0.0 } else { 1.5 }).collect();
-    for mask in [None, Some(mask.as_slice())] {
-        let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask };
+    let flags: Vec<u8> = mask.iter().map(|&m| u8::from(m != 0.0)).collect();
+    let views = [None, Some(MaskView::Values(&mask)), Some(MaskView::Keep { flags: &flags, value: 1.5 })];
+    for view in views {
+        let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: view };
         let mut visited = 0;
+        let mut values = Vec::new();
         for f in 0..frames {
-            x.for_each_event(f, |_, _| visited += 1);
+            x.for_each_event(f, |_, v| {
+                visited += 1;
+                values.push(v);
+            });
         }
         // Independent count: a spike whose sample's mask keeps it.
-        let expected = (0..frames * len)
-            .filter(|&i| bytes[i] != 0 && mask.is_none_or(|m| m[(i / len % batch) * len + i % len] != 0.0))
-            .count();
-        assert_eq!((x.nonzero(), visited), (expected, expected), "mask given: {}", mask.is_some());
+        let kept = |i: usize| view.is_none() || mask[(i / len % batch) * len + i % len] != 0.0;
+        let expected = (0..frames * len).filter(|&i| bytes[i] != 0 && kept(i)).count();
+        assert_eq!((x.nonzero(), visited), (expected, expected), "mask given: {}", view.is_some());
+        let value = if view.is_some() { 1.5 } else { 1.0 };
+        assert!(values.iter().all(|&v| v == value));
         assert!(expected > 0);
     }
 }
@@ -312,6 +328,8 @@ fn events_by_position_come_position_by_position_with_their_values() {
     let bytes: Vec<u8> =
         (0..frames * len).map(|_| if rng.gen_bool(0.3) { [1, 2, 128, 255][rng.gen_range(0..4)] } else { 0 }).collect();
     let mask: Vec<f32> = (0..batch * len).map(|_| if rng.gen_bool(0.25) { 0.0 } else { 2.0 }).collect();
+    let flags: Vec<u8> = mask.iter().map(|&m| if m != 0.0 { [1, 3, 255][rng.gen_range(0..3)] } else { 0 }).collect();
+    let views = [None, Some(MaskView::Values(&mask)), Some(MaskView::Keep { flags: &flags, value: 2.0 })];
     let dense: Vec<f32> =
         (0..frames * len).map(|_| if rng.gen_bool(0.3) { rng.gen_range(-1.0..1.0) } else { 0.0 }).collect();
     let blocks = [0..CHANNEL_BLOCK, CHANNEL_BLOCK..channels, 3..4, 2..9];
@@ -331,9 +349,9 @@ fn events_by_position_come_position_by_position_with_their_values() {
     let mut seen = 0;
     for f in 0..frames {
         for block in &blocks {
-            for with_mask in [false, true] {
-                let x =
-                    SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: with_mask.then_some(mask.as_slice()) };
+            for view in views {
+                let with_mask = view.is_some();
+                let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: view };
                 let mut got = Vec::new();
                 x.for_each_event_by_position(f, block.clone(), plane, |p, c, v| got.push((p, c, v)));
                 let want = expected(f, block, &|i| {

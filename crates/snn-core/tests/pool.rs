@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_core::events::{DenseFrames, SpikeFrames};
 use snn_core::pool::{average_pool_frames, average_pool_grad, subsample_frames, subsample_grad};
+use snn_core::MaskView;
 
 /// `y[f, c, i, j] = (1/k²) Σ_{a,b < k} x[f, c, k·i + a, k·j + b]` over whole windows only.
 fn pool_reference(x: &[f64], [n, c, h, w]: [usize; 4], k: usize) -> Vec<f64> {
@@ -37,8 +38,10 @@ fn pooling_of_spike_and_dense_frames_matches_the_definition() {
         let bytes: Vec<u8> = (0..n * len).map(|_| u8::from(rng.gen_bool(0.4))).collect();
         let mask: Vec<f64> = (0..batch * len).map(|_| if rng.gen_bool(0.3) { 0.0 } else { 1.25 }).collect();
         let out_len = n * c * (h / k) * (w / k);
-        for with_mask in [false, true] {
-            let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: with_mask.then_some(mask.as_slice()) };
+        let flags: Vec<u8> = mask.iter().map(|&m| u8::from(m != 0.0)).collect();
+        for view in [None, Some(MaskView::Values(&mask)), Some(MaskView::Keep { flags: &flags, value: 1.25 })] {
+            let with_mask = view.is_some();
+            let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask: view };
             let values: Vec<f64> = (0..n * len)
                 .map(|i| {
                     let m = if with_mask { mask[(i / len % batch) * len + i % len] } else { 1.0 };

@@ -9,9 +9,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_core::events::{
     conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, linear_events, linear_input_grad_events,
-    linear_weight_grad_events, DenseFrames, SimdLevel,
+    linear_weight_grad_events, DenseFrames, EventFrames, SimdLevel, SpikeFrames,
 };
-use snn_core::kernels::{spike_backward, spike_forward, BackwardRule};
+use snn_core::kernels::{apply_mask, spike_backward, spike_forward, BackwardRule};
+use snn_core::MaskView;
 use snn_core::pool::{average_pool_frames, average_pool_grad};
 
 /// Spike-like inputs (0 mostly, ±1 or a real value otherwise) and real weights and gradients.
@@ -112,6 +113,20 @@ fn exact_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         spike_backward(&bytes, &grad, n, rule, &mut from_bytes);
         out.push(from_bytes);
     }
+    // A dropout mask on the gradients and on the spikes, as multipliers and as keep flags: the masked values
+    // and the kept-spike counts.
+    let flags: Vec<u8> = (0..n).map(|_| u8::from(rng.gen_bool(0.8))).collect();
+    let multipliers: Vec<f32> = flags.iter().map(|&k| if k != 0 { 1.25 } else { 0.0 }).collect();
+    for view in [MaskView::Values(&multipliers), MaskView::Keep { flags: &flags, value: 1.25 }] {
+        let mut masked = grad.clone();
+        apply_mask(&mut masked, view);
+        out.push(masked);
+        let kept = SpikeFrames { spikes: &bytes, frame_len: n, batch: 1, mask: Some(view) }.nonzero();
+        out.push(vec![kept as f32]);
+    }
+    let last = out.len() - 1;
+    assert_eq!(out[last - 3], out[last - 1], "both forms of a mask give the same products");
+    assert_eq!(out[last - 2], out[last], "and the same kept spikes");
     out
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
-use snn_core::{dropout_mask, leaky_readout, Neuron};
+use snn_core::dropout::mask_multipliers;
+use snn_core::{dropout_keep, leaky_readout, Neuron};
 
 use crate::plan::{Feed, Op, Plan, ShortcutMap};
 use crate::spec::{LayerSpec, NetworkSpec};
@@ -15,7 +16,9 @@ use snn_core::conv::{conv2d_frames, InputGrad};
 use snn_core::events::{conv2d_events, linear_events, sparse_enough};
 use snn_core::pool::{average_pool, subsample};
 
-/// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape).
+/// Dropout masks by layer name, each of shape `[B, ...]` (the layer's per-sample output shape): keep flags
+/// (`u8`, non-zero keeps; a kept spike is scaled by `1/(1 − p)` of the spec's `dropout_p`, see
+/// [`snn_core::dropout`]), as [`SpikingNetwork::draw_masks`] draws them, or multipliers in any float type.
 pub type Masks = HashMap<String, Tensor>;
 
 /// How the synaptic layers (convolutions, fully connected, readout) compute their currents.
@@ -216,7 +219,8 @@ impl SpikingNetwork {
     }
 
     /// Draws the dropout masks of one mini-batch (one mask per layer with `dropout`, held over the window),
-    /// sample `b`'s from `rngs[b]` alone, layer after layer. Empty when the spec's `dropout_p` is 0.
+    /// sample `b`'s from `rngs[b]` alone, layer after layer, as keep flags (one byte per neuron). Empty when
+    /// the spec's `dropout_p` is 0.
     pub fn draw_masks<R: Rng>(&self, rngs: &mut [R]) -> Result<Masks> {
         let batch = rngs.len();
         let mut masks = Masks::new();
@@ -232,7 +236,7 @@ impl SpikingNetwork {
             if dropout {
                 let mut shape = vec![batch];
                 shape.extend_from_slice(&self.shapes[name]);
-                masks.insert(name.clone(), dropout_mask(&shape, self.spec.dropout_p, rngs, self.dtype, &self.device)?);
+                masks.insert(name.clone(), dropout_keep(&shape, self.spec.dropout_p, rngs, &self.device)?);
             }
         }
         Ok(masks)
@@ -266,6 +270,12 @@ impl SpikingNetwork {
                 return Err(Error::Spec(format!(
                     "mask of '{name}' has shape {:?}, expected [{batch}, {shape:?}]",
                     mask.dims()
+                )));
+            }
+            if !matches!(mask.dtype(), DType::U8 | DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+                return Err(Error::Spec(format!(
+                    "mask of '{name}' is {:?}: give keep flags (u8) or multipliers (a float type)",
+                    mask.dtype()
                 )));
             }
         }
@@ -344,7 +354,9 @@ impl SpikingNetwork {
             let spikes = neuron.forward_window(&currents.reshape(shape)?)?;
             let neuron_counts = spike_counts(&spikes.detach())?;
             let out = match masks.get(&layer.name) {
-                Some(m) => spikes.broadcast_mul(&m.unsqueeze(0)?)?,
+                Some(m) => {
+                    spikes.broadcast_mul(&mask_multipliers(m, self.spec.dropout_p, self.dtype)?.unsqueeze(0)?)?
+                }
                 None => spikes.clone(),
             };
             activity.push(LayerActivity {

@@ -34,6 +34,7 @@ use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use snn_core::bits::{SignedSpikeBits, SpikeBits};
 use snn_core::buffers::BufferPool;
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
+use snn_core::dropout::{self, MaskView};
 use snn_core::events::{
     channel_last_into, conv_events, conv_grads_events, linear_events_into, linear_input_grad_events,
     linear_weight_grad_events, transpose, transpose_into, ConvGeometry, DenseFrames, EventFrames, SpikeFrames,
@@ -230,36 +231,51 @@ struct Prepared<F> {
     weights: Vec<Weights<F>>,
 }
 
-/// A layer's dropout mask `[B, neurons]` as a slice: read in place from the mask tensor when it holds `F`
-/// values contiguously on the CPU (the usual case: masks are drawn in the network's float type), else a
-/// converted copy.
+/// A layer's dropout mask `[B, neurons]` as the kernels read it: read in place from the mask tensor when it
+/// holds keep flags (`u8`) or `F` values contiguously on the CPU (the usual case: [`SpikingNetwork::draw_masks`]
+/// draws flags), else a converted copy of its multipliers.
 enum MaskValues<'a, F> {
-    /// The tensor's own storage, held for reading for the length of the pass.
-    Borrowed { storage: Box<dyn Deref<Target = Storage> + Sync + 'a>, start: usize, len: usize },
-    /// A copy in `F`.
+    /// The tensor's own storage, held for reading for the length of the pass: multipliers in `F`, or keep
+    /// flags whose kept entries take `value`.
+    Borrowed { storage: Box<dyn Deref<Target = Storage> + Sync + 'a>, start: usize, len: usize, value: Option<F> },
+    /// The multipliers in `F`.
     Owned(Vec<F>),
 }
 
 impl<'a, F: Real + WithDType> MaskValues<'a, F> {
-    fn new(mask: &'a Tensor) -> Result<Self> {
+    /// The mask `mask` of a network whose dropout probability is `p`.
+    fn new(mask: &'a Tensor, p: f64) -> Result<Self> {
         let (storage, layout) = mask.storage_and_layout();
-        let in_place = matches!(&*storage, Storage::Cpu(cpu) if cpu.as_slice::<F>().is_ok()) && layout.is_contiguous();
-        if in_place {
-            let (start, len) = (layout.start_offset(), mask.elem_count());
-            return Ok(Self::Borrowed { storage: Box::new(storage), start, len });
+        let (start, len) = (layout.start_offset(), mask.elem_count());
+        if layout.is_contiguous() {
+            if let Storage::Cpu(cpu) = &*storage {
+                if cpu.as_slice::<u8>().is_ok() {
+                    let value = Some(F::lit(f64::from(dropout::keep_value(p))));
+                    return Ok(Self::Borrowed { storage: Box::new(storage), start, len, value });
+                }
+                if cpu.as_slice::<F>().is_ok() {
+                    return Ok(Self::Borrowed { storage: Box::new(storage), start, len, value: None });
+                }
+            }
         }
         drop(storage);
-        Ok(Self::Owned(mask.to_dtype(F::DTYPE)?.flatten_all()?.to_vec1::<F>()?))
+        Ok(Self::Owned(dropout::mask_multipliers(mask, p, F::DTYPE)?.flatten_all()?.to_vec1::<F>()?))
     }
 
-    fn values(&self) -> &[F] {
+    fn view(&self) -> MaskView<'_, F> {
         match self {
-            Self::Borrowed { storage, start, len } => match &***storage {
-                // `new` checked the device and the float type.
-                Storage::Cpu(cpu) => cpu.as_slice::<F>().map_or(&[], |all| &all[*start..*start + *len]),
-                _ => &[],
-            },
-            Self::Owned(values) => values,
+            Self::Borrowed { storage, start, len, value } => {
+                let range = *start..*start + *len;
+                match (&***storage, *value) {
+                    // `new` checked the device and the element type.
+                    (Storage::Cpu(cpu), Some(value)) => {
+                        MaskView::Keep { flags: cpu.as_slice::<u8>().map_or(&[], |all| &all[range]), value }
+                    }
+                    (Storage::Cpu(cpu), None) => MaskView::Values(cpu.as_slice::<F>().map_or(&[], |all| &all[range])),
+                    _ => MaskView::Values(&[]),
+                }
+            }
+            Self::Owned(values) => MaskView::Values(values),
         }
     }
 }
@@ -427,7 +443,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     ) -> Result<Self> {
         let mask_tensors = masks.clone();
         let rec = Recorder::new(net.profiling());
-        let layer_masks = || net.plan.layers.iter().map(|l| masks.get(&l.name).map(MaskValues::new).transpose());
+        let p = net.spec().dropout_p;
+        let layer_masks =
+            || net.plan.layers.iter().map(|l| masks.get(&l.name).map(|m| MaskValues::new(m, p)).transpose());
         let masks: Vec<Option<MaskValues<F>>> = rec.time(
             "step",
             Phase::Dropout,
@@ -472,8 +490,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
     }
 
     /// Layer `i`'s dropout mask, if it has one.
-    fn mask(&self, i: usize) -> Option<&[F]> {
-        self.masks[i].as_ref().map(MaskValues::values)
+    fn mask(&self, i: usize) -> Option<MaskView<'_, F>> {
+        self.masks[i].as_ref().map(MaskValues::view)
     }
 
     /// Spikes per step of `layer` over the batch (`B · neurons`; 0 for the readout).
@@ -996,9 +1014,13 @@ mod tests {
         let dropped: Vec<f64> = (0..batch * n).map(|i| if i % 2 == 0 { 2.0 } else { 0.0 }).collect();
         let kept = vec![2.0; batch * n];
         let frames = |mask| Source::Spikes(SpikeFrames { spikes: &spikes, frame_len: n, batch, mask });
-        assert!(frames(Some(&dropped)).event_share().is_some(), "30 % kept spikes are within the limit");
-        assert_eq!(frames(Some(&dropped)).event_share(), Some(0.3), "the share is of the kept spikes");
-        assert!(frames(Some(&kept)).event_share().is_none(), "60 % kept spikes are not");
+        let dropped_flags: Vec<u8> = dropped.iter().map(|&m| u8::from(m != 0.0)).collect();
+        let keep = MaskView::Keep { flags: &dropped_flags, value: 2.0 };
+        for dropped in [MaskView::Values(&dropped), keep] {
+            assert!(frames(Some(dropped)).event_share().is_some(), "30 % kept spikes are within the limit");
+            assert_eq!(frames(Some(dropped)).event_share(), Some(0.3), "the share is of the kept spikes");
+        }
+        assert!(frames(Some(MaskView::Values(&kept))).event_share().is_none(), "60 % kept spikes are not");
         assert!(frames(None).event_share().is_none());
         // Dense inputs: the share of non-zero values, whatever their magnitude.
         let small: Vec<f64> = (0..20).map(|i| if i % 10 < 6 { 0.1 } else { 0.0 }).collect();

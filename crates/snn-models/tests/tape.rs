@@ -341,6 +341,17 @@ fn masks_are_read_wherever_their_values_lie() {
     assert_eq!(reached, reference.len(), "the step must reach every weight");
     assert_eq!(taped_gradients(&net, &x, &offset), reference, "a mask at an offset in its storage");
     assert_eq!(taped_gradients(&net, &x, &strided), reference, "a mask whose values are not contiguous");
+    // Drawn masks are keep flags; the same masks as multipliers (1/(1 − p) = 4/3 in f32, and 0), read in
+    // place in the network's float type and converted from another one, give the same bits.
+    assert!(masks.values().all(|m| m.dtype() == DType::U8));
+    let keep = f64::from((4.0f64 / 3.0) as f32);
+    let multipliers = relaid(&|m| (m.to_dtype(DType::F64).unwrap() * keep).unwrap());
+    assert_eq!(taped_gradients(&net, &x, &multipliers), reference, "multipliers in the network's float type");
+    let converted = relaid(&|m| (m.to_dtype(DType::F32).unwrap() * keep).unwrap());
+    assert_eq!(taped_gradients(&net, &x, &converted), reference, "multipliers in another float type");
+    let ints = relaid(&|m| m.to_dtype(DType::U32).unwrap());
+    let err = net.forward_taped(&x, &ints).unwrap_err().to_string();
+    assert!(err.contains("keep flags (u8) or multipliers"), "{err}");
     // Masks matter: without them the gradients differ.
     assert_ne!(taped_gradients(&net, &x, &Masks::new()), reference);
 }
