@@ -374,3 +374,54 @@ fn events_by_position_come_position_by_position_with_their_values() {
     }
     assert!(seen > 500, "the frames have events to visit ({seen})");
 }
+
+/// Both gradients of one pass over a layer's events (`conv_grads_events`, as the training pass runs them) on
+/// masked spike frames, against the definition in f64: the kernel gradient everywhere, the input gradient
+/// added at the kept spikes and nowhere else; paddings 0, 1 and 2, 3 × 3 and 5 × 5 kernels, strides 1 and 2,
+/// output counts that leave a remainder at every vector width, non-square frames, wide and narrow layers.
+#[test]
+fn fused_event_gradients_match_the_definition() {
+    use snn_core::events::{channel_last_into, conv_grads_events};
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let (steps, batch) = (2, 2);
+    for (c, h, w, o, k, p, s) in [
+        (40, 9, 11, 64, 3, 1, 1),
+        (33, 8, 7, 71, 3, 0, 1),
+        (36, 6, 9, 40, 3, 2, 1),
+        (6, 9, 8, 5, 3, 1, 1),
+        (34, 7, 7, 33, 5, 2, 1),
+        (5, 10, 9, 20, 3, 1, 2),
+    ] {
+        let (len, frames) = (c * h * w, steps * batch);
+        let g = ConvGeometry::new([c, h, w], o, k, p, s).unwrap();
+        let bytes: Vec<u8> = (0..frames * len).map(|_| u8::from(rng.gen_bool(0.2))).collect();
+        let flags: Vec<u8> = (0..batch * len).map(|_| u8::from(rng.gen_bool(0.8))).collect();
+        let mask = Some(MaskView::Keep { flags: &flags, value: 1.25 });
+        let x = SpikeFrames { spikes: &bytes, frame_len: len, batch, mask };
+        let kept = |i: usize| bytes[i] != 0 && flags[(i / len % batch) * len + i % len] != 0;
+        let values: Vec<f64> = (0..frames * len).map(|i| if kept(i) { 1.25 } else { 0.0 }).collect();
+        let weights: Vec<f64> = (0..o * c * k * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let probe: Vec<f64> = (0..frames * g.frame_out()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let (gx, gw) = reference_conv_grads(&values, &weights, &probe, [frames, c, h, w], o, k, p, s);
+        let mut rows = vec![0.0; probe.len()];
+        channel_last_into(&probe, g, &mut rows);
+        let kernel_rows = transpose(&weights, o, c * k * k);
+        let start: Vec<f64> = (0..frames * len).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let (mut acc, mut input_grad) = (vec![0.0; kernel_rows.len()], start.clone());
+        conv_grads_events(&x, &rows, g, &mut acc, Some((&kernel_rows, &mut input_grad)));
+        let case = format!("{:?}", (c, h, w, o, k, p, s));
+        // The accumulator is `[C, k, k, O]`, the definition's gradient `[O, C, k, k]`.
+        let fan_in = c * k * k;
+        let err = (0..acc.len()).map(|i| (acc[i] - gw[(i % o) * fan_in + i / o]).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-10, "kernel gradient {case}: {err}");
+        for i in 0..start.len() {
+            let want = if kept(i) { start[i] + gx[i] } else { start[i] };
+            assert!((input_grad[i] - want).abs() < 1e-10, "input gradient {case} at {i}");
+        }
+        // The kernel gradient alone is the same.
+        let mut alone = vec![0.0; kernel_rows.len()];
+        conv_grads_events(&x, &rows, g, &mut alone, None);
+        assert_eq!(alone, acc, "{case}");
+        assert!(gw.iter().any(|&v| v != 0.0) && (0..start.len()).any(kept));
+    }
+}

@@ -8,12 +8,13 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snn_core::events::{
-    conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, linear_events, linear_input_grad_events,
-    linear_weight_grad_events, DenseFrames, EventFrames, SimdLevel, SpikeFrames,
+    channel_last_into, conv2d_events, conv2d_input_grad_at_events, conv2d_weight_grad_events, conv_grads_events,
+    linear_events, linear_input_grad_events, linear_weight_grad_events, transpose, ConvGeometry, DenseFrames,
+    EventFrames, SimdLevel, SpikeFrames,
 };
 use snn_core::kernels::{apply_mask, spike_backward, spike_forward, BackwardRule};
-use snn_core::MaskView;
 use snn_core::pool::{average_pool_frames, average_pool_grad};
+use snn_core::MaskView;
 
 /// Spike-like inputs (0 mostly, ±1 or a real value otherwise) and real weights and gradients.
 fn values(n: usize, density: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -56,6 +57,17 @@ fn synaptic_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         out.push(
             conv2d_input_grad_at_events(&x, &kernel, &grad, p, s).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
         );
+        // Both gradients in one pass over the events, as the training pass runs them.
+        let g = ConvGeometry::new([c, h, w], o, k, p, s).unwrap();
+        let data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut rows = vec![0.0f32; grad.elem_count()];
+        channel_last_into(&grad.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g, &mut rows);
+        let kernel_rows = transpose(&kernel.flatten_all().unwrap().to_vec1::<f32>().unwrap(), o, c * k * k);
+        let (mut acc, mut input_grad) = (vec![0.0f32; kernel_rows.len()], vec![0.0f32; data.len()]);
+        let frames = DenseFrames { data: &data, frame_len: c * h * w };
+        conv_grads_events(&frames, &rows, g, &mut acc, Some((&kernel_rows, &mut input_grad)));
+        out.push(acc);
+        out.push(input_grad);
     }
     for (n, inputs, outputs) in [(6, 300, 10), (3, 129, 200), (5, 64, 33)] {
         let data = values(n * inputs, 0.3, &mut rng);
