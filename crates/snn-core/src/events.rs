@@ -843,6 +843,14 @@ wide_variants!(fn transpose_columns_avx2, transpose_columns_avx512 = transpose_c
 /// of 16 × 16 with the columns outermost, so the 16 rows of `dst` being written advance together.
 #[inline(always)]
 fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std::ops::Range<usize>, dst: &mut [F]) {
+    #[cfg(target_arch = "x86_64")]
+    if SimdLevel::current() >= SimdLevel::Avx2 {
+        if let (Some(src), Some(dst)) = (as_f32(src), as_f32_mut(dst)) {
+            // SAFETY: the CPU has AVX2, and with it AVX (the level never exceeds the detected one).
+            unsafe { shuffle_transpose::transpose_columns_f32(src, rows, cols, columns, dst) };
+            return;
+        }
+    }
     const TILE: usize = 16;
     let mut block = [[F::zero(); TILE]; TILE];
     for c0 in columns.clone().step_by(TILE) {
@@ -867,6 +875,91 @@ fn transpose_columns<F: Real>(src: &[F], rows: usize, cols: usize, columns: std:
                 }
             }
         }
+    }
+}
+
+/// `values` as `f32`, when `F` is `f32`.
+fn as_f32<F: Real>(values: &[F]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `F` is `f32`, so the slice is one of `f32` values.
+        .then(|| unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<f32>(), values.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+fn as_f32_mut<F: Real>(values: &mut [F]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `F` is `f32`, so the slice is one of `f32` values; the borrow is handed on.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) })
+}
+
+/// The transposes of `f32` values in 8 × 8 blocks of vector shuffles (the compiler turns a transpose written
+/// element by element into gathers, or into scalar moves).
+#[cfg(target_arch = "x86_64")]
+mod shuffle_transpose {
+    use std::arch::x86_64::*;
+
+    /// [`super::transpose_columns`] for `f32`: whole 8 × 8 blocks through eight 256-bit registers, the edges
+    /// value by value.
+    ///
+    /// # Safety
+    /// Only call it on a CPU with AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose_columns_f32(
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        columns: std::ops::Range<usize>,
+        dst: &mut [f32],
+    ) {
+        assert!(src.len() >= rows * cols && columns.end <= cols && dst.len() >= columns.len() * rows);
+        let (first, whole_rows) = (columns.start, rows / 8 * 8);
+        let whole_end = first + columns.len() / 8 * 8;
+        for c0 in (first..whole_end).step_by(8) {
+            for r0 in (0..whole_rows).step_by(8) {
+                // SAFETY: rows r0..r0 + 8 and columns c0..c0 + 8 lie inside `src`, and the eight rows of
+                // `dst` written (columns c0..c0 + 8, entries r0..r0 + 8) inside `dst` (checked above).
+                unsafe {
+                    let load = |r: usize| _mm256_loadu_ps(src.as_ptr().add((r0 + r) * cols + c0));
+                    let t = transpose8([load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)]);
+                    for (j, row) in t.into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j - first) * rows + r0), row);
+                    }
+                }
+            }
+            for c in c0..c0 + 8 {
+                for r in whole_rows..rows {
+                    dst[(c - first) * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+        for c in whole_end..columns.end {
+            for r in 0..rows {
+                dst[(c - first) * rows + r] = src[r * cols + c];
+            }
+        }
+    }
+
+    /// The 8 × 8 transpose of eight rows.
+    #[target_feature(enable = "avx")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let (a0, a1) = (_mm256_unpacklo_ps(r[0], r[1]), _mm256_unpackhi_ps(r[0], r[1]));
+        let (a2, a3) = (_mm256_unpacklo_ps(r[2], r[3]), _mm256_unpackhi_ps(r[2], r[3]));
+        let (a4, a5) = (_mm256_unpacklo_ps(r[4], r[5]), _mm256_unpackhi_ps(r[4], r[5]));
+        let (a6, a7) = (_mm256_unpacklo_ps(r[6], r[7]), _mm256_unpackhi_ps(r[6], r[7]));
+        let (b0, b1) = (_mm256_shuffle_ps::<0x44>(a0, a2), _mm256_shuffle_ps::<0xEE>(a0, a2));
+        let (b2, b3) = (_mm256_shuffle_ps::<0x44>(a1, a3), _mm256_shuffle_ps::<0xEE>(a1, a3));
+        let (b4, b5) = (_mm256_shuffle_ps::<0x44>(a4, a6), _mm256_shuffle_ps::<0xEE>(a4, a6));
+        let (b6, b7) = (_mm256_shuffle_ps::<0x44>(a5, a7), _mm256_shuffle_ps::<0xEE>(a5, a7));
+        [
+            _mm256_permute2f128_ps::<0x20>(b0, b4),
+            _mm256_permute2f128_ps::<0x20>(b1, b5),
+            _mm256_permute2f128_ps::<0x20>(b2, b6),
+            _mm256_permute2f128_ps::<0x20>(b3, b7),
+            _mm256_permute2f128_ps::<0x31>(b0, b4),
+            _mm256_permute2f128_ps::<0x31>(b1, b5),
+            _mm256_permute2f128_ps::<0x31>(b2, b6),
+            _mm256_permute2f128_ps::<0x31>(b3, b7),
+        ]
     }
 }
 

@@ -306,13 +306,17 @@ fn spike_frames_count_the_events_they_visit() {
 #[test]
 fn transposes_match_the_definition_at_every_shape() {
     // Shapes below, at and above the tile (16) and the parallel band (64), square and not, powers of two.
-    for (rows, cols) in [(1, 1), (3, 7), (16, 16), (17, 33), (64, 200), (130, 65), (256, 128), (5, 0)] {
+    // In f32 as well, which takes 8 × 8 blocks of vector shuffles where the CPU has AVX2.
+    for (rows, cols) in [(1, 1), (3, 7), (8, 8), (16, 16), (17, 33), (64, 200), (130, 65), (256, 128), (5, 0)] {
         let src: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
         let got = transpose(&src, rows, cols);
-        assert_eq!(got.len(), rows * cols);
+        let src32: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+        let got32 = transpose(&src32, rows, cols);
+        assert_eq!((got.len(), got32.len()), (rows * cols, rows * cols));
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(got[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+                assert_eq!(got32[c * rows + r], src32[r * cols + c], "f32 {rows}x{cols} at ({r}, {c})");
             }
         }
     }

@@ -125,6 +125,10 @@ fn exact_outputs(rng_seed: u64) -> Vec<Vec<f32>> {
         spike_backward(&bytes, &grad, n, rule, &mut from_bytes);
         out.push(from_bytes);
     }
+    // Transposes (8 × 8 blocks of shuffles at the wide levels, with edges in both directions).
+    for (rows, cols) in [(8, 8), (13, 70), (64, 37), (3, 5)] {
+        out.push(transpose(&real(rows * cols, &mut rng), rows, cols));
+    }
     // A dropout mask on the gradients and on the spikes, as multipliers and as keep flags: the masked values
     // and the kept-spike counts.
     let flags: Vec<u8> = (0..n).map(|_| u8::from(rng.gen_bool(0.8))).collect();
