@@ -140,8 +140,9 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "model")]
     model_config: Option<PathBuf>,
     /// Experiment file (TOML): any recipe field (epochs, batch_size, lr, lr_milestones, momentum,
-    /// weight_decay, timesteps, test_timesteps, seed, augment, ...) overriding the model's defaults;
-    /// command-line options override the file.
+    /// weight_decay, timesteps, window_milestones, test_timesteps, seed, augment, ...) overriding the model's
+    /// defaults; command-line options override the file. `window_milestones = [[13, 100]]` trains at 100
+    /// steps from epoch 13 on.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Start from the paper's full recipe for the model (e.g. 125 epochs at T = 100 for LeNet) instead of

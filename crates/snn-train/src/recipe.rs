@@ -34,6 +34,12 @@ pub struct Recipe {
     pub weight_decay: f64,
     /// Time steps per training sample.
     pub timesteps: usize,
+    /// Window schedule: from the given 1-based epoch on, training samples run for the given number of time
+    /// steps instead of `timesteps` (e.g. `[[13, 100]]`: a short window while the network learns fast, the
+    /// paper's own for the last epochs). The test window stays `test_timesteps`; the short-window rule looks at
+    /// `timesteps` only. Empty (the paper's recipes): `timesteps` throughout.
+    #[serde(default)]
+    pub window_milestones: Vec<(usize, usize)>,
     /// Time steps per test sample.
     pub test_timesteps: usize,
     /// Seed of every random stream of the run.
@@ -65,6 +71,7 @@ impl Recipe {
             momentum: 0.0,
             weight_decay: 5e-4,
             timesteps: 100,
+            window_milestones: Vec::new(),
             test_timesteps: 100,
             seed: 1,
             augment: false,
@@ -85,6 +92,7 @@ impl Recipe {
             momentum: 0.0,
             weight_decay: 5e-4,
             timesteps: 100,
+            window_milestones: Vec::new(),
             test_timesteps: 100,
             seed: 3,
             augment: true,
@@ -155,6 +163,16 @@ impl Recipe {
         self.lr * factor
     }
 
+    /// The training window of a 1-based epoch: `timesteps`, or the window of the last milestone of
+    /// [`Self::window_milestones`] reached.
+    pub fn timesteps_at(&self, epoch: usize) -> usize {
+        self.window_milestones
+            .iter()
+            .filter(|(from, _)| epoch >= *from)
+            .max_by_key(|(from, _)| *from)
+            .map_or(self.timesteps, |(_, t)| *t)
+    }
+
     /// Checks that every value is usable.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -177,6 +195,11 @@ impl Recipe {
         if self.lr_milestones.iter().any(|(_, f)| !(f.is_finite() && *f >= 0.0)) {
             return Err(Error::Config("learning-rate factors must be finite and >= 0".into()));
         }
+        if let Some((epoch, t)) = self.window_milestones.iter().find(|(epoch, t)| *epoch == 0 || *t == 0) {
+            return Err(Error::Config(format!(
+                "window milestone [{epoch}, {t}]: the epoch (1-based) and the time steps must be at least 1"
+            )));
+        }
         Ok(())
     }
 }
@@ -198,6 +221,14 @@ mod tests {
         let mut bad = m.clone();
         bad.timesteps = 0;
         assert!(bad.validate().is_err());
+        // The paper's recipes keep their window throughout; a schedule switches it from its epoch on.
+        assert!((1..=125).all(|e| m.timesteps_at(e) == 100));
+        let scheduled = Recipe { timesteps: 20, window_milestones: vec![(13, 100), (5, 50)], ..m.clone() };
+        assert_eq!([1, 4, 5, 12, 13, 20].map(|e| scheduled.timesteps_at(e)), [20, 20, 50, 50, 100, 100]);
+        assert!(scheduled.validate().is_ok());
+        for milestone in [(0, 100), (3, 0)] {
+            assert!(Recipe { window_milestones: vec![milestone], ..m.clone() }.validate().is_err());
+        }
     }
 
     #[test]

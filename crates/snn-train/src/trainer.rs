@@ -411,6 +411,10 @@ pub struct EpochMetrics {
     pub test_accuracy: f64,
     /// Learning rate of the epoch.
     pub lr: f64,
+    /// Time steps per training sample in the epoch ([`Recipe::timesteps_at`]; 0 in metrics written before
+    /// the field existed).
+    #[serde(default)]
+    pub timesteps: usize,
     /// Training throughput.
     pub images_per_sec: f64,
     /// Spikes per neuron per layer during training.
@@ -946,8 +950,8 @@ impl<'a> Run<'a> {
         let (seed, key) = (recipe.seed, epoch as u64);
         let mut augment = recipe.augment.then(|| sample_rngs(seed, Stream::Augment, key, idx));
         let mut inputs = sample_rngs(seed, Stream::TrainInput, key, idx);
-        let (x, labels) =
-            encode_augmented(net, self.train, idx, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
+        let steps = recipe.timesteps_at(epoch);
+        let (x, labels) = encode_augmented(net, self.train, idx, steps, &mut inputs, augment.as_deref_mut())?;
         let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, idx))?;
         let step = match self.injected_fault(epoch, b) {
             Some(fault) => Err(fault),
@@ -962,7 +966,7 @@ impl<'a> Run<'a> {
         };
         self.st.loss_sum += loss;
         self.st.correct += count_correct(&out.output, &labels)?;
-        let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        let rates = self.tally.add(&out, idx.len(), steps)?;
         self.watch_activity(&out, &rates, epoch, b, observer);
         self.st.batches_done = b + 1;
         Ok(())
@@ -996,8 +1000,8 @@ impl<'a> Run<'a> {
             (|| {
                 let mut augment = recipe.augment.then(|| sample_rngs(seed, Stream::Augment, key, mine));
                 let mut inputs = sample_rngs(seed, Stream::TrainInput, key, mine);
-                let (x, labels) =
-                    encode_augmented(net, self.train, mine, recipe.timesteps, &mut inputs, augment.as_deref_mut())?;
+                let steps = recipe.timesteps_at(epoch);
+                let (x, labels) = encode_augmented(net, self.train, mine, steps, &mut inputs, augment.as_deref_mut())?;
                 let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, mine))?;
                 let (out, loss, grads) = batch_gradients(net, x, &labels, &masks)?;
                 let correct = count_correct(&out.output, &labels)?;
@@ -1083,7 +1087,7 @@ impl<'a> Run<'a> {
         }
         let out =
             ForwardOutput { output: Tensor::zeros(0, candle_core::DType::F64, &candle_core::Device::Cpu)?, activity };
-        let rates = self.tally.add(&out, idx.len(), recipe.timesteps)?;
+        let rates = self.tally.add(&out, idx.len(), recipe.timesteps_at(epoch))?;
         self.watch_activity(&out, &rates, epoch, b, observer);
         self.st.batches_done = b + 1;
         Ok(())
@@ -1121,7 +1125,8 @@ impl<'a> Run<'a> {
     /// reports the silent or nearly silent ones.
     fn probe(&mut self, observer: &mut dyn TrainObserver) -> Result<()> {
         let recipe = self.recipe;
-        let rates = probe_activity(self.net, self.train, recipe.timesteps, recipe.batch_size, recipe.seed)?;
+        let steps = recipe.timesteps_at(self.st.epoch);
+        let rates = probe_activity(self.net, self.train, steps, recipe.batch_size, recipe.seed)?;
         for warning in quiet_layers(&rates) {
             tracing::debug!(layer = %warning.layer, rate = warning.spikes_per_neuron, "quiet layer before training");
             observer.on_warning(&warning);
@@ -1152,6 +1157,7 @@ impl<'a> Run<'a> {
             train_accuracy: self.st.correct as f64 / trained,
             test_accuracy: eval.accuracy,
             lr: self.opt.lr,
+            timesteps: recipe.timesteps_at(epoch),
             images_per_sec: self.train.len() as f64 / train_seconds.max(1e-9),
             train_spikes: self.tally.rates(),
             test_spikes: eval.layers.clone(),
@@ -1319,7 +1325,8 @@ fn load_state(bytes: &[u8], path: &Path, net: &SpikingNetwork, opt: &mut Sgd) ->
             opt.set_momentum(name, m.to_device(net.device())?.to_dtype(net.dtype())?)?;
         }
     }
-    let mut tally = ActivityTally { samples: st.tally_samples, timesteps: st.recipe.timesteps, ..Default::default() };
+    let timesteps = st.recipe.timesteps_at(st.epoch);
+    let mut tally = ActivityTally { samples: st.tally_samples, timesteps, ..Default::default() };
     for (i, name) in st.tally_layers.iter().enumerate() {
         let t = ckpt.weights.get(&format!("tally.{i}")).ok_or_else(|| bad(format!("missing tally of '{name}'")))?;
         tally.layers.push((name.clone(), t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?));

@@ -118,3 +118,36 @@ fn overflowing_batches_stop_the_run_or_are_skipped_and_counted_when_configured()
     assert_eq!(summary.history[0].skipped_batches, 2, "both batches skipped and counted");
     assert_eq!(snapshot(&net), before, "a skipped batch changes no weight");
 }
+
+/// A window schedule switches the training window from its epoch on and changes nothing before it: against
+/// the same run without a schedule, the first epoch is identical and the second, trained at the scheduled
+/// window, is not; a milestone the run never reaches changes nothing at all.
+#[test]
+fn a_window_schedule_takes_effect_from_its_epoch() {
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
+    train_set.truncate(64);
+    test_set.truncate(32);
+    let mut recipe = quick_recipe(4);
+    (recipe.batch_size, recipe.epochs) = (32, 2);
+    let run = |window_milestones: Vec<(usize, usize)>| {
+        let r = Recipe { window_milestones, ..recipe.clone() };
+        let net = SpikingNetwork::new(
+            builtin("lenet").unwrap(),
+            &mut stream_rng(r.seed, Stream::Init),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        train(&net, &train_set, &test_set, &r, None, &mut Silent).unwrap().history
+    };
+    let plain = run(Vec::new());
+    let scheduled = run(vec![(2, 7)]);
+    let unreached = run(vec![(3, 7)]);
+    assert_eq!([plain[0].timesteps, plain[1].timesteps], [4, 4]);
+    assert_eq!([scheduled[0].timesteps, scheduled[1].timesteps], [4, 7]);
+    let key = |m: &snn_train::EpochMetrics| (m.loss, m.train_accuracy, m.test_accuracy, m.train_spikes.clone());
+    assert_eq!(key(&scheduled[0]), key(&plain[0]), "the first epoch runs before the milestone");
+    assert_ne!(key(&scheduled[1]), key(&plain[1]), "the second epoch trains at 7 steps");
+    assert_eq!(unreached.iter().map(key).collect::<Vec<_>>(), plain.iter().map(key).collect::<Vec<_>>());
+}
