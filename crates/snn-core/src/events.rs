@@ -368,7 +368,7 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
         let count = |(f, frame): (usize, &[u8])| match self.mask_row(f, 0..frame.len()) {
             Some(MaskView::Values(kept)) => dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, kept)),
             Some(MaskView::Keep { flags, .. }) => {
-                dispatch!(count_flagged_avx2, count_flagged_avx512, count_flagged(frame, flags))
+                dispatch!(count_kept_avx2, count_kept_avx512, count_kept(frame, flags))
             }
             None => dispatch!(count_spikes_avx2, count_spikes_avx512, count_spikes(frame)),
         };
@@ -461,7 +461,7 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
 }
 
 wide_variants!(fn count_spikes_avx2, count_spikes_avx512 = count_spikes<>(bytes: &[u8]) -> usize);
-wide_variants!(fn count_kept_avx2, count_kept_avx512 = count_kept<F: Real>(bytes: &[u8], mask: &[F]) -> usize);
+wide_variants!(fn count_kept_avx2, count_kept_avx512 = count_kept<M: MaskEntry>(bytes: &[u8], mask: &[M]) -> usize);
 
 /// Bytes counted per round of [`count_spikes`] and [`count_kept`]: a byte counter per lane cannot overflow,
 /// and the count is a whole number of 512-bit vectors.
@@ -473,20 +473,31 @@ fn count_spikes(bytes: &[u8]) -> usize {
     bytes.chunks(COUNT_RUN).map(|c| c.iter().fold(0u8, |n, &b| n + u8::from(b != 0)) as usize).sum()
 }
 
-/// The non-zero bytes of `bytes` whose entry in `mask` is not zero.
-#[inline(always)]
-fn count_kept<F: Real>(bytes: &[u8], mask: &[F]) -> usize {
-    let run = |(c, m): (&[u8], &[F])| c.iter().zip(m).fold(0u8, |n, (&b, &m)| n + u8::from(b != 0 && m != F::zero()));
-    bytes.chunks(COUNT_RUN).zip(mask.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
+/// An entry of a dropout mask as [`count_kept`] reads it: a multiplier, or a keep flag.
+trait MaskEntry: Copy + Send + Sync {
+    /// Whether the entry keeps its spike (is not zero).
+    fn keeps(self) -> bool;
 }
 
-wide_variants!(fn count_flagged_avx2, count_flagged_avx512 = count_flagged<>(bytes: &[u8], flags: &[u8]) -> usize);
+impl<F: Real> MaskEntry for F {
+    #[inline(always)]
+    fn keeps(self) -> bool {
+        self != F::zero()
+    }
+}
 
-/// The non-zero bytes of `bytes` whose keep flag in `flags` is not zero.
+impl MaskEntry for u8 {
+    #[inline(always)]
+    fn keeps(self) -> bool {
+        self != 0
+    }
+}
+
+/// The non-zero bytes of `bytes` whose entry in `mask` keeps them.
 #[inline(always)]
-fn count_flagged(bytes: &[u8], flags: &[u8]) -> usize {
-    let run = |(c, k): (&[u8], &[u8])| c.iter().zip(k).fold(0u8, |n, (&b, &k)| n + u8::from(b != 0 && k != 0));
-    bytes.chunks(COUNT_RUN).zip(flags.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
+fn count_kept<M: MaskEntry>(bytes: &[u8], mask: &[M]) -> usize {
+    let run = |(c, m): (&[u8], &[M])| c.iter().zip(m).fold(0u8, |n, (&b, &m)| n + u8::from(b != 0 && m.keeps()));
+    bytes.chunks(COUNT_RUN).zip(mask.chunks(COUNT_RUN)).map(|r| run(r) as usize).sum()
 }
 
 /// [`conv2d_input_grad_at_events`] on operands (frames, kernel, output gradient).

@@ -154,23 +154,13 @@ impl Recipe {
 
     /// The learning rate of a 1-based epoch.
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        let factor = self
-            .lr_milestones
-            .iter()
-            .filter(|(from, _)| epoch >= *from)
-            .max_by_key(|(from, _)| *from)
-            .map_or(1.0, |(_, f)| *f);
-        self.lr * factor
+        self.lr * last_reached(&self.lr_milestones, epoch).unwrap_or(1.0)
     }
 
     /// The training window of a 1-based epoch: `timesteps`, or the window of the last milestone of
     /// [`Self::window_milestones`] reached.
     pub fn timesteps_at(&self, epoch: usize) -> usize {
-        self.window_milestones
-            .iter()
-            .filter(|(from, _)| epoch >= *from)
-            .max_by_key(|(from, _)| *from)
-            .map_or(self.timesteps, |(_, t)| *t)
+        last_reached(&self.window_milestones, epoch).unwrap_or(self.timesteps)
     }
 
     /// Checks that every value is usable.
@@ -202,6 +192,11 @@ impl Recipe {
         }
         Ok(())
     }
+}
+
+/// The value of the latest milestone `(from epoch, value)` that a 1-based `epoch` has reached, if any.
+fn last_reached<T: Copy>(milestones: &[(usize, T)], epoch: usize) -> Option<T> {
+    milestones.iter().filter(|(from, _)| epoch >= *from).max_by_key(|(from, _)| *from).map(|(_, v)| *v)
 }
 
 #[cfg(test)]

@@ -7,6 +7,21 @@ use snn_data::Samples;
 use snn_models::{builtin, SpikingNetwork};
 use snn_train::{stream_rng, train, Recipe, Silent, Stream};
 
+/// The first `train` and `test` images of the built-in MNIST subset.
+fn first_images(train: usize, test: usize) -> (Samples, Samples) {
+    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
+    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
+    train_set.truncate(train);
+    test_set.truncate(test);
+    (train_set, test_set)
+}
+
+/// LeNet with the initial weights of `seed`.
+fn fresh_lenet(seed: u64) -> SpikingNetwork {
+    SpikingNetwork::new(builtin("lenet").unwrap(), &mut stream_rng(seed, Stream::Init), DType::F32, &Device::Cpu)
+        .unwrap()
+}
+
 fn quick_recipe(timesteps: usize) -> Recipe {
     let mut r = Recipe::paper_mnist();
     r.epochs = 1;
@@ -17,21 +32,12 @@ fn quick_recipe(timesteps: usize) -> Recipe {
 
 #[test]
 fn lenet_learns_mnist_digits_in_one_short_epoch() {
-    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
-    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
-    train_set.truncate(1280);
-    test_set.truncate(300);
+    let (train_set, test_set) = first_images(1280, 300);
     // T = 16 lets spikes reach the last hidden layer (at T = 8 it stays silent at initialisation); batch 16
     // gives 80 SGD steps for the same cost as 20 steps at batch 64.
     let mut recipe = quick_recipe(16);
     recipe.batch_size = 16;
-    let net = SpikingNetwork::new(
-        builtin("lenet").unwrap(),
-        &mut stream_rng(recipe.seed, Stream::Init),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let net = fresh_lenet(recipe.seed);
     let summary = train(&net, &train_set, &test_set, &recipe, None, &mut Silent).unwrap();
     eprintln!("accuracy after 80 SGD steps: {:.3}", summary.test_accuracy);
     // Chance is 10 %; a working spike-based gradient gets far above it within 80 small steps.
@@ -42,22 +48,13 @@ fn lenet_learns_mnist_digits_in_one_short_epoch() {
 
 #[test]
 fn identical_seeds_give_identical_weights() {
-    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
-    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
-    train_set.truncate(96);
-    test_set.truncate(32);
+    let (train_set, test_set) = first_images(96, 32);
     let mut recipe = quick_recipe(3);
     recipe.batch_size = 32;
     let run = |seed: u64| {
         let mut r = recipe.clone();
         r.seed = seed;
-        let net = SpikingNetwork::new(
-            builtin("lenet").unwrap(),
-            &mut stream_rng(seed, Stream::Init),
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let net = fresh_lenet(seed);
         train(&net, &train_set, &test_set, &r, None, &mut Silent).unwrap();
         net.weights()
             .iter()
@@ -72,10 +69,7 @@ fn identical_seeds_give_identical_weights() {
 /// 16 training and 8 test digits, and a seeded LeNet whose readout weights `fc1.weight` `[10, 200]` are
 /// replaced by `readout(original values)`.
 fn tiny_run_with_readout(readout: impl FnOnce(Vec<f32>) -> Vec<f32>) -> (Samples, Samples, SpikingNetwork) {
-    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
-    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
-    train_set.truncate(16);
-    test_set.truncate(8);
+    let (train_set, test_set) = first_images(16, 8);
     let spec = builtin("lenet").unwrap();
     let net = SpikingNetwork::new(spec.clone(), &mut stream_rng(1, Stream::Init), DType::F32, &Device::Cpu).unwrap();
     let mut weights: std::collections::HashMap<String, candle_core::Tensor> =
@@ -124,21 +118,12 @@ fn overflowing_batches_stop_the_run_or_are_skipped_and_counted_when_configured()
 /// window, is not; a milestone the run never reaches changes nothing at all.
 #[test]
 fn a_window_schedule_takes_effect_from_its_epoch() {
-    let mut train_set = Samples::from(builtin_subset(Split::Train).unwrap());
-    let mut test_set = Samples::from(builtin_subset(Split::Test).unwrap());
-    train_set.truncate(64);
-    test_set.truncate(32);
+    let (train_set, test_set) = first_images(64, 32);
     let mut recipe = quick_recipe(4);
     (recipe.batch_size, recipe.epochs) = (32, 2);
     let run = |window_milestones: Vec<(usize, usize)>| {
         let r = Recipe { window_milestones, ..recipe.clone() };
-        let net = SpikingNetwork::new(
-            builtin("lenet").unwrap(),
-            &mut stream_rng(r.seed, Stream::Init),
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let net = fresh_lenet(r.seed);
         train(&net, &train_set, &test_set, &r, None, &mut Silent).unwrap().history
     };
     let plain = run(Vec::new());
