@@ -6,7 +6,8 @@ Two modes.
 Timing (the protocol `cargo xtask bench --peers` speaks):
 
     snn_peers.py --impl {plain,snntorch,spikingjelly} --model {mnist,vgg9} --batch B --timesteps T
-                 --mode {train,infer} --steps N --threads K [--weights W.safetensors] [--pixels P.safetensors]
+                 --mode {train,infer} --steps N --threads K [--device {cpu,cuda}]
+                 [--weights W.safetensors] [--pixels P.safetensors]
 
 builds the network in the chosen implementation, runs one warm-up step and then N timed steps on seeded
 random inputs, and prints one final line of key=value pairs, among them `sec_per_step` (median),
@@ -14,6 +15,8 @@ random inputs, and prints one final line of key=value pairs, among them `sec_per
 W (instead of the seeded initialisation) and the images from P: `pixels` [B, C, H, W] (f32 raw values in
 [0, 1], normalised here as the model's recipe says) and `labels` [B]; every step still encodes fresh
 Bernoulli spikes from them. The result line then says `weights=given` and `pixels=given` (else `seeded`).
+With `--device cuda` the network, the spike draws and the dropout masks live on the first GPU, and the two
+memory fields hold the GPU memory PyTorch allocated (peak, and before the first step) instead of the RSS.
 
 Forward check (plain PyTorch only):
 
@@ -264,7 +267,7 @@ def encode(model, pixels, timesteps, generator):
     import torch
 
     gain = MODELS[model]["gain"]
-    r = torch.rand((timesteps, *pixels.shape), generator=generator, dtype=pixels.dtype)
+    r = torch.rand((timesteps, *pixels.shape), generator=generator, dtype=pixels.dtype, device=generator.device)
     fired = (gain * pixels.abs()).unsqueeze(0) > r
     return fired.to(pixels.dtype) * torch.sign(pixels).unsqueeze(0)
 
@@ -280,7 +283,7 @@ def draw_masks(model, batch, generator, dtype):
     masks = {}
     for layer in cfg["layers"]:
         if layer.get("dropout") and p > 0.0:
-            keep = torch.rand((batch, *shapes[layer["name"]]), generator=generator) >= p
+            keep = torch.rand((batch, *shapes[layer["name"]]), generator=generator, device=generator.device) >= p
             masks[layer["name"]] = keep.to(dtype) / (1.0 - p)
     return masks
 
@@ -596,18 +599,26 @@ def run_timing(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: this PyTorch sees no CUDA device")
     gen = torch.Generator().manual_seed(args.seed)
     dtype = torch.float32
     net = BUILDERS[args.impl](args.model, dtype)
     if args.weights is not None:
         load_weights(net, args.model, args.weights)  # replaces the seeded initialisation
+    net = net.to(device)
     classes = MODELS[args.model]["layers"][-1]["out"]
     if args.pixels is not None:
         pixels, labels = load_pixels(args.model, args.pixels, args.batch, dtype)
     else:
         pixels = make_pixels(args.model, args.batch, gen, dtype)
         labels = torch.arange(args.batch) % classes
-    onehot = torch.nn.functional.one_hot(labels, classes).to(dtype)
+    onehot = torch.nn.functional.one_hot(labels, classes).to(dtype).to(device)
+    pixels = pixels.to(device)
+    if device.type == "cuda":
+        # Spikes and masks are drawn where the network runs, as a GPU training loop would draw them.
+        gen = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.0, weight_decay=WEIGHT_DECAY)
     train = args.mode == "train"
     net.train(train)
@@ -628,12 +639,16 @@ def run_timing(args):
             out = net(window, None)
             return float(((out - onehot) ** 2).sum())
 
-    rss_base = rss_mb()
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_base = torch.cuda.memory_allocated(device) / 2**20 if on_gpu else rss_mb()
     times = []
     loss = float("nan")
     for rep in range(args.steps + 1):  # rep 0 is the warm-up
         start = time.perf_counter()
-        loss = step()
+        loss = step()  # .item() waits for the GPU
         elapsed = time.perf_counter() - start
         if rep > 0:
             times.append(elapsed)
@@ -653,7 +668,10 @@ def run_timing(args):
         "sec_per_step": f"{times[len(times) // 2]:.6f}",
         "sec_min": f"{times[0]:.6f}",
         "sec_max": f"{times[-1]:.6f}",
-        "peak_rss_mb": f"{peak_rss_mb():.1f}",
+        "device": device.type,
+        # On a GPU the two memory fields are the device memory PyTorch allocated (peak and before the first
+        # step), not the host's resident set.
+        "peak_rss_mb": f"{(torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else peak_rss_mb()):.1f}",
         "rss_base_mb": f"{rss_base:.1f}",
     }
     print(" ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
@@ -737,6 +755,9 @@ def parse_args(argv):
     parser.add_argument("--mode", choices=("train", "infer"), help="training step or inference pass")
     parser.add_argument("--steps", type=positive_int, help="timed steps after one warm-up step")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="timing: where the network runs (default cpu)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, masks and weights (default 0)")
     parser.add_argument(
         "--weights",

@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "train,infer,infer-sparse")]
     pub modes: Vec<String>,
     /// Also time the peer implementations (plain PyTorch, snnTorch, SpikingJelly) with this Python, in the
-    /// same run, and print the speed-ups; needs --peers-script.
+    /// same run, and print the speed-ups; needs --peers-script. With --cuda they run on the GPU too.
     #[arg(long, requires = "peers_script")]
     pub peers: Option<PathBuf>,
     /// The peers' benchmark script (`bench/peers/snn_peers.py`).
@@ -130,6 +130,9 @@ fn print_peers(report: &Report) {
             p.implementation, p.mode, p.timesteps, p.median_s, p.min_s, p.step_mb
         );
     }
+    if report.device != "cpu" {
+        println!("(on the GPU the peers' step MB is the GPU memory PyTorch allocated for the step)");
+    }
     println!("\nspeed-up over the fastest peer (its median ÷ ours):");
     for p in &report.peers {
         let fastest = report
@@ -209,7 +212,6 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     }
     let device = &crate::device(args.cuda)?;
     if !device.is_cpu() {
-        anyhow::ensure!(args.peers.is_none(), "--peers times the peers on the CPU; compare against a CPU run");
         anyhow::ensure!(
             !args.modes.iter().any(|m| m == "infer-sparse"),
             "mode infer-sparse (the event-driven engine) runs on the CPU only"
@@ -242,7 +244,11 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     // The peers run on the same weights and images when they are given.
     let scratch = tempfile::tempdir()?;
     let given = data.is_some().then_some(&inputs);
-    let shared = PeerInputs::write(scratch.path(), args.checkpoint.as_deref(), given, &spec)?;
+    let mut shared = PeerInputs::write(scratch.path(), args.checkpoint.as_deref(), given, &spec)?;
+    if !device.is_cpu() {
+        // The peers run where ours runs.
+        shared.args.extend(["--device".to_string(), "cuda".to_string()]);
+    }
     let baseline = matmul_gflops(args.reps, device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
