@@ -6,7 +6,13 @@
 //! out at any element offset, word by word when the offset is a multiple of 64. [`SignedSpikeBits`] keeps
 //! windows of −1/0/+1 spikes (rate-coded inputs) the same way, two bits per value.
 
+use rayon::prelude::*;
+
 use crate::kernels::Real;
+
+/// Words per task when a part is packed or unpacked by several workers (65,536 neuron-steps); shorter parts
+/// run on the calling thread.
+const PARALLEL_WORDS: usize = 1024;
 
 /// A window of spikes, one bit each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,7 +24,7 @@ pub struct SpikeBits {
 impl SpikeBits {
     /// A window of `len` silent neurons-steps.
     pub fn zeros(len: usize) -> Self {
-        Self { words: vec![0; len.div_ceil(64)], len }
+        Self { words: crate::buffers::filled(len.div_ceil(64), 0), len }
     }
 
     /// Number of neuron-steps.
@@ -55,14 +61,21 @@ impl SpikeBits {
         }
         let aligned = &spikes[i..];
         let first_word = (offset + i) / 64;
-        let chunks = aligned.chunks_exact(64);
-        let tail = chunks.remainder();
-        for (k, chunk) in chunks.enumerate() {
-            let mut word = 0u64;
-            for (j, eight) in chunk.chunks_exact(8).enumerate() {
-                word |= u64::from(pack_eight(eight)) << (8 * j);
-            }
-            self.words[first_word + k] = word;
+        let whole = aligned.len() / 64;
+        let tail = &aligned[64 * whole..];
+        let pack = |(word, chunk): (&mut u64, &[u8])| {
+            *word = chunk
+                .chunks_exact(8)
+                .enumerate()
+                .fold(0u64, |w, (j, eight)| w | u64::from(pack_eight(eight)) << (8 * j));
+        };
+        let words = &mut self.words[first_word..first_word + whole];
+        if whole >= PARALLEL_WORDS {
+            words.par_chunks_mut(PARALLEL_WORDS).zip(aligned.par_chunks(64 * PARALLEL_WORDS)).for_each(|(w, c)| {
+                w.iter_mut().zip(c.chunks_exact(64)).for_each(pack);
+            });
+        } else {
+            words.iter_mut().zip(aligned.chunks_exact(64)).for_each(pack);
         }
         let done = offset + i + (aligned.len() - tail.len());
         for (j, &b) in tail.iter().enumerate() {
@@ -83,9 +96,9 @@ impl SpikeBits {
         }
         let first_word = (offset + i) / 64;
         let len = out.len();
-        let mut chunks = out[i..].chunks_exact_mut(64);
-        for (k, chunk) in chunks.by_ref().enumerate() {
-            let word = self.words[first_word + k];
+        let whole = (len - i) / 64;
+        let (aligned, tail) = out[i..].split_at_mut(64 * whole);
+        let unpack = |(chunk, &word): (&mut [u8], &u64)| {
             if word == 0 {
                 chunk.fill(0);
             } else {
@@ -93,8 +106,15 @@ impl SpikeBits {
                     eight.copy_from_slice(&unpack_eight((word >> (8 * j)) as u8));
                 }
             }
+        };
+        let words = &self.words[first_word..first_word + whole];
+        if whole >= PARALLEL_WORDS {
+            aligned.par_chunks_mut(64 * PARALLEL_WORDS).zip(words.par_chunks(PARALLEL_WORDS)).for_each(|(c, w)| {
+                c.chunks_exact_mut(64).zip(w).for_each(unpack);
+            });
+        } else {
+            aligned.chunks_exact_mut(64).zip(words).for_each(unpack);
         }
-        let tail = chunks.into_remainder();
         let tail_start = len - tail.len();
         for (j, b) in tail.iter_mut().enumerate() {
             *b = u8::from(self.get(offset + tail_start + j));
@@ -226,7 +246,8 @@ mod tests {
     #[test]
     fn parts_round_trip_at_any_offset() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for len in [0usize, 1, 63, 64, 65, 200, 1000] {
+        // The longest windows take parts long enough to be packed and unpacked by several workers.
+        for len in [0usize, 1, 63, 64, 65, 200, 1000, 300_001] {
             let mut bits = SpikeBits::zeros(len);
             let mut reference = vec![0u8; len];
             for _ in 0..40 {

@@ -4,6 +4,8 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 use crate::kernels::Real;
 
 /// Float buffers reused from part to part (and layer to layer) of a pass, and kept by the network from one
@@ -29,7 +31,7 @@ impl<F: Real> BufferPool<F> {
     pub fn zeroed(&self, len: usize) -> Vec<F> {
         let mut buffer = self.fitting(len);
         buffer.clear();
-        buffer.resize(len, F::zero());
+        grow_with_zeros(&mut buffer, len, F::zero());
         buffer
     }
 
@@ -37,7 +39,11 @@ impl<F: Real> BufferPool<F> {
     /// whatever an earlier use left (zeros where it had to grow), so no time goes into clearing it.
     pub fn overwritten(&self, len: usize) -> Vec<F> {
         let mut buffer = self.fitting(len);
-        buffer.resize(len, F::zero());
+        if buffer.len() >= len {
+            buffer.truncate(len);
+        } else {
+            grow_with_zeros(&mut buffer, len, F::zero());
+        }
         buffer
     }
 
@@ -65,6 +71,35 @@ impl<F: Real> BufferPool<F> {
             *idle <= Self::IDLE_PASSES
         });
     }
+}
+
+/// Values per task when a buffer is cleared by several workers.
+const PARALLEL_FILL: usize = 1 << 16;
+
+/// A new buffer of `len` copies of `value` (e.g. zeros), written by all workers when it is long (see
+/// [`grow_with_zeros`]).
+pub fn filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    let mut buffer = Vec::new();
+    grow_with_zeros(&mut buffer, len, value);
+    buffer
+}
+
+/// Extends `buffer` with `zero` to `len` values (`len` at least its length). Long runs are written by all
+/// workers: the first write to a fresh page faults it in (the kernel clears it), and on the calling thread
+/// alone that would leave the other cores idle.
+fn grow_with_zeros<T: Copy + Send + Sync>(buffer: &mut Vec<T>, len: usize, zero: T) {
+    let old = buffer.len();
+    if len - old < PARALLEL_FILL {
+        buffer.resize(len, zero);
+        return;
+    }
+    buffer.reserve_exact(len - old);
+    buffer.spare_capacity_mut()[..len - old]
+        .par_chunks_mut(PARALLEL_FILL)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(zero)));
+    // SAFETY: the capacity holds `len` values (reserved above) and the loop above initialised every value
+    // from `old` to `len`.
+    unsafe { buffer.set_len(len) };
 }
 
 /// A slot for the [`BufferPool`] that an owner (a network) keeps from one pass to the next, for whichever
@@ -108,5 +143,25 @@ mod tests {
         c.extend([1.0; 3]);
         pool.recycle(c);
         assert_eq!(pool.overwritten(6), vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// Buffers long enough to be cleared by several workers hold the same values as short ones.
+    #[test]
+    fn long_buffers_are_cleared_and_grown_like_short_ones() {
+        let len = 5 * PARALLEL_FILL + 3;
+        assert!(filled(len, 0.5f32).iter().all(|&v| v == 0.5));
+        assert_eq!(filled::<u8>(len, 0).len(), len);
+        let pool = BufferPool::<f64>::default();
+        let mut a = pool.zeroed(len);
+        assert!(a.len() == len && a.iter().all(|&v| v == 0.0));
+        a.iter_mut().for_each(|v| *v = 3.0);
+        a.truncate(PARALLEL_FILL);
+        pool.recycle(a);
+        // Grown past what it held: the old values stay, the rest are zeros.
+        let b = pool.overwritten(len);
+        assert_eq!(b.len(), len);
+        assert!(b[..PARALLEL_FILL].iter().all(|&v| v == 3.0) && b[PARALLEL_FILL..].iter().all(|&v| v == 0.0));
+        pool.recycle(b);
+        assert!(pool.zeroed(len - 1).iter().all(|&v| v == 0.0));
     }
 }

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::kernels::Real;
 use crate::{Error, Result};
@@ -22,7 +23,7 @@ pub fn keep_value(p: f64) -> f32 {
 /// `[B, C, H, W]` or `[B, N]`) as a `u8` tensor: 1 where the entry is kept (probability `1 − p`), 0 where it is
 /// dropped. Sample `b`'s row comes from `rngs[b]` alone (row-major), so that a sample's mask does not depend
 /// on the rest of its batch. The mask's multipliers are the flags times [`keep_value`]`(p)`.
-pub fn dropout_keep<R: Rng>(shape: &[usize], p: f64, rngs: &mut [R], device: &Device) -> Result<Tensor> {
+pub fn dropout_keep<R: Rng + Send>(shape: &[usize], p: f64, rngs: &mut [R], device: &Device) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         return Err(Error::Parameter { name: "dropout p", value: p, msg: "must lie in [0, 1)" });
     }
@@ -34,10 +35,11 @@ pub fn dropout_keep<R: Rng>(shape: &[usize], p: f64, rngs: &mut [R], device: &De
     }
     let per_sample: usize = shape[1..].iter().product();
     let p = p as f32;
-    let mut flags = Vec::with_capacity(per_sample * rngs.len());
-    for rng in rngs.iter_mut() {
-        flags.extend((0..per_sample).map(|_| u8::from(rng.gen::<f32>() >= p)));
-    }
+    let mut flags = vec![0u8; per_sample * rngs.len()];
+    // Each sample's row from its own generator, so the samples can be drawn on different workers.
+    flags.par_chunks_mut(per_sample.max(1)).zip(rngs.par_iter_mut()).for_each(|(row, rng)| {
+        row.iter_mut().for_each(|keep| *keep = u8::from(rng.gen::<f32>() >= p));
+    });
     Ok(Tensor::from_vec(flags, shape, device)?)
 }
 

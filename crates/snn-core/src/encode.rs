@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -42,7 +43,7 @@ impl RateEncoder {
     /// `[timesteps, B, ...]`. Sample `b` draws from `rngs[b]` alone (its pixels in row-major order, step
     /// after step), so a sample's spikes do not depend on which other samples share its batch or in which
     /// order: key each generator by the sample for draws that are the same whatever the batching.
-    pub fn encode<R: Rng>(
+    pub fn encode<R: Rng + Send>(
         &self,
         pixels: &[f32],
         shape: &[usize],
@@ -63,13 +64,18 @@ impl RateEncoder {
                 ),
             });
         }
-        let per_sample = total / rngs.len().max(1);
+        let batch = rngs.len();
+        let per_sample = total / batch.max(1);
         let gain = self.gain as f32;
         let mut spikes = vec![0.0f32; total * timesteps];
-        for (b, rng) in rngs.iter_mut().enumerate() {
+        // Each sample's rows (one per step) with its own generator, so samples run on different workers.
+        let mut rows: Vec<Vec<&mut [f32]>> = (0..batch).map(|_| Vec::with_capacity(timesteps)).collect();
+        for (i, row) in spikes.chunks_mut(per_sample.max(1)).enumerate() {
+            rows[i % batch].push(row);
+        }
+        rows.into_par_iter().zip(rngs.par_iter_mut()).enumerate().for_each(|(b, (steps, rng))| {
             let image = &pixels[b * per_sample..][..per_sample];
-            for t in 0..timesteps {
-                let out = &mut spikes[t * total + b * per_sample..][..per_sample];
+            for out in steps {
                 for (s, &x) in out.iter_mut().zip(image) {
                     let r: f32 = rng.gen();
                     if gain * x.abs() > r {
@@ -77,7 +83,7 @@ impl RateEncoder {
                     }
                 }
             }
-        }
+        });
         let mut dims = Vec::with_capacity(shape.len() + 1);
         dims.push(timesteps);
         dims.extend_from_slice(shape);
@@ -171,6 +177,17 @@ mod tests {
         let alone = encode(&px[8..], &[1, 8], &[2])?;
         for t in 0..5 {
             assert_eq!(pair[t * 16 + 8..t * 16 + 16], alone[t * 8..t * 8 + 8], "step {t}");
+        }
+        // Each generator draws its sample's uniforms step after step, pixel after pixel: the plain loop.
+        let mut gens = rngs(&[1, 2]);
+        for (b, rng) in gens.iter_mut().enumerate() {
+            for t in 0..5 {
+                for i in 0..8 {
+                    let (x, r) = (px[b * 8 + i], rand::Rng::gen::<f32>(rng));
+                    let expected = if x.abs() > r { x.signum() } else { 0.0 };
+                    assert_eq!(pair[t * 16 + b * 8 + i], expected, "sample {b}, step {t}, pixel {i}");
+                }
+            }
         }
         assert!(RateEncoder::SIGNED.encode(&px, &[2, 8], 5, &mut rngs(&[1]), DType::F32, &Device::Cpu).is_err());
         assert!(RateEncoder::new(f64::NAN).is_err());

@@ -372,7 +372,7 @@ impl<F: Real> EventFrames<F> for SpikeFrames<'_, F> {
             }
             None => dispatch!(count_spikes_avx2, count_spikes_avx512, count_spikes(frame)),
         };
-        self.spikes.chunks(len).enumerate().map(count).sum()
+        self.spikes.par_chunks(len).enumerate().map(count).sum()
     }
 
     #[inline(always)]

@@ -241,10 +241,19 @@ impl<F: Real> SpikeGains<F> {
     /// worker takes a chunk of neurons through every step, so the traces stay in its cache and the window
     /// is read once, one bit per neuron and step.
     pub fn from_bits(bits: &SpikeBits, n: usize, rule: BackwardRule<F>) -> Vec<F> {
-        let mut gain = vec![rule.scale; n];
-        let Some(leak) = rule.leak_correction else { return gain };
+        let mut gain = vec![F::zero(); n];
+        Self::from_bits_into(bits, rule, &mut gain);
+        gain
+    }
+
+    /// [`SpikeGains::from_bits`] into `gain`, one factor per neuron (`gain.len()` neurons; its old values are
+    /// overwritten), e.g. a buffer kept from an earlier pass.
+    pub fn from_bits_into(bits: &SpikeBits, rule: BackwardRule<F>, gain: &mut [F]) {
+        let n = gain.len();
+        gain.fill(rule.scale);
+        let Some(leak) = rule.leak_correction else { return };
         if n == 0 {
-            return gain;
+            return;
         }
         let steps = bits.len() / n;
         gain.par_chunks_mut(CHUNK).enumerate().for_each(|(c, g)| {
@@ -256,7 +265,6 @@ impl<F: Real> SpikeGains<F> {
             }
             apply_leak_correction(g, &lf, &tot, leak);
         });
-        gain
     }
 
     /// The factor `scale · NG` of every neuron over the steps added.
@@ -428,11 +436,20 @@ pub fn readout_input_grad<F: Real>(rows: &[F], delta: &[F], classes: usize) -> V
 /// dropout mask held over the window: one row per frame, the mask's rows per sample). Keep flags multiply by
 /// their value or by 0, so both forms of the same mask give the same products.
 pub fn apply_mask<F: Real>(values: &mut [F], mask: MaskView<'_, F>) {
-    match mask {
-        MaskView::Values(mask) => dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(values, mask)),
-        MaskView::Keep { flags, value } => {
-            dispatch!(apply_keep_avx2, apply_keep_avx512, keep_rows(values, flags, value))
-        }
+    if mask.is_empty() {
+        return;
+    }
+    let row = mask.len();
+    // Row after row (a row is one step of the batch), each split into chunks of neurons across the workers.
+    for values in values.chunks_mut(row) {
+        values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
+            match mask.slice(c * CHUNK..c * CHUNK + part.len()) {
+                MaskView::Values(m) => dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(part, m)),
+                MaskView::Keep { flags, value } => {
+                    dispatch!(apply_keep_avx2, apply_keep_avx512, keep_rows(part, flags, value))
+                }
+            }
+        });
     }
 }
 
@@ -471,14 +488,41 @@ fn add_slices<F: Real>(dst: &mut [F], src: &[F]) {
 /// Adds the spikes of every neuron, summed over the frames of a byte spike window `[frames, neurons]`, into
 /// `counts` (one per neuron).
 pub fn add_spike_counts(spikes: &[u8], counts: &mut [u32]) {
-    for frame in spikes.chunks_exact(counts.len().max(1)) {
-        counts.iter_mut().zip(frame).for_each(|(c, &s)| *c += u32::from(s));
-    }
+    let n = counts.len().max(1);
+    // Each worker takes a chunk of neurons through every frame.
+    counts.par_chunks_mut(CHUNK).enumerate().for_each(|(c, counts)| {
+        let first = c * CHUNK;
+        for frame in spikes.chunks_exact(n) {
+            counts.iter_mut().zip(&frame[first..]).for_each(|(c, &s)| *c += u32::from(s));
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Masks and counts over rows wider than a worker's chunk give what the plain loops give.
+    #[test]
+    fn masks_and_counts_over_wide_rows_match_the_plain_loops() {
+        let (row, rows) = (3 * CHUNK + 5, 3);
+        let values: Vec<f32> = (0..row * rows).map(|i| (i % 13) as f32 - 6.0).collect();
+        let flags: Vec<u8> = (0..row).map(|i| u8::from(i % 3 != 0)).collect();
+        let multipliers: Vec<f32> = flags.iter().map(|&k| if k != 0 { 1.25 } else { 0.0 }).collect();
+        let expected: Vec<f32> = values.iter().enumerate().map(|(i, &v)| v * multipliers[i % row]).collect();
+        for mask in [MaskView::Values(&multipliers), MaskView::Keep { flags: &flags, value: 1.25 }] {
+            let mut masked = values.clone();
+            apply_mask(&mut masked, mask);
+            assert_eq!(masked, expected);
+        }
+        let spikes: Vec<u8> = (0..row * rows).map(|i| u8::from(i % 7 == 0 || i % 5 == 1)).collect();
+        let mut counts = vec![1u32; row];
+        add_spike_counts(&spikes, &mut counts);
+        for (n, &c) in counts.iter().enumerate() {
+            let fired: u32 = (0..rows).map(|r| u32::from(spikes[r * row + n])).sum();
+            assert_eq!(c, 1 + fired, "neuron {n}");
+        }
+    }
 
     #[test]
     fn forward_fires_strictly_above_threshold_and_resets() {

@@ -221,7 +221,7 @@ impl SpikingNetwork {
     /// Draws the dropout masks of one mini-batch (one mask per layer with `dropout`, held over the window),
     /// sample `b`'s from `rngs[b]` alone, layer after layer, as keep flags (one byte per neuron). Empty when
     /// the spec's `dropout_p` is 0.
-    pub fn draw_masks<R: Rng>(&self, rngs: &mut [R]) -> Result<Masks> {
+    pub fn draw_masks<R: Rng + Send>(&self, rngs: &mut [R]) -> Result<Masks> {
         let batch = rngs.len();
         let mut masks = Masks::new();
         if self.spec.dropout_p <= 0.0 {

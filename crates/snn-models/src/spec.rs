@@ -263,7 +263,7 @@ impl NetworkSpec {
     /// The input window `[T, B, C, H, W]` of a batch of images (`pixels` laid out `[B, C, H, W]`, already
     /// normalised; one generator per sample in `rngs`), coded as [`Self::input_encoding`] says. Poisson
     /// coding draws sample `b`'s spikes from `rngs[b]` alone; direct coding draws nothing.
-    pub fn encode_input<R: rand::Rng>(
+    pub fn encode_input<R: rand::Rng + Send>(
         &self,
         pixels: &[f32],
         rngs: &mut [R],

@@ -32,7 +32,7 @@ use std::ops::Deref;
 
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use snn_core::bits::{SignedSpikeBits, SpikeBits};
-use snn_core::buffers::BufferPool;
+use snn_core::buffers::{filled, BufferPool};
 use snn_core::conv::{dense_input_grad, dense_kernel_grad};
 use snn_core::dropout::{self, MaskView};
 use snn_core::events::{
@@ -281,20 +281,34 @@ impl<'a, F: Real + WithDType> MaskValues<'a, F> {
 }
 
 impl<F: Real + WithDType> Prepared<F> {
-    fn new(net: &SpikingNetwork, rec: &Recorder) -> Result<Self> {
+    /// Every layer's weights with their transposed rows, written into buffers from `pool` (the previous step's
+    /// rows, handed back when its pass ended) straight from the weights' storage.
+    fn new(net: &SpikingNetwork, rec: &Recorder, pool: &BufferPool<F>) -> Result<Self> {
         let weights = net
             .weights()
             .iter()
             .map(|(name, var)| {
                 let tensor = var.as_tensor().detach();
-                let values = tensor.flatten_all()?.to_vec1::<F>()?;
                 let outputs = tensor.dims()[0];
-                let rows = rec.time(
-                    name,
-                    Phase::Transpose,
-                    || transpose(&values, outputs, values.len() / outputs),
-                    |r| Work::bytes(moved::<F>(2 * r.len())),
-                );
+                let mut rows = pool.overwritten(tensor.elem_count());
+                let mut transposed = |values: &[F]| {
+                    rec.time(
+                        name,
+                        Phase::Transpose,
+                        || transpose_into(values, outputs, values.len() / outputs, &mut rows),
+                        |()| Work::bytes(moved::<F>(2 * values.len())),
+                    )
+                };
+                let (storage, layout) = tensor.storage_and_layout();
+                let in_place = match (&*storage, layout.contiguous_offsets()) {
+                    (Storage::Cpu(cpu), Some((start, end))) => cpu.as_slice::<F>().ok().map(|all| &all[start..end]),
+                    _ => None,
+                };
+                match in_place {
+                    Some(values) => transposed(values),
+                    None => transposed(&tensor.flatten_all()?.to_vec1::<F>()?),
+                }
+                drop(storage);
                 Ok(Weights { tensor, rows })
             })
             .collect::<Result<_>>()?;
@@ -456,9 +470,10 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 Work::bytes(moved::<F>(2 * values))
             },
         )?;
+        let pool = net.scratch.take();
         let Prepared { weights } = match prepared {
             Some(prepared) => prepared,
-            None => Prepared::new(net, &rec)?,
+            None => Prepared::new(net, &rec, &pool)?,
         };
         let neurons: usize = net.plan.layers.iter().map(|l| l.neurons).sum();
         let per_step = batch * neurons * std::mem::size_of::<F>();
@@ -467,7 +482,6 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let for_threads = (2 * threads).div_ceil(batch);
         let part = (PART_FRAMES / batch).min(PART_BYTES / per_step.max(1)).max(for_threads).clamp(1, steps);
-        let pool = net.scratch.take();
         Ok(Self { net, plan: &net.plan, input, steps, batch, part, masks, mask_tensors, weights, pool, rec })
     }
 
@@ -505,7 +519,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
 
     /// One byte buffer per layer for a part's spikes (empty for the readout).
     fn part_buffers(&self) -> Vec<Vec<u8>> {
-        self.plan.layers.iter().map(|l| vec![0; self.part * self.span(l)]).collect()
+        self.plan.layers.iter().map(|l| filled(self.part * self.span(l), 0)).collect()
     }
 
     /// The input window's part `[t0, t0 + len)`.
@@ -587,7 +601,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let mut part = self.part_buffers();
         let mut counts: Vec<Vec<u32>> =
             plan.layers.iter().map(|l| vec![0; if l.spikes() { l.neurons } else { 0 }]).collect();
-        let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| vec![F::zero(); span(l)]).collect();
+        let mut membranes: Vec<Vec<F>> = plan.layers.iter().map(|l| filled(span(l), F::zero())).collect();
         let (readout, _, classes) = plan.readout()?;
         let mut readout_membrane = vec![F::zero(); batch * classes];
         let mut readout_counts = vec![0.0; batch * plan.feed_len(readout.from)];
@@ -681,7 +695,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let rec = &self.rec;
         let mut part = self.part_buffers();
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
-        let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| vec![F::zero(); w.rows.len()]).collect();
+        // Its buffers, like the gains and errors below, come from the pool and go back to it at the end, where the
+        // next step's transposed weights find them.
+        let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| self.pool.zeroed(w.rows.len())).collect();
         let fan_in = plan.feed_len(readout.from);
         let readout_input_grad = rec.time(
             &readout.name,
@@ -701,11 +717,13 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
             let span = span(layer);
             let neuron = if layer.is_pool() { self.net.pool } else { self.net.lif };
-            let gain = || kernels::SpikeGains::from_bits(bits, span, neuron.backward_rule());
+            let mut gain = filled(span, F::zero());
+            let from_bits = || kernels::SpikeGains::from_bits_into(bits, neuron.backward_rule(), &mut gain);
             // The window's bits in (the traces stay in cache), the gains out.
             let bytes = (steps * span) as f64 / 8.0 + moved::<F>(span);
-            gains.push(rec.time(&layer.name, Phase::Tape, gain, |_| Work::bytes(bytes)));
-            deltas.push(vec![F::zero(); span]);
+            rec.time(&layer.name, Phase::Tape, from_bits, |_| Work::bytes(bytes));
+            gains.push(gain);
+            deltas.push(filled(span, F::zero()));
         }
 
         let pool = &self.pool;
@@ -748,8 +766,9 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
         }
 
-        // The window's state is spent; the gradients go back to the weights' layout in the buffers of the
-        // transposed weights, which the pass no longer reads, so no weight-sized buffer is added at the end.
+        // The window's state is spent (its buffers go back to the pool); the gradients go back to the weights'
+        // layout in the buffers of the transposed weights, which the pass no longer reads, so no weight-sized
+        // buffer is added at the end.
         drop((gains, deltas, part));
         let weights = std::mem::take(&mut self.weights);
         let mut out = Vec::with_capacity(grads.len());
@@ -757,7 +776,7 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             let (outputs, mut rows) = (var.dims()[0], w.rows);
             let back = || transpose_into(&g, g.len() / outputs, outputs, &mut rows);
             self.rec.time(name, Phase::Transpose, back, |_| Work::bytes(moved::<F>(2 * g.len())));
-            drop(g);
+            self.pool.recycle(g);
             out.push((name.clone(), Tensor::from_vec(rows, var.dims(), &Device::Cpu)?));
         }
         Ok(Gradients(out))
@@ -842,6 +861,10 @@ impl<F: Real + WithDType> Drop for Pass<'_, F> {
     /// Hands the buffers back to the network, for its next pass, and the profile of this pass if one was
     /// recorded.
     fn drop(&mut self) {
+        // The transposed weights serve the next step, which transposes the updated weights into them.
+        for weights in std::mem::take(&mut self.weights) {
+            self.pool.recycle(weights.rows);
+        }
         self.pool.end_pass();
         self.net.scratch.put(std::mem::take(&mut self.pool));
         if let Some(profile) = std::mem::take(&mut self.rec).finish() {
