@@ -20,7 +20,7 @@
 
 use crate::cpu::{run_cpu, CpuKernel};
 use crate::dropout::MaskView;
-use crate::kernels::Real;
+use crate::kernels::{add_into, Real};
 use crate::simd::MulAdd;
 use crate::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
@@ -612,6 +612,10 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
     // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
     let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
     let blocks = g.channels.div_ceil(block);
+    if input.is_none() && g.channels < FEW_CHANNELS && x.frames() > FRAMES_PER_TASK {
+        // Too few input channels (a first layer over RGB) to keep the workers busy: split the frames as well.
+        return kernel_grad_by_frames(x, grad, g, acc);
+    }
     // Each block's share of every frame of the input gradient.
     let mut outs: Vec<Vec<&mut [F]>> = (0..blocks).map(|_| Vec::new()).collect();
     let rows = input.as_ref().map(|(rows, _)| *rows);
@@ -631,6 +635,76 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
             )
         },
     );
+}
+
+/// Layers with fewer input channels than this take their kernel gradient frames-parallel
+/// ([`kernel_grad_by_frames`]).
+const FEW_CHANNELS: usize = 8;
+
+/// Frames per task of [`kernel_grad_by_frames`].
+const FRAMES_PER_TASK: usize = 4;
+
+/// The kernel gradient of [`conv_grads_events`] (no input gradient) for a layer with few input channels:
+/// each task sums the events of [`FRAMES_PER_TASK`] frames into its own copy of the (small) gradient, and the
+/// copies are added to `acc` in frame order. The split does not depend on the number of threads, so neither
+/// do the result's bits.
+fn kernel_grad_by_frames<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvGeometry, acc: &mut [F]) {
+    let frames = x.frames();
+    let parts: Vec<Vec<F>> = (0..frames.div_ceil(FRAMES_PER_TASK))
+        .into_par_iter()
+        .map(|task| {
+            let range = task * FRAMES_PER_TASK..((task + 1) * FRAMES_PER_TASK).min(frames);
+            let frames = FrameRange { x, range };
+            let grad = &grad[frames.range.start * g.frame_out()..frames.range.end * g.frame_out()];
+            let mut part = vec![F::zero(); acc.len()];
+            dispatch!(fused
+                conv_grads_block_avx2,
+                conv_grads_block_avx512,
+                conv_grads_block(&frames, 0, grad, g, &mut part, None, &mut [])
+            );
+            part
+        })
+        .collect();
+    for part in parts {
+        add_into(acc, &part);
+    }
+}
+
+/// The frames `range` of an event window, as a window of their own.
+struct FrameRange<'a, X> {
+    x: &'a X,
+    range: std::ops::Range<usize>,
+}
+
+impl<F: Real, X: EventFrames<F>> EventFrames<F> for FrameRange<'_, X> {
+    fn frame_len(&self) -> usize {
+        self.x.frame_len()
+    }
+
+    fn frames(&self) -> usize {
+        self.range.len()
+    }
+
+    #[inline(always)]
+    fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, f: impl FnMut(usize, F)) {
+        self.x.for_each_event_in(self.range.start + frame, range, f);
+    }
+
+    #[inline(always)]
+    fn for_each_event_by_position(
+        &self,
+        frame: usize,
+        channels: std::ops::Range<usize>,
+        plane: usize,
+        f: impl FnMut(usize, usize, F),
+    ) {
+        self.x.for_each_event_by_position(self.range.start + frame, channels, plane, f);
+    }
+
+    #[inline(always)]
+    fn value_at(&self, frame: usize, index: usize) -> F {
+        self.x.value_at(self.range.start + frame, index)
+    }
 }
 
 wide_variants!(fused fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_block<F: Real, X: EventFrames<F>>(

@@ -180,23 +180,27 @@ fn event_product_matches_the_definition() {
 #[test]
 fn event_gradients_are_the_same_bits_with_one_or_two_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let (n, c, h, o, k) = (40, 3, 10, 6, 3);
-    let x = Tensor::from_vec(spikes(n * c * h * h, 0.15, &mut rng), (n, c, h, h), &Device::Cpu).unwrap();
-    let grad: Vec<f64> = (0..n * o * h * h).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let grad = Tensor::from_vec(grad, (n, o, h, h), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let x = x.to_dtype(DType::F32).unwrap();
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| conv2d_weight_grad_events(&x, &grad, k, 1, 1).unwrap())
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let one = run(1);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for _ in 0..3 {
-        assert_eq!(bits(&run(2)), bits(&one));
+    // The wider layers have fewer input channels than the workers' tasks from two threads on, so their
+    // kernel gradient is split by output channels as well (one thread runs it unsplit).
+    for (c, o) in [(3, 6), (3, 64), (1, 48), (2, 33)] {
+        let (n, h, k) = (40, 10, 3);
+        let x = Tensor::from_vec(spikes(n * c * h * h, 0.15, &mut rng), (n, c, h, h), &Device::Cpu).unwrap();
+        let grad: Vec<f64> = (0..n * o * h * h).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let grad = Tensor::from_vec(grad, (n, o, h, h), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+        let x = x.to_dtype(DType::F32).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| conv2d_weight_grad_events(&x, &grad, k, 1, 1).unwrap())
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let one = run(1);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for threads in [2, 2, 3, 8] {
+            assert_eq!(bits(&run(threads)), bits(&one), "{c} → {o} channels, {threads} threads");
+        }
     }
 }
 
