@@ -631,7 +631,7 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
             dispatch!(fused
                 conv_grads_block_avx2,
                 conv_grads_block_avx512,
-                conv_grads_block(x, b * block, grad, g, acc_block, rows, &mut outs)
+                conv_grads_block(x, 0, b * block, grad, g, acc_block, rows, &mut outs)
             )
         },
     );
@@ -654,13 +654,12 @@ fn kernel_grad_by_frames<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvG
         .into_par_iter()
         .map(|task| {
             let range = task * FRAMES_PER_TASK..((task + 1) * FRAMES_PER_TASK).min(frames);
-            let frames = FrameRange { x, range };
-            let grad = &grad[frames.range.start * g.frame_out()..frames.range.end * g.frame_out()];
+            let grad = &grad[range.start * g.frame_out()..range.end * g.frame_out()];
             let mut part = vec![F::zero(); acc.len()];
             dispatch!(fused
                 conv_grads_block_avx2,
                 conv_grads_block_avx512,
-                conv_grads_block(&frames, 0, grad, g, &mut part, None, &mut [])
+                conv_grads_block(x, range.start, 0, grad, g, &mut part, None, &mut [])
             );
             part
         })
@@ -670,54 +669,19 @@ fn kernel_grad_by_frames<F: Real, X: EventFrames<F>>(x: &X, grad: &[F], g: ConvG
     }
 }
 
-/// The frames `range` of an event window, as a window of their own.
-struct FrameRange<'a, X> {
-    x: &'a X,
-    range: std::ops::Range<usize>,
-}
-
-impl<F: Real, X: EventFrames<F>> EventFrames<F> for FrameRange<'_, X> {
-    fn frame_len(&self) -> usize {
-        self.x.frame_len()
-    }
-
-    fn frames(&self) -> usize {
-        self.range.len()
-    }
-
-    #[inline(always)]
-    fn for_each_event_in(&self, frame: usize, range: std::ops::Range<usize>, f: impl FnMut(usize, F)) {
-        self.x.for_each_event_in(self.range.start + frame, range, f);
-    }
-
-    #[inline(always)]
-    fn for_each_event_by_position(
-        &self,
-        frame: usize,
-        channels: std::ops::Range<usize>,
-        plane: usize,
-        f: impl FnMut(usize, usize, F),
-    ) {
-        self.x.for_each_event_by_position(self.range.start + frame, channels, plane, f);
-    }
-
-    #[inline(always)]
-    fn value_at(&self, frame: usize, index: usize) -> F {
-        self.x.value_at(self.range.start + frame, index)
-    }
-}
-
 wide_variants!(fused fn conv_grads_block_avx2, conv_grads_block_avx512 = conv_grads_block<F: Real, X: EventFrames<F>>(
-    x: &X, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F], rows: Option<&[F]>,
-    outs: &mut [&mut [F]]
+    x: &X, first_frame: usize, first: usize, channel_last: &[F], g: ConvGeometry, acc_block: &mut [F],
+    rows: Option<&[F]>, outs: &mut [&mut [F]]
 ));
 
 /// The input channels `first..` of [`conv_grads_events`] (as many as `acc_block` holds `[k, k, O]` taps for)
-/// over every frame; `outs` holds the block's share of each frame of the input gradient, or nothing.
+/// over the frames from `first_frame` on that `channel_last` holds the output gradient of; `outs` holds the
+/// block's share of each of those frames of the input gradient, or nothing.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn conv_grads_block<F: Real, X: EventFrames<F>, M: MulAdd>(
     x: &X,
+    first_frame: usize,
     first: usize,
     channel_last: &[F],
     g: ConvGeometry,
@@ -732,7 +696,7 @@ fn conv_grads_block<F: Real, X: EventFrames<F>, M: MulAdd>(
     for (f, frame_grad) in channel_last.chunks_exact(g.frame_out()).enumerate() {
         let mut out = outs.get_mut(f);
         x.for_each_event_in(
-            f,
+            first_frame + f,
             channels.start * plane_in..channels.end * plane_in,
             #[inline(always)]
             |i, v| {
