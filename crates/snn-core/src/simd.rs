@@ -135,6 +135,7 @@ macro_rules! wide_variants {
         /// # Safety
         /// Only call it on a CPU with AVX2 and FMA ([`SimdLevel::current`]).
         #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+        #[allow(clippy::too_many_arguments)] // as many as the kernel it wraps
         unsafe fn $avx2<$($g: $bound),*>($($a: $t),*) $(-> $ret)? {
             $base($($pass),*)
         }
@@ -144,6 +145,7 @@ macro_rules! wide_variants {
         /// # Safety
         /// Only call it on a CPU with AVX-512F and FMA ([`SimdLevel::current`]).
         #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx2,fma"))]
+        #[allow(clippy::too_many_arguments)] // as many as the kernel it wraps
         unsafe fn $avx512<$($g: $bound),*>($($a: $t),*) $(-> $ret)? {
             $base($($pass),*)
         }
