@@ -31,7 +31,7 @@ impl<F: Real> BufferPool<F> {
     pub fn zeroed(&self, len: usize) -> Vec<F> {
         let mut buffer = self.fitting(len);
         buffer.clear();
-        grow_with_zeros(&mut buffer, len, F::zero());
+        grow_filled(&mut buffer, len, F::zero());
         buffer
     }
 
@@ -42,7 +42,7 @@ impl<F: Real> BufferPool<F> {
         if buffer.len() >= len {
             buffer.truncate(len);
         } else {
-            grow_with_zeros(&mut buffer, len, F::zero());
+            grow_filled(&mut buffer, len, F::zero());
         }
         buffer
     }
@@ -77,26 +77,26 @@ impl<F: Real> BufferPool<F> {
 const PARALLEL_FILL: usize = 1 << 16;
 
 /// A new buffer of `len` copies of `value` (e.g. zeros), written by all workers when it is long (see
-/// [`grow_with_zeros`]).
+/// [`grow_filled`]).
 pub fn filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     let mut buffer = Vec::new();
-    grow_with_zeros(&mut buffer, len, value);
+    grow_filled(&mut buffer, len, value);
     buffer
 }
 
-/// Extends `buffer` with `zero` to `len` values (`len` at least its length). Long runs are written by all
-/// workers: the first write to a fresh page faults it in (the kernel clears it), and on the calling thread
-/// alone that would leave the other cores idle.
-fn grow_with_zeros<T: Copy + Send + Sync>(buffer: &mut Vec<T>, len: usize, zero: T) {
+/// Extends `buffer` with copies of `value` to `len` values (`len` at least its length). Long runs are written
+/// by all workers: the first write to a fresh page faults it in (the kernel clears it), and on the calling
+/// thread alone that would leave the other cores idle.
+fn grow_filled<T: Copy + Send + Sync>(buffer: &mut Vec<T>, len: usize, value: T) {
     let old = buffer.len();
     if len - old < PARALLEL_FILL {
-        buffer.resize(len, zero);
+        buffer.resize(len, value);
         return;
     }
     buffer.reserve_exact(len - old);
     buffer.spare_capacity_mut()[..len - old]
         .par_chunks_mut(PARALLEL_FILL)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(zero)));
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(value)));
     // SAFETY: the capacity holds `len` values (reserved above) and the loop above initialised every value
     // from `old` to `len`.
     unsafe { buffer.set_len(len) };

@@ -609,13 +609,13 @@ pub fn conv_grads_events<F: Real, X: EventFrames<F>>(
 ) {
     let per_channel = g.kernel * g.kernel * g.outputs;
     let plane_in = g.height * g.width;
-    // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
-    let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
-    let blocks = g.channels.div_ceil(block);
     if input.is_none() && g.channels < FEW_CHANNELS && x.frames() > FRAMES_PER_TASK {
         // Too few input channels (a first layer over RGB) to keep the workers busy: split the frames as well.
         return kernel_grad_by_frames(x, grad, g, acc);
     }
+    // Two blocks per thread balance the load; fewer, larger blocks read each frame's gradient fewer times.
+    let block = g.channels.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let blocks = g.channels.div_ceil(block);
     // Each block's share of every frame of the input gradient.
     let mut outs: Vec<Vec<&mut [F]>> = (0..blocks).map(|_| Vec::new()).collect();
     let rows = input.as_ref().map(|(rows, _)| *rows);

@@ -441,35 +441,31 @@ pub fn apply_mask<F: Real>(values: &mut [F], mask: MaskView<'_, F>) {
     }
     let row = mask.len();
     // Row after row (a row is one step of the batch), each split into chunks of neurons across the workers.
-    for values in values.chunks_mut(row) {
+    for values in values.chunks_exact_mut(row) {
         values.par_chunks_mut(CHUNK).enumerate().for_each(|(c, part)| {
             match mask.slice(c * CHUNK..c * CHUNK + part.len()) {
-                MaskView::Values(m) => dispatch!(apply_mask_avx2, apply_mask_avx512, mask_rows(part, m)),
+                MaskView::Values(m) => dispatch!(apply_mask_avx2, apply_mask_avx512, mask_values(part, m)),
                 MaskView::Keep { flags, value } => {
-                    dispatch!(apply_keep_avx2, apply_keep_avx512, keep_rows(part, flags, value))
+                    dispatch!(apply_keep_avx2, apply_keep_avx512, keep_values(part, flags, value))
                 }
             }
         });
     }
 }
 
-wide_variants!(fn apply_mask_avx2, apply_mask_avx512 = mask_rows<F: Real>(values: &mut [F], mask: &[F]));
-wide_variants!(fn apply_keep_avx2, apply_keep_avx512 = keep_rows<F: Real>(values: &mut [F], flags: &[u8], value: F));
+wide_variants!(fn apply_mask_avx2, apply_mask_avx512 = mask_values<F: Real>(values: &mut [F], mask: &[F]));
+wide_variants!(fn apply_keep_avx2, apply_keep_avx512 = keep_values<F: Real>(values: &mut [F], flags: &[u8], value: F));
 
-/// [`apply_mask`] with multipliers, inlined into each SIMD variant.
+/// [`apply_mask`] over a piece of one row with the matching multipliers, inlined into each SIMD variant.
 #[inline(always)]
-fn mask_rows<F: Real>(values: &mut [F], mask: &[F]) {
-    for row in values.chunks_exact_mut(mask.len().max(1)) {
-        row.iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
-    }
+fn mask_values<F: Real>(values: &mut [F], mask: &[F]) {
+    values.iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
 }
 
-/// [`apply_mask`] with keep flags, inlined into each SIMD variant.
+/// [`apply_mask`] over a piece of one row with the matching keep flags, inlined into each SIMD variant.
 #[inline(always)]
-fn keep_rows<F: Real>(values: &mut [F], flags: &[u8], value: F) {
-    for row in values.chunks_exact_mut(flags.len().max(1)) {
-        row.iter_mut().zip(flags).for_each(|(v, &k)| *v *= if k != 0 { value } else { F::zero() });
-    }
+fn keep_values<F: Real>(values: &mut [F], flags: &[u8], value: F) {
+    values.iter_mut().zip(flags).for_each(|(v, &k)| *v *= if k != 0 { value } else { F::zero() });
 }
 
 /// `dst += src`, entry by entry.

@@ -695,8 +695,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let rec = &self.rec;
         let mut part = self.part_buffers();
         // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
-        // Its buffers, like the gains and errors below, come from the pool and go back to it at the end, where the
-        // next step's transposed weights find them.
+        // Its buffers come from the pool and go back to it at the end, where the next step's transposed weights
+        // find them.
         let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| self.pool.zeroed(w.rows.len())).collect();
         let fan_in = plan.feed_len(readout.from);
         let readout_input_grad = rec.time(
@@ -766,9 +766,8 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
             }
         }
 
-        // The window's state is spent (its buffers go back to the pool); the gradients go back to the weights'
-        // layout in the buffers of the transposed weights, which the pass no longer reads, so no weight-sized
-        // buffer is added at the end.
+        // The window's state is spent; the gradients go back to the weights' layout in the buffers of the
+        // transposed weights, which the pass no longer reads, so no weight-sized buffer is added at the end.
         drop((gains, deltas, part));
         let weights = std::mem::take(&mut self.weights);
         let mut out = Vec::with_capacity(grads.len());
@@ -861,7 +860,8 @@ impl<F: Real + WithDType> Drop for Pass<'_, F> {
     /// Hands the buffers back to the network, for its next pass, and the profile of this pass if one was
     /// recorded.
     fn drop(&mut self) {
-        // The transposed weights serve the next step, which transposes the updated weights into them.
+        // Transposed weights this pass kept (it handed them neither to a tape nor out as gradients) serve the
+        // next pass, which transposes the weights into them.
         for weights in std::mem::take(&mut self.weights) {
             self.pool.recycle(weights.rows);
         }
