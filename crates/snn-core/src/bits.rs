@@ -180,13 +180,28 @@ impl SignedSpikeBits {
     /// When the range runs past the window.
     pub fn store<F: Real>(&mut self, offset: usize, values: &[F]) -> bool {
         let (one, zero) = (F::one(), F::zero());
-        let (mut fired, mut negative) = (Vec::with_capacity(values.len()), Vec::with_capacity(values.len()));
-        for &v in values {
-            if !(v == zero || v == one || v == -one) {
-                return false;
+        let (mut fired, mut negative) = (vec![0u8; values.len()], vec![0u8; values.len()]);
+        let split = |values: &[F], fired: &mut [u8], negative: &mut [u8]| {
+            for ((&v, f), n) in values.iter().zip(fired).zip(negative) {
+                if !(v == zero || v == one || v == -one) {
+                    return false;
+                }
+                (*f, *n) = (u8::from(v != zero), u8::from(v < zero));
             }
-            fired.push(u8::from(v != zero));
-            negative.push(u8::from(v < zero));
+            true
+        };
+        let signed = if values.len() >= 64 * PARALLEL_WORDS {
+            let chunk = 64 * PARALLEL_WORDS;
+            values
+                .par_chunks(chunk)
+                .zip(fired.par_chunks_mut(chunk))
+                .zip(negative.par_chunks_mut(chunk))
+                .all(|((v, f), n)| split(v, f, n))
+        } else {
+            split(values, &mut fired, &mut negative)
+        };
+        if !signed {
+            return false;
         }
         self.fired.store(offset, &fired);
         self.negative.store(offset, &negative);
@@ -201,12 +216,23 @@ impl SignedSpikeBits {
         let (mut fired, mut negative) = (vec![0u8; out.len()], vec![0u8; out.len()]);
         self.fired.load(offset, &mut fired);
         self.negative.load(offset, &mut negative);
-        for ((o, &f), &n) in out.iter_mut().zip(&fired).zip(&negative) {
-            *o = match (f, n) {
-                (0, _) => F::zero(),
-                (_, 0) => F::one(),
-                _ => -F::one(),
-            };
+        let join = |out: &mut [F], fired: &[u8], negative: &[u8]| {
+            for ((o, &f), &n) in out.iter_mut().zip(fired).zip(negative) {
+                *o = match (f, n) {
+                    (0, _) => F::zero(),
+                    (_, 0) => F::one(),
+                    _ => -F::one(),
+                };
+            }
+        };
+        if out.len() >= 64 * PARALLEL_WORDS {
+            let chunk = 64 * PARALLEL_WORDS;
+            out.par_chunks_mut(chunk)
+                .zip(fired.par_chunks(chunk))
+                .zip(negative.par_chunks(chunk))
+                .for_each(|((o, f), n)| join(o, f, n));
+        } else {
+            join(out, &fired, &negative);
         }
     }
 }
@@ -312,6 +338,26 @@ mod tests {
         assert!(!bits.store(10, &[f32::NAN]));
         assert_eq!(bits, before);
         assert_eq!(bits.bytes(), 2 * 8 * len.div_ceil(64));
+    }
+
+    /// Parts long enough to be split between workers (several chunks of 65,536 values, at an unaligned
+    /// offset) read back exactly, and one bad value anywhere in them, even in the last chunk, refuses the
+    /// whole part.
+    #[test]
+    fn long_signed_parts_round_trip_and_are_refused_whole() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let len = 3 * 64 * PARALLEL_WORDS + 1000;
+        let values: Vec<f64> = (0..len).map(|_| [-1.0, 0.0, 0.0, 0.0, 1.0][rng.gen_range(0..5)]).collect();
+        let mut bits = SignedSpikeBits::zeros(len + 3);
+        assert!(bits.store(3, &values));
+        let mut out = vec![5.0f64; len];
+        bits.load(3, &mut out);
+        assert_eq!(out, values);
+        let before = bits.clone();
+        let mut bad = values.clone();
+        bad[len - 10] = 0.25;
+        assert!(!bits.store(3, &bad));
+        assert_eq!(bits, before, "a refused part writes nothing");
     }
 
     #[test]

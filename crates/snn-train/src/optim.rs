@@ -2,6 +2,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
+use rayon::prelude::*;
 use snn_models::Gradients;
 
 use crate::{Error, Result};
@@ -102,11 +103,21 @@ struct PlainUpdate {
 }
 
 impl PlainUpdate {
+    /// Chunks of this many weights are updated in parallel (each value on its own, so the split changes no bit).
+    const CHUNK: usize = 1 << 16;
+
     fn apply<F: snn_core::kernels::Real>(&self, weights: &mut [F], grads: &[F], lr: F, weight_decay: F) {
-        let zero = F::zero();
-        for (w, &g) in weights.iter_mut().zip(grads) {
-            let d = if self.weight_decay > 0.0 { g + (*w * weight_decay + zero) } else { g };
-            *w = *w - (d * lr + zero);
+        let (zero, decay) = (F::zero(), self.weight_decay > 0.0);
+        let update = |(weights, grads): (&mut [F], &[F])| {
+            for (w, &g) in weights.iter_mut().zip(grads) {
+                let d = if decay { g + (*w * weight_decay + zero) } else { g };
+                *w = *w - (d * lr + zero);
+            }
+        };
+        if weights.len() > Self::CHUNK {
+            weights.par_chunks_mut(Self::CHUNK).zip(grads.par_chunks(Self::CHUNK)).for_each(update);
+        } else {
+            update((weights, grads));
         }
     }
 }
@@ -143,12 +154,21 @@ mod tests {
 
     #[test]
     fn in_place_update_gives_the_bits_of_the_tensor_expression() -> Result<()> {
+        // Short and long weights (the long ones updated in parallel chunks).
+        for n in [997, 3 * PlainUpdate::CHUNK + 11] {
+            in_place_update_matches(n)?;
+        }
+        Ok(())
+    }
+
+    fn in_place_update_matches(n: usize) -> Result<()> {
         // Values of every magnitude and sign, zeros included, in f32.
-        let values: Vec<f32> = (0..997).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi(i % 9 - 6)).collect();
-        let grads: Vec<f32> = (0..997).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3).collect();
+        let values: Vec<f32> =
+            (0..n).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi(i as i32 % 9 - 6)).collect();
+        let grads: Vec<f32> = (0..n).map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3).collect();
         let (lr, wd) = (0.0085, 5e-4);
-        let w = Var::from_vec(values.clone(), 997, &Device::Cpu)?;
-        let g = Tensor::from_vec(grads, 997, &Device::Cpu)?;
+        let w = Var::from_vec(values.clone(), n, &Device::Cpu)?;
+        let g = Tensor::from_vec(grads, n, &Device::Cpu)?;
         let expected = (w.as_tensor() - ((&g + (w.as_tensor() * wd)?)? * lr)?)?.to_vec1::<f32>()?;
         let mut opt = Sgd::new(vec![("w".into(), w.clone())], lr, 0.0, wd)?;
         opt.step(&Gradients::new(vec![("w".into(), g)]))?;
