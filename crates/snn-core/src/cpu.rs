@@ -44,3 +44,38 @@ pub fn run_cpu<K: CpuKernel>(kernel: &K, operands: &[(&CpuStorage, &Layout)]) ->
         None => candle_core::bail!("{}: no operands", K::NAME),
     }
 }
+
+/// Runs `pass` (a pass of a network, or any other run of many parallel kernels) on a worker of the global thread pool (the calling thread waits for it once) instead of
+/// on the calling thread: a pass opens thousands of parallel sections, and each one opened from outside the pool
+/// hands its work to the workers and puts the caller to sleep until they finish, two thread switches per
+/// section; opened on a worker, a section starts on that worker at once while the other workers join in.
+pub fn on_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return pass();
+    }
+    let mut result = None;
+    rayon::scope(|_| result = Some(pass()));
+    result.expect("the scope ran the pass")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_worker;
+
+    /// The pass runs on a worker of the global pool and hands its value back; called again from a worker, it
+    /// runs in place on that worker; a panic in it reaches the caller.
+    #[test]
+    fn a_pass_runs_on_a_worker_and_returns_its_value() {
+        assert_eq!(rayon::current_thread_index(), None, "the test starts outside the pool");
+        let (outer, inner, value) = on_worker(|| {
+            let outer = std::thread::current().id();
+            let (inner, value) = on_worker(|| (std::thread::current().id(), rayon::current_thread_index()));
+            (outer, inner, value)
+        });
+        assert_ne!(outer, std::thread::current().id());
+        assert_eq!(outer, inner, "a nested call stays on its worker");
+        assert!(value.is_some(), "the pass ran on a worker of the pool");
+        let caught = std::panic::catch_unwind(|| on_worker(|| panic!("inside the pass")));
+        assert!(caught.is_err());
+    }
+}

@@ -186,12 +186,14 @@ impl SpikingNetwork {
             return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
         }
         let shape = self.check_input(input, masks)?;
-        let input = InputWindow::Values(input);
-        match self.dtype() {
-            DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(pack_input),
-            DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(pack_input),
-            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
-        }
+        snn_core::cpu::on_worker(|| {
+            let input = InputWindow::Values(input);
+            match self.dtype() {
+                DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(pack_input),
+                DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(pack_input),
+                other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
+            }
+        })
     }
 
     /// The spike-based backward pass from a [`Tape`] and the gradient of the loss with respect to the readout
@@ -210,18 +212,20 @@ impl SpikingNetwork {
         fn typed<F: Real + WithDType>(prepared: Option<Box<dyn Any + Send + Sync>>) -> Option<Prepared<F>> {
             prepared.and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p)
         }
-        let (input, shape) = (InputWindow::from(&tape.input), (tape.steps, tape.batch));
-        match self.dtype() {
-            DType::F32 => {
-                let prepared = typed::<f32>(tape.prepared.take());
-                Pass::<f32>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
+        snn_core::cpu::on_worker(|| {
+            let (input, shape) = (InputWindow::from(&tape.input), (tape.steps, tape.batch));
+            match self.dtype() {
+                DType::F32 => {
+                    let prepared = typed::<f32>(tape.prepared.take());
+                    Pass::<f32>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
+                }
+                DType::F64 => {
+                    let prepared = typed::<f64>(tape.prepared.take());
+                    Pass::<f64>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
+                }
+                other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
             }
-            DType::F64 => {
-                let prepared = typed::<f64>(tape.prepared.take());
-                Pass::<f64>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
-            }
-            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
-        }
+        })
     }
 }
 

@@ -562,16 +562,20 @@ pub fn train_step(
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
-    let (out, loss_value, grads) = batch_gradients(net, x, labels, masks)?;
-    let start = Instant::now();
-    for (name, g) in grads.iter() {
-        ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
-    }
-    opt.step(&grads)?;
-    // The check reads every gradient; the update reads the weights and gradients and writes the weights.
-    let bytes = 4 * net.parameter_count() * net.dtype().size_in_bytes();
-    net.record_profile("step", Phase::Optimizer, start.elapsed(), Work::bytes(bytes as f64));
-    Ok((out, loss_value))
+    // The whole step on a worker thread: the passes, the checks and the update open their parallel sections
+    // from there.
+    snn_core::cpu::on_worker(|| {
+        let (out, loss_value, grads) = batch_gradients(net, x, labels, masks)?;
+        let start = Instant::now();
+        for (name, g) in grads.iter() {
+            ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
+        }
+        opt.step(&grads)?;
+        // The check reads every gradient; the update reads the weights and gradients and writes the weights.
+        let bytes = 4 * net.parameter_count() * net.dtype().size_in_bytes();
+        net.record_profile("step", Phase::Optimizer, start.elapsed(), Work::bytes(bytes as f64));
+        Ok((out, loss_value))
+    })
 }
 
 /// The forward pass, the loss and the weights' gradients of one batch (no update).
