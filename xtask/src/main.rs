@@ -169,6 +169,9 @@ fn gpu_check() -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = snn_core::cpu::join_global_pool() {
+        eprintln!("warning: the main thread does not take part in the thread pool: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Golden { dir, cuda } => device(cuda).and_then(|d| golden(dir, &d)),

@@ -751,6 +751,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = snn_core::cpu::join_global_pool() {
+        tracing::warn!("the main thread does not take part in the thread pool: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => run_train(a),
