@@ -21,7 +21,7 @@ use snn_models::{
     builtin, load_checkpoint, Engine, ForwardOptions, Gradients, Masks, NetworkSpec, Phase, SpikingNetwork, Work,
 };
 use snn_train::loss::sum_squared_error;
-use snn_train::{sample_rng, stream_rng, train_step, Sgd, Stream};
+use snn_train::{sample_rng, stream_rng, train_step_micro_batched, Sgd, Stream};
 
 use crate::peers::{PeerRow, Peers, IMPLS};
 use crate::roofline;
@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// same run (`--reps` steps at the first --timesteps, after a warm-up).
     #[arg(long, conflicts_with_all = ["peers", "cuda", "simd"])]
     pub profile: bool,
+    /// Run the training step in micro-batches of at most N samples (`snn-cli train --micro-batch`): the
+    /// same update in less memory (default: the network's choice for the window; --batch runs it whole).
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
 }
 
 /// A SIMD level by name.
@@ -207,6 +211,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         args.model = spec.name.clone();
     }
     anyhow::ensure!(args.reps >= 1 && args.batch >= 1, "--reps and --batch must be at least 1");
+    anyhow::ensure!(args.micro_batch != Some(0), "--micro-batch must be at least 1");
     if let Some(bad) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         anyhow::bail!("unknown mode '{bad}' (available: {})", MODES.join(", "));
     }
@@ -411,7 +416,7 @@ fn time_mode(
         let x = inputs.encode(net, t, rep)?;
         if mode == "train" {
             let masks = inputs.masks(net, rep)?;
-            train_step(net, opt, x, labels, &masks)?;
+            train_step_micro_batched(net, opt, x, labels, &masks, args.micro_batch)?;
         } else if mode == "train-graph" {
             // The same step through Candle's autograd (the path other devices take).
             let masks = inputs.masks(net, rep)?;
@@ -470,7 +475,7 @@ fn profile(args: &BenchArgs, net: &SpikingNetwork, inputs: &BenchInputs) -> Resu
         let masks = inputs.masks(net, rep)?;
         let bytes = masks.values().map(|m| m.elem_count() * DType::F32.size_in_bytes()).sum::<usize>();
         net.record_profile("step", Phase::Dropout, drawn.elapsed(), Work::bytes(bytes as f64));
-        train_step(net, &mut opt, x, &inputs.labels, &masks)?;
+        train_step_micro_batched(net, &mut opt, x, &inputs.labels, &masks, args.micro_batch)?;
         if rep > 0 {
             times.push(start.elapsed().as_secs_f64());
         }

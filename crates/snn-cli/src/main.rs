@@ -198,6 +198,13 @@ struct TrainArgs {
     /// Save the resumable run state every N batches as well as after every epoch.
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Run each batch in micro-batches of at most N samples (CPU): the same update up to the order of sums,
+    /// with the per-sample memory of the step (its spike tape above all) held for N samples at a time (give the
+    /// same N when resuming for bit-identical weights). Default: the whole batch, or equal micro-batches when
+    /// the step's state per sample over the window would outgrow 64 MiB for the batch (VGG9, batch 16,
+    /// T = 100: two of 8); the batch size itself turns micro-batches off.
+    #[arg(long)]
+    micro_batch: Option<usize>,
     /// Continue the interrupted run in this folder (its recipe, architecture and data settings are reused).
     #[arg(long, conflicts_with_all = ["model", "model_config", "config", "paper"])]
     resume: Option<PathBuf>,
@@ -601,6 +608,7 @@ fn execute_training(
     let opts = RunOptions {
         out_dir: Some(a.out.clone()),
         checkpoint_every: a.checkpoint_every,
+        micro_batch: a.micro_batch,
         resume,
         stop: Some(stop),
         crash,

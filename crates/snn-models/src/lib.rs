@@ -35,5 +35,5 @@ pub use profile::{Phase, Profile, ProfileEntry, Work};
 pub use spec::{
     ConvSpec, FcSpec, InputEncoding, LayerSpec, NetworkSpec, PoolSpec, ReadoutSpec, ShortcutKind, ShortcutSpec,
 };
-pub use tape::{Gradients, Tape, PART_BYTES, PART_FRAMES};
+pub use tape::{Gradients, Tape, MICRO_BATCH_BYTES, PART_BYTES, PART_FRAMES};
 pub use zoo::{builtin, builtin_names, is_verified, provenance};

@@ -229,6 +229,128 @@ impl SpikingNetwork {
     }
 }
 
+/// A training step on the CPU runs its batch in micro-batches ([`SpikingNetwork::micro_batch_for`]) when what
+/// it holds per sample for the whole window (the bit tape, and the leak-correction factor and running error
+/// of every neuron) would otherwise exceed this many bytes.
+pub const MICRO_BATCH_BYTES: usize = 64 << 20;
+
+impl SpikingNetwork {
+    /// The micro-batch a training step of `batch` samples over `steps` time steps runs in on the CPU: the
+    /// whole batch while the state it keeps per sample over the window (one bit per spiking neuron and step,
+    /// two per input value, two floats per spiking neuron) fits [`MICRO_BATCH_BYTES`] for the batch, else
+    /// the batch split into as few equal micro-batches as fit it (at least one sample each). VGG9 in `f32`
+    /// at batch 16 runs whole up to T = 56 and in two halves from T = 57 (the paper's T = 100 included).
+    pub fn micro_batch_for(&self, steps: usize, batch: usize) -> usize {
+        let neurons: usize = self.plan.layers.iter().filter(|l| l.spikes()).map(|l| l.neurons).sum();
+        let inputs = self.plan.feed_len(Feed::Input);
+        let bits = steps * (neurons + 2 * inputs);
+        let per_sample = bits.div_ceil(8) + 2 * neurons * self.dtype().size_in_bytes();
+        let parts = (batch * per_sample).div_ceil(MICRO_BATCH_BYTES).clamp(1, batch.max(1));
+        batch.div_ceil(parts).max(1)
+    }
+
+    /// The taped forward and backward pass of one batch on the CPU, run over micro-batches of at most
+    /// `micro_batch` samples one after the other: the weights' gradients of the whole batch, summed over the
+    /// micro-batches into one set of accumulators, with the readout and activity of the whole batch.
+    ///
+    /// `output_grad(readout, samples)` is called once per micro-batch, in order, with the readout of the
+    /// samples `samples` of the batch (`[samples.len(), classes]`), and returns the gradient of the loss with
+    /// respect to it (the loss must be a sum over samples, as the paper's is, for the sum of the parts to be
+    /// the batch's gradient). The result is the batch's step up to the order of the sums over samples; what
+    /// the step holds per sample (the bit tape, the leak-correction factors and errors of every neuron, a
+    /// part's buffers) is held for one micro-batch at a time. The input window is taken by value: a
+    /// rate-coded one is packed into bits per micro-batch and released before the first pass.
+    pub fn taped_gradients<E: From<Error>>(
+        &self,
+        input: Tensor,
+        masks: &Masks,
+        micro_batch: usize,
+        output_grad: impl FnMut(&Tensor, std::ops::Range<usize>) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<(ForwardOutput, Gradients), E> {
+        if !self.device().is_cpu() {
+            return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()).into());
+        }
+        if micro_batch == 0 {
+            return Err(Error::Spec("a micro-batch holds at least one sample".into()).into());
+        }
+        let shape = self.check_input(&input, masks)?;
+        match self.dtype() {
+            DType::F32 => self.micro_batched::<f32, E>(input, shape, masks, micro_batch, output_grad),
+            DType::F64 => self.micro_batched::<f64, E>(input, shape, masks, micro_batch, output_grad),
+            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}")).into()),
+        }
+    }
+
+    /// [`Self::taped_gradients`] in `F`.
+    fn micro_batched<F: Real + WithDType, E: From<Error>>(
+        &self,
+        input: Tensor,
+        (steps, batch): (usize, usize),
+        masks: &Masks,
+        micro_batch: usize,
+        mut output_grad: impl FnMut(&Tensor, std::ops::Range<usize>) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<(ForwardOutput, Gradients), E> {
+        let ranges: Vec<_> = (0..batch).step_by(micro_batch).map(|b| b..(b + micro_batch).min(batch)).collect();
+        let inputs =
+            ranges.iter().map(|r| micro_batch_input::<F>(&input, steps, r.clone())).collect::<Result<Vec<_>>>()?;
+        drop(input);
+        let count = ranges.len();
+        let (mut prepared, mut sums, mut gradients) = (None, None, None);
+        let (mut outputs, mut activity) = (Vec::with_capacity(count), Vec::<LayerActivity>::new());
+        for (k, (samples, input)) in ranges.into_iter().zip(inputs).enumerate() {
+            let masks: Masks = masks
+                .iter()
+                .map(|(name, m)| Ok((name.clone(), m.narrow(0, samples.start, samples.len())?)))
+                .collect::<Result<_>>()?;
+            let shape = (steps, samples.len());
+            let pass = Pass::<F>::new(self, InputWindow::from(&input), shape, &masks, prepared.take())?;
+            let (out, mut tape) = pass.forward(false)?;
+            let grad_output = output_grad(&out.output, samples)?;
+            let carried = tape.prepared.take().and_then(|p| p.downcast::<Prepared<F>>().ok()).map(|p| *p);
+            let mut pass = Pass::<F>::new(self, InputWindow::from(&tape.input), shape, &tape.masks, carried)?;
+            let mut grads = sums.take().unwrap_or_else(|| pass.zeroed_gradients());
+            pass.accumulate(&tape, &grad_output, &mut grads)?;
+            if k + 1 == count {
+                gradients = Some(pass.finish(grads)?);
+            } else {
+                // The next micro-batch's passes read the same transposed weights and add to the same sums.
+                prepared = Some(Prepared { weights: std::mem::take(&mut pass.weights) });
+                sums = Some(grads);
+            }
+            outputs.push(out.output);
+            if activity.is_empty() {
+                activity = out.activity;
+            } else {
+                for (total, part) in activity.iter_mut().zip(out.activity) {
+                    total.neuron_counts = (&total.neuron_counts + &part.neuron_counts).map_err(Error::from)?;
+                }
+            }
+        }
+        let output = Tensor::cat(&outputs, 0).map_err(Error::from)?;
+        let gradients = gradients.ok_or_else(|| Error::Spec("the batch holds no sample".into()))?;
+        Ok((ForwardOutput { output, activity }, gradients))
+    }
+}
+
+/// The samples `samples` of an input window `[T, B, ...]` as a tape keeps them: packed into two bits per
+/// value when every value is −1, 0 or +1, else a contiguous copy.
+fn micro_batch_input<F: Real + WithDType>(
+    input: &Tensor,
+    steps: usize,
+    samples: std::ops::Range<usize>,
+) -> Result<TapedInput> {
+    let chunk = input.narrow(1, samples.start, samples.len())?;
+    let span = chunk.elem_count() / steps;
+    let mut bits = SignedSpikeBits::zeros(steps * span);
+    for t in 0..steps {
+        let values = chunk.get(t)?.flatten_all()?.to_dtype(F::DTYPE)?.to_vec1::<F>()?;
+        if !bits.store(t * span, &values) {
+            return Ok(TapedInput::Values(chunk.contiguous()?));
+        }
+    }
+    Ok(TapedInput::Spikes(bits))
+}
+
 /// What a pass derives from the network before it starts: every weight as slices (in weight order). The
 /// forward pass hands it to the backward pass through the tape.
 struct Prepared<F> {
@@ -684,7 +806,22 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         Ok(activity)
     }
 
-    fn backward(mut self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
+    fn backward(self, tape: &Tape, grad_output: &Tensor) -> Result<Gradients> {
+        let mut grads = self.zeroed_gradients();
+        self.accumulate(tape, grad_output, &mut grads)?;
+        self.finish(grads)
+    }
+
+    /// Zeroed weight-gradient accumulators, transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
+    /// Their buffers come from the pool and go back to it in [`Self::finish`], where the next step's
+    /// transposed weights find them.
+    fn zeroed_gradients(&self) -> Vec<Vec<F>> {
+        self.weights.iter().map(|w| self.pool.zeroed(w.rows.len())).collect()
+    }
+
+    /// The backward pass over the tape: adds every weight's gradient into `grads` (see
+    /// [`Self::zeroed_gradients`]).
+    fn accumulate(&self, tape: &Tape, grad_output: &Tensor, grads: &mut [Vec<F>]) -> Result<()> {
         let plan = self.plan;
         let (steps, batch) = (self.steps, self.batch);
         let (readout, readout_weight, classes) = plan.readout()?;
@@ -698,10 +835,6 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
         let span = |l: &Layer| self.span(l);
         let rec = &self.rec;
         let mut part = self.part_buffers();
-        // Weight gradients accumulate transposed, `[fan-in, outputs]` (the layout of `Weights::rows`).
-        // Its buffers come from the pool and go back to it at the end, where the next step's transposed weights
-        // find them.
-        let mut grads: Vec<Vec<F>> = self.weights.iter().map(|w| self.pool.zeroed(w.rows.len())).collect();
         let fan_in = plan.feed_len(readout.from);
         let readout_input_grad = rec.time(
             &readout.name,
@@ -765,14 +898,17 @@ impl<'a, F: Real + WithDType> Pass<'a, F> {
                 let per_value = 1.0 + moved::<F>(5) + if mask.is_some() { moved::<F>(3) } else { 0.0 };
                 rec.time(&layer.name, Phase::NeuronsBackward, recurrence, |_| Work::bytes(n as f64 * per_value));
                 pool.recycle(grad);
-                self.backward_layer(layer, &currents_grad, len, &input, &part, &mut grad_spikes, &mut grads)?;
+                self.backward_layer(layer, &currents_grad, len, &input, &part, &mut grad_spikes, grads)?;
                 pool.recycle(currents_grad);
             }
         }
+        Ok(())
+    }
 
-        // The window's state is spent; the gradients go back to the weights' layout in the buffers of the
-        // transposed weights, which the pass no longer reads, so no weight-sized buffer is added at the end.
-        drop((gains, deltas, part));
+    /// The accumulated gradients `grads`, back in the weights' layout, as tensors: written into the buffers
+    /// of the transposed weights, which the pass no longer reads (its window state is gone by now), so no
+    /// weight-sized buffer is added at the end.
+    fn finish(mut self, grads: Vec<Vec<F>>) -> Result<Gradients> {
         let weights = std::mem::take(&mut self.weights);
         let mut out = Vec::with_capacity(grads.len());
         for (((name, var), g), w) in self.net.weights().iter().zip(grads).zip(weights) {

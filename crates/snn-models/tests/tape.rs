@@ -355,3 +355,83 @@ fn masks_are_read_wherever_their_values_lie() {
     // Masks matter: without them the gradients differ.
     assert_ne!(taped_gradients(&net, &x, &Masks::new()), reference);
 }
+
+#[test]
+fn micro_batches_give_the_batch_step() {
+    // Every layer kind, dropout masks, a signed spike window and a direct (non-spike) one: the gradients, the
+    // readout, the activity and the per-sample loss gradients of the batch run in micro-batches of 1, 3, 5
+    // and 16 samples are those of the whole batch, up to the order of the sums over samples.
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let initial = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
+    let weights: HashMap<String, Tensor> =
+        initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
+    let net = SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap();
+    let (steps, batch) = (7, 11);
+    let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
+    let spikes = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
+    let direct = (input(&[steps, batch, 2, 16, 16], 0.5, false, &mut rng) * 0.7).unwrap();
+    // A loss gradient that differs per sample and class, so a mix-up of samples shows.
+    let weight_of = |sample: usize, k: usize| ((sample * 5 + k * 3) % 7) as f64 - 3.0;
+    let grad_for = |readout: &Tensor, samples: std::ops::Range<usize>| -> snn_models::Result<Tensor> {
+        let (b, k) = readout.dims2()?;
+        assert_eq!(b, samples.len());
+        let c: Vec<f64> = samples.flat_map(|s| (0..k).map(move |j| weight_of(s, j))).collect();
+        Ok((readout * Tensor::from_vec(c, (b, k), &Device::Cpu)?)?)
+    };
+    for x in [&spikes, &direct] {
+        let (whole, tape) = net.forward_taped(x, &masks).unwrap();
+        let whole_grads = net.backward(tape, &grad_for(&whole.output, 0..batch).unwrap()).unwrap();
+        let mut spikes_total = 0.0;
+        for micro in [1, 3, 5, 16] {
+            let (out, grads) = net.taped_gradients(x.clone(), &masks, micro, grad_for).unwrap();
+            let diff = max_abs(&(&out.output - &whole.output).unwrap());
+            assert!(diff < 1e-12, "micro-batch {micro}: readouts differ by {diff}");
+            for (a, b) in out.activity.iter().zip(&whole.activity) {
+                assert_eq!(a.name, b.name);
+                let counts = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let (a, b) = (counts(&a.neuron_counts), counts(&b.neuron_counts));
+                assert_eq!(a, b, "micro-batch {micro}: spike counts differ");
+            }
+            assert_eq!(out.activity.len(), whole.activity.len());
+            for (name, _) in net.weights() {
+                let (g, w) = (grads.get(name).unwrap(), whole_grads.get(name).unwrap());
+                let scale = max_abs(w);
+                let diff = max_abs(&(g - w).unwrap());
+                assert!(diff <= 1e-12 * scale.max(1.0), "micro-batch {micro}, {name}: differ by {diff} of {scale}");
+                assert!(scale > 0.0, "{name} must get a gradient");
+            }
+            spikes_total += out
+                .activity
+                .iter()
+                .map(|a| a.neuron_counts.sum_all().unwrap().to_scalar::<f64>().unwrap())
+                .sum::<f64>();
+        }
+        assert!(spikes_total > 0.0, "the network must be active");
+    }
+    assert!(net.taped_gradients(spikes, &masks, 0, grad_for).is_err(), "a micro-batch of no samples is refused");
+}
+
+#[test]
+fn long_windows_take_micro_batches_by_the_state_they_keep_per_sample() {
+    // VGG9 keeps 275,456 spiking neurons (64·32·32·2 + 64·16·16 + 128·16·16·2 + 128·8·8 + 256·8·8·3 + 256·4·4
+    // + 1024) and 3,072 input values per sample: per step one bit per neuron and two per input, plus two
+    // 4-byte floats per neuron. At batch 16 that stays within 64 MiB up to T = 56.
+    let net =
+        SpikingNetwork::new(builtin("vgg9").unwrap(), &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)
+            .unwrap();
+    let per_sample = |t: usize| (t * (275_456 + 2 * 3_072)).div_ceil(8) + 8 * 275_456;
+    assert!(
+        16 * per_sample(56) <= snn_models::MICRO_BATCH_BYTES && 16 * per_sample(57) > snn_models::MICRO_BATCH_BYTES
+    );
+    assert_eq!(net.micro_batch_for(20, 16), 16);
+    assert_eq!(net.micro_batch_for(56, 16), 16);
+    assert_eq!(net.micro_batch_for(57, 16), 8);
+    assert_eq!(net.micro_batch_for(100, 16), 8);
+    assert_eq!(net.micro_batch_for(100, 64), 11, "64 samples at T = 100 take six parts (366 MB)");
+    assert_eq!(net.micro_batch_for(100_000, 3), 1, "at least one sample");
+    let lenet =
+        SpikingNetwork::new(builtin("lenet").unwrap(), &mut ChaCha8Rng::seed_from_u64(1), DType::F32, &Device::Cpu)
+            .unwrap();
+    assert_eq!(lenet.micro_batch_for(100, 64), 64, "the paper's MNIST step runs whole");
+}

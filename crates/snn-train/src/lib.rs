@@ -28,7 +28,8 @@ pub use error::{Error, Result};
 pub use optim::Sgd;
 pub use recipe::{Recipe, QUICK_TIMESTEPS, RESNET_CIFAR10_LR, STABLE_TIMESTEPS, VGG_CIFAR10_LR};
 pub use trainer::{
-    evaluate, probe_activity, quiet_layers, sample_rng, stream_rng, train, train_run, train_step, ActivityWarning,
-    BatchProgress, Communication, CrashPoint, EpochMetrics, EvalResult, LayerRate, RunFiles, RunOptions, Silent,
-    Stream, TrainObserver, TrainSummary, WarningTime, QUIET_SPIKES_PER_NEURON, STATE_FILE,
+    evaluate, probe_activity, quiet_layers, sample_rng, stream_rng, train, train_run, train_step,
+    train_step_micro_batched, ActivityWarning, BatchProgress, Communication, CrashPoint, EpochMetrics, EvalResult,
+    LayerRate, RunFiles, RunOptions, Silent, Stream, TrainObserver, TrainSummary, WarningTime, QUIET_SPIKES_PER_NEURON,
+    STATE_FILE,
 };

@@ -554,7 +554,8 @@ fn locate(e: Error, epoch: usize, batch: usize) -> Error {
 ///
 /// The step takes the input window: on the CPU it is released after the forward pass when the caller keeps
 /// no other handle to it (the tape holds rate-coded spikes as bits), so the backward pass does not hold the
-/// window's floats.
+/// window's floats. On the CPU a long window runs in micro-batches ([`train_step_micro_batched`] with the
+/// network's choice).
 pub fn train_step(
     net: &SpikingNetwork,
     opt: &mut Sgd,
@@ -562,10 +563,28 @@ pub fn train_step(
     labels: &[u32],
     masks: &Masks,
 ) -> Result<(ForwardOutput, f64)> {
+    train_step_micro_batched(net, opt, x, labels, masks, None)
+}
+
+/// [`train_step`] with the batch's passes run over micro-batches of at most `micro_batch` samples on the
+/// CPU ([`SpikingNetwork::taped_gradients`]): the same update (up to the order of the sums over samples), while
+/// what the step holds per sample (its tape above all, which grows with the window) is held for one
+/// micro-batch at a time. `None` takes the network's choice for the window and batch
+/// ([`SpikingNetwork::micro_batch_for`]: the whole batch unless its state per sample outgrows
+/// [`snn_models::MICRO_BATCH_BYTES`]), which is what [`train_step`] does; a micro-batch at least as large as
+/// the batch runs it whole. Other devices run the whole batch.
+pub fn train_step_micro_batched(
+    net: &SpikingNetwork,
+    opt: &mut Sgd,
+    x: Tensor,
+    labels: &[u32],
+    masks: &Masks,
+    micro_batch: Option<usize>,
+) -> Result<(ForwardOutput, f64)> {
     // The whole step on a worker thread: the passes, the checks and the update open their parallel sections
     // from there.
     snn_core::cpu::on_worker(|| {
-        let (out, loss_value, grads) = batch_gradients(net, x, labels, masks)?;
+        let (out, loss_value, grads) = batch_gradients(net, x, labels, masks, micro_batch)?;
         let start = Instant::now();
         for (name, g) in grads.iter() {
             ensure_finite(&g.sum_all()?, &format!("gradient of {name}"), 0, 0)?;
@@ -584,16 +603,28 @@ fn batch_gradients(
     x: Tensor,
     labels: &[u32],
     masks: &Masks,
+    micro_batch: Option<usize>,
 ) -> Result<(ForwardOutput, f64, Gradients)> {
+    let (steps, batch) = (x.dims().first().copied().unwrap_or(0), x.dims().get(1).copied().unwrap_or(0));
+    let micro_batch = micro_batch.unwrap_or_else(|| net.micro_batch_for(steps, batch));
+    if net.device().is_cpu() && micro_batch < batch {
+        if labels.len() != batch {
+            return Err(Error::Config(format!("{} labels for a batch of {batch}", labels.len())));
+        }
+        let mut loss_value = 0.0;
+        let (out, grads) =
+            net.taped_gradients(x, masks, micro_batch, |readout: &Tensor, samples| -> Result<Tensor> {
+                let (grad_output, loss) = readout_gradient(net, readout, &labels[samples])?;
+                loss_value += loss;
+                Ok(grad_output)
+            })?;
+        return Ok((out, loss_value, grads));
+    }
     // On the CPU the taped pass (compact tape, hand-written backward); elsewhere Candle's autograd.
     Ok(if net.device().is_cpu() {
         let (out, tape) = net.forward_taped(&x, masks)?;
         drop(x);
-        let readout = Var::from_tensor(&out.output)?;
-        let loss = sum_squared_error(readout.as_tensor(), labels)?;
-        let loss_value = checked_loss(net, &loss)?;
-        let grad_output = loss.backward()?.get(readout.as_tensor()).cloned();
-        let grad_output = grad_output.ok_or_else(|| Error::Config("the loss does not depend on the readout".into()))?;
+        let (grad_output, loss_value) = readout_gradient(net, &out.output, labels)?;
         let grads = net.backward(tape, &grad_output)?;
         (out, loss_value, grads)
     } else {
@@ -604,6 +635,17 @@ fn batch_gradients(
         let grads = Gradients::from_grad_store(&loss.backward()?, net);
         (out, loss_value, grads)
     })
+}
+
+/// The gradient of the summed squared error with respect to the readout `[B, classes]` of a taped pass, and
+/// the loss (checked to be finite).
+fn readout_gradient(net: &SpikingNetwork, readout: &Tensor, labels: &[u32]) -> Result<(Tensor, f64)> {
+    let readout = Var::from_tensor(readout)?;
+    let loss = sum_squared_error(readout.as_tensor(), labels)?;
+    let loss_value = checked_loss(net, &loss)?;
+    let grad_output = loss.backward()?.get(readout.as_tensor()).cloned();
+    let grad_output = grad_output.ok_or_else(|| Error::Config("the loss does not depend on the readout".into()))?;
+    Ok((grad_output, loss_value))
 }
 
 /// The loss as a number, or a non-finite error that names a non-finite weight when there is one.
@@ -633,6 +675,9 @@ pub struct RunOptions {
     /// Data-parallel training over several processes ([`Collective`]); `None` trains in this process alone.
     /// Every rank runs the same call with the same data and recipe; rank 0 alone writes the output folder.
     pub collective: Option<std::rc::Rc<dyn Collective>>,
+    /// Run each batch's passes over micro-batches of at most this many samples ([`train_step_micro_batched`]):
+    /// the same training, up to the order of sums, in less memory (on the CPU).
+    pub micro_batch: Option<usize>,
 }
 
 /// A point at which [`train_run`] aborts the whole process (`std::process::abort`: no unwinding, no
@@ -777,6 +822,9 @@ impl<'a> Run<'a> {
         check_dataset(net, test, "test")?;
         if opts.checkpoint_every == Some(0) {
             return Err(Error::Config("checkpoint interval must be at least 1 batch".into()));
+        }
+        if opts.micro_batch == Some(0) {
+            return Err(Error::Config("a micro-batch holds at least 1 sample".into()));
         }
         let comm: &'a dyn Collective = opts.collective.as_deref().unwrap_or(&SINGLE);
         crate::collective::check(comm)?;
@@ -959,7 +1007,7 @@ impl<'a> Run<'a> {
         let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, idx))?;
         let step = match self.injected_fault(epoch, b) {
             Some(fault) => Err(fault),
-            None => train_step(net, &mut self.opt, x, &labels, &masks),
+            None => train_step_micro_batched(net, &mut self.opt, x, &labels, &masks, self.opts.micro_batch),
         };
         let (out, loss) = match step {
             Ok(step) => step,
@@ -1007,7 +1055,7 @@ impl<'a> Run<'a> {
                 let steps = recipe.timesteps_at(epoch);
                 let (x, labels) = encode_augmented(net, self.train, mine, steps, &mut inputs, augment.as_deref_mut())?;
                 let masks = net.draw_masks(&mut sample_rngs(seed, Stream::Dropout, key, mine))?;
-                let (out, loss, grads) = batch_gradients(net, x, &labels, &masks)?;
+                let (out, loss, grads) = batch_gradients(net, x, &labels, &masks, self.opts.micro_batch)?;
                 let correct = count_correct(&out.output, &labels)?;
                 Ok::<_, Error>(Some((out, loss, grads, correct)))
             })()
