@@ -51,6 +51,16 @@ fn input(shape: &[usize], density: f64, signed: bool, rng: &mut ChaCha8Rng) -> T
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The small residual network in f64 with its initial weights doubled, which keeps the deep layers firing
+/// at small batch sizes.
+fn lively_resnet(rng: &mut ChaCha8Rng) -> SpikingNetwork {
+    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
+    let initial = SpikingNetwork::new(spec.clone(), rng, DType::F64, &Device::Cpu).unwrap();
+    let weights: HashMap<String, Tensor> =
+        initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
+    SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap()
+}
+
 fn max_abs(t: &Tensor) -> f64 {
     t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
@@ -316,13 +326,8 @@ fn a_profile_times_every_phase_and_counts_the_dense_work_without_changing_the_st
 fn masks_are_read_wherever_their_values_lie() {
     // The pass reads a mask in place when its tensor holds the values contiguously, from any offset in its
     // storage, and converts it otherwise; every layout of the same values must give the same bits.
-    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let initial = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
-    // Doubled weights keep the deep layers firing at this batch size.
-    let weights: HashMap<String, Tensor> =
-        initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
-    let net = SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap();
+    let net = lively_resnet(&mut rng);
     let (steps, batch) = (8, 4);
     let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
     let x = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
@@ -361,12 +366,8 @@ fn micro_batches_give_the_batch_step() {
     // Every layer kind, dropout masks, a signed spike window and a direct (non-spike) one: the gradients, the
     // readout, the activity and the per-sample loss gradients of the batch run in micro-batches of 1, 3, 5
     // and 16 samples are those of the whole batch, up to the order of the sums over samples.
-    let spec = NetworkSpec::from_json(SMALL_RESNET).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(12);
-    let initial = SpikingNetwork::new(spec.clone(), &mut rng, DType::F64, &Device::Cpu).unwrap();
-    let weights: HashMap<String, Tensor> =
-        initial.weights().iter().map(|(n, v)| (n.clone(), (v.as_tensor() * 2.0).unwrap())).collect();
-    let net = SpikingNetwork::from_weights(spec, weights, DType::F64, &Device::Cpu).unwrap();
+    let net = lively_resnet(&mut rng);
     let (steps, batch) = (7, 11);
     let masks = net.draw_masks(&mut per_sample(batch, &mut rng)).unwrap();
     let spikes = input(&[steps, batch, 2, 16, 16], 0.3, true, &mut rng);
