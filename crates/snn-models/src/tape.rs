@@ -182,16 +182,14 @@ impl SpikingNetwork {
         masks: &Masks,
         pack_input: bool,
     ) -> Result<(ForwardOutput, Tape)> {
-        if !self.device().is_cpu() {
-            return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()));
-        }
+        self.check_taped_device()?;
         let shape = self.check_input(input, masks)?;
         snn_core::cpu::on_worker(|| {
             let input = InputWindow::Values(input);
             match self.dtype() {
                 DType::F32 => Pass::<f32>::new(self, input, shape, masks, None)?.forward(pack_input),
                 DType::F64 => Pass::<f64>::new(self, input, shape, masks, None)?.forward(pack_input),
-                other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
+                other => Err(unsupported_dtype(other)),
             }
         })
     }
@@ -223,10 +221,24 @@ impl SpikingNetwork {
                     let prepared = typed::<f64>(tape.prepared.take());
                     Pass::<f64>::new(self, input, shape, &tape.masks, prepared)?.backward(&tape, grad_output)
                 }
-                other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}"))),
+                other => Err(unsupported_dtype(other)),
             }
         })
     }
+
+    /// Refuses a taped pass of a network on another device than the CPU.
+    fn check_taped_device(&self) -> Result<()> {
+        if self.device().is_cpu() {
+            Ok(())
+        } else {
+            Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()))
+        }
+    }
+}
+
+/// The error for a taped pass of a network in a float type other than `f32` and `f64`.
+fn unsupported_dtype(dtype: DType) -> Error {
+    Error::Spec(format!("the taped training pass runs in f32 or f64, not {dtype:?}"))
 }
 
 /// A training step on the CPU runs its batch in micro-batches ([`SpikingNetwork::micro_batch_for`]) when what
@@ -267,9 +279,7 @@ impl SpikingNetwork {
         micro_batch: usize,
         output_grad: impl FnMut(&Tensor, std::ops::Range<usize>) -> std::result::Result<Tensor, E>,
     ) -> std::result::Result<(ForwardOutput, Gradients), E> {
-        if !self.device().is_cpu() {
-            return Err(Error::Spec("the taped training pass runs on the CPU; use forward() elsewhere".into()).into());
-        }
+        self.check_taped_device()?;
         if micro_batch == 0 {
             return Err(Error::Spec("a micro-batch holds at least one sample".into()).into());
         }
@@ -277,7 +287,7 @@ impl SpikingNetwork {
         match self.dtype() {
             DType::F32 => self.micro_batched::<f32, E>(input, shape, masks, micro_batch, output_grad),
             DType::F64 => self.micro_batched::<f64, E>(input, shape, masks, micro_batch, output_grad),
-            other => Err(Error::Spec(format!("the taped training pass runs in f32 or f64, not {other:?}")).into()),
+            other => Err(unsupported_dtype(other).into()),
         }
     }
 
