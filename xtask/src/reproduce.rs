@@ -577,6 +577,18 @@ fn tool_version(cmd: &str, args: &[&str], root: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// How the SNN's energy compares with the ANN's, from `gain` = ANN energy / SNN energy: "3.9× less energy than"
+/// or, where the SNN needs more (long windows), "1.1× the energy of".
+fn energy_against_ann(gain: f64) -> String {
+    if gain >= 1.0 {
+        format!("{gain:.1}× less energy than")
+    } else if gain > 0.0 {
+        format!("{:.1}× the energy of", 1.0 / gain)
+    } else {
+        "no energy figure against".to_string()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn render_report(
     exp: &Experiment,
@@ -669,12 +681,12 @@ fn render_report(
     let t = &stats["totals"];
     writeln!(
         s,
-        "\nIn total {:.3e} accumulates against {:.3e} multiply-accumulates ({:.3} AC per MAC): {:.1}× less energy \
-         than the ANN of the same architecture under the stated energy model.\n",
+        "\nIn total {:.3e} accumulates against {:.3e} multiply-accumulates ({:.3} AC per MAC): {} the ANN of the \
+         same architecture under the stated energy model.\n",
         t["snn_ac"].as_f64().unwrap_or(0.0),
         t["ann_mac"].as_f64().unwrap_or(0.0),
         t["ac_per_mac"].as_f64().unwrap_or(0.0),
-        t["energy_gain"].as_f64().unwrap_or(0.0)
+        energy_against_ann(t["energy_gain"].as_f64().unwrap_or(0.0))
     )?;
     for a in stats["assumptions"].as_array().map(Vec::as_slice).unwrap_or_default() {
         writeln!(s, "- {}", a.as_str().unwrap_or(""))?;
@@ -766,6 +778,15 @@ mod tests {
         // Too little time for even ten batches per epoch is an error, not a run that overshoots.
         let err = plan_budget(5.0, 1.5, (50_000, 10_000), (None, None), 16, cifar).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn energy_is_stated_as_a_saving_or_a_multiple() {
+        assert_eq!(energy_against_ann(3.94), "3.9× less energy than");
+        assert_eq!(energy_against_ann(1.0), "1.0× less energy than");
+        // 3.42e7 ACs at 0.9 pJ against 5.78e6 MACs at 4.6 pJ: the SNN needs 1.16× the ANN's energy.
+        assert_eq!(energy_against_ann(5.78e6 * 4.6 / (3.42e7 * 0.9)), "1.2× the energy of");
+        assert_eq!(energy_against_ann(0.0), "no energy figure against");
     }
 
     #[test]

@@ -286,14 +286,22 @@ pub fn learning_curves(dir: &Path, history: &[snn_train::EpochMetrics]) -> Resul
         &[("loss".into(), by_epoch(&|m| m.loss))],
         false,
     )?;
+    // The windows, where the metrics record them and every epoch used the same one.
+    let window = |f: &dyn Fn(&snn_train::EpochMetrics) -> usize| -> String {
+        match f(&history[0]) {
+            t if t > 0 && history.iter().all(|m| f(m) == t) => format!(" (T = {t})"),
+            _ => String::new(),
+        }
+    };
+    let test_window = window(&|m| m.test_timesteps);
     let accuracy = dir.join("accuracy.png");
     line_chart(
         &accuracy,
         "Accuracy",
         "accuracy (%)",
         &[
-            ("train".into(), by_epoch(&|m| 100.0 * m.train_accuracy)),
-            ("test".into(), by_epoch(&|m| 100.0 * m.test_accuracy)),
+            (format!("train{}", window(&|m| m.timesteps)), by_epoch(&|m| 100.0 * m.train_accuracy)),
+            (format!("test{test_window}"), by_epoch(&|m| 100.0 * m.test_accuracy)),
         ],
         false,
     )?;
@@ -311,6 +319,7 @@ pub fn learning_curves(dir: &Path, history: &[snn_train::EpochMetrics]) -> Resul
         })
         .collect();
     let spikes = dir.join("spikes.png");
-    line_chart(&spikes, "Test spikes per neuron over the window", "spikes / neuron", &series, true)?;
+    let title = format!("Test spikes per neuron over the window{test_window}");
+    line_chart(&spikes, &title, "spikes / neuron", &series, true)?;
     Ok(vec![loss, accuracy, spikes])
 }

@@ -415,6 +415,10 @@ pub struct EpochMetrics {
     /// the field existed).
     #[serde(default)]
     pub timesteps: usize,
+    /// Time steps per test sample in the test after the epoch ([`Recipe::test_timesteps`]; 0 in metrics
+    /// written before the field existed).
+    #[serde(default)]
+    pub test_timesteps: usize,
     /// Training throughput.
     pub images_per_sec: f64,
     /// Spikes per neuron per layer during training.
@@ -1210,6 +1214,7 @@ impl<'a> Run<'a> {
             test_accuracy: eval.accuracy,
             lr: self.opt.lr,
             timesteps: recipe.timesteps_at(epoch),
+            test_timesteps: recipe.test_timesteps,
             images_per_sec: self.train.len() as f64 / train_seconds.max(1e-9),
             train_spikes: self.tally.rates(),
             test_spikes: eval.layers.clone(),

@@ -115,12 +115,12 @@ fn overflowing_batches_stop_the_run_or_are_skipped_and_counted_when_configured()
 
 /// A window schedule switches the training window from its epoch on and changes nothing before it: against
 /// the same run without a schedule, the first epoch is identical and the second, trained at the scheduled
-/// window, is not; a milestone the run never reaches changes nothing at all.
+/// window, is not; a milestone the run never reaches changes nothing at all. Each epoch records both windows.
 #[test]
 fn a_window_schedule_takes_effect_from_its_epoch() {
     let (train_set, test_set) = first_images(64, 32);
     let mut recipe = quick_recipe(4);
-    (recipe.batch_size, recipe.epochs) = (32, 2);
+    (recipe.batch_size, recipe.epochs, recipe.test_timesteps) = (32, 2, 6);
     let run = |window_milestones: Vec<(usize, usize)>| {
         let r = Recipe { window_milestones, ..recipe.clone() };
         let net = fresh_lenet(r.seed);
@@ -131,6 +131,7 @@ fn a_window_schedule_takes_effect_from_its_epoch() {
     let unreached = run(vec![(3, 7)]);
     assert_eq!([plain[0].timesteps, plain[1].timesteps], [4, 4]);
     assert_eq!([scheduled[0].timesteps, scheduled[1].timesteps], [4, 7]);
+    assert!(plain.iter().chain(&scheduled).all(|m| m.test_timesteps == 6), "the test window is the recipe's");
     let key = |m: &snn_train::EpochMetrics| (m.loss, m.train_accuracy, m.test_accuracy, m.train_spikes.clone());
     assert_eq!(key(&scheduled[0]), key(&plain[0]), "the first epoch runs before the milestone");
     assert_ne!(key(&scheduled[1]), key(&plain[1]), "the second epoch trains at 7 steps");
