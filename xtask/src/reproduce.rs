@@ -132,19 +132,20 @@ struct Windows {
 }
 
 impl Windows {
+    /// The windows the best checkpoint is tested at after training besides the test window that selected it:
+    /// the training window and the paper's, each where it differs from the test window.
+    fn further_tests(self) -> Vec<usize> {
+        let mut windows = vec![self.train, PAPER_WINDOW];
+        windows.dedup();
+        windows.retain(|&t| t != self.test);
+        windows
+    }
+
     /// Test passes over the test set after training, in units of one pass at the training window: the best
-    /// checkpoint evaluated and analysed at the test window, and tested at each of the training window and
-    /// the paper's window that differs from the test window.
+    /// checkpoint evaluated and analysed at the test window, and tested at each of [`Self::further_tests`].
     fn final_evaluations(self) -> f64 {
         let at = |t: usize| t as f64 / self.train as f64;
-        let mut passes = 2.0 * at(self.test);
-        if self.train != self.test {
-            passes += 1.0;
-        }
-        if self.test != PAPER_WINDOW {
-            passes += at(PAPER_WINDOW);
-        }
-        passes
+        2.0 * at(self.test) + self.further_tests().into_iter().map(at).sum::<f64>()
     }
 }
 
@@ -337,18 +338,21 @@ pub fn run(args: ReproduceArgs, root: &Path) -> Result<()> {
     // its best epoch.
     let mut others = Vec::new();
     if args.budget.is_some() {
-        let selected = summary["test_timesteps"].as_u64();
-        let mut windows: Vec<u64> = summary["timesteps"].as_u64().into_iter().collect();
-        windows.push(PAPER_WINDOW as u64);
-        windows.dedup();
-        for t in windows.into_iter().filter(|&t| Some(t) != selected) {
+        let window = |key: &str| {
+            summary[key]
+                .as_u64()
+                .map(|t| t as usize)
+                .with_context(|| format!("{} has no {key}", summary_path.display()))
+        };
+        let windows = Windows { train: window("timesteps")?, test: window("test_timesteps")? };
+        for t in windows.further_tests() {
             let path = out.join(format!("eval_t{t}.json"));
             if !path.is_file() {
                 let mut a = vec!["eval".to_string()];
                 a.extend(eval_args.iter().cloned());
                 a.extend(["--timesteps".into(), t.to_string(), "--json".into()]);
                 let cmd = run_cli(&cli, &a, Some(&path))?;
-                let title = if t == PAPER_WINDOW as u64 {
+                let title = if t == PAPER_WINDOW {
                     "evaluate the best checkpoint at the paper's T = 100"
                 } else {
                     "evaluate the best checkpoint at the training window"
@@ -799,6 +803,10 @@ mod tests {
         assert_eq!(budget_windows("cifar10").final_evaluations(), 4.0);
         // A run trained and tested at the paper's window has nothing more to evaluate.
         assert_eq!(Windows { train: 100, test: 100 }.final_evaluations(), 2.0);
+        assert_eq!(budget_windows("mnist").further_tests(), vec![20]);
+        assert_eq!(budget_windows("cifar10").further_tests(), vec![100]);
+        assert_eq!(Windows { train: 100, test: 100 }.further_tests(), Vec::<usize>::new());
+        assert_eq!(Windows { train: 20, test: 50 }.further_tests(), vec![20, 100]);
     }
 
     #[test]
